@@ -1,0 +1,507 @@
+"""Structure <-> canonical CIF-like text (CrystaLLM-compatible), and parsing of that text.
+
+The default form is CrystaLLM's: the structure is symmetrised with spglib (``symprec`` 0.1),
+written in the standard conventional setting as its asymmetric unit with Wyckoff multiplicities,
+the short H-M symbol and number, a ``data_`` line with the cell composition, an optional
+atom-property block, a single ``x, y, z`` symmetry line, and every number rounded to 4 decimals.
+The choice of orbit representative and the order of sites are canonical, so symmetry-equivalent
+inputs (rotated, translated, permuted) give the same text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import spglib
+from pymatgen.core import Composition, Element, Lattice, Structure
+
+from . import spacegroups
+from .errors import CIFParseError, EmptyStructureError, SpaceGroupError, UnknownElementError
+from .inputs import StructureLike, resolve_disorder, to_structure
+
+DECIMALS = 4
+_FRAC_TOL = 2e-3  # fractional tolerance for merging symmetry images of rounded coordinates
+
+
+def _fmt(x: float, decimals: int = DECIMALS) -> str:
+    s = f"{x:.{decimals}f}"
+    return "0." + "0" * decimals if s.startswith("-") and float(s) == 0 else s
+
+
+def _wrap(frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
+    """Round, wrap into [0, 1) and round again so that 0.99996 becomes 0.0 rather than 1.0."""
+    out = np.round(np.mod(np.round(frac, decimals), 1.0), decimals)
+    out[out >= 1.0] = 0.0
+    return out + 0.0  # no -0.0
+
+
+def _orbit(rot: np.ndarray, trans: np.ndarray, frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
+    """All distinct images of one fractional position under the operations, wrapped to [0, 1)."""
+    images = np.mod(np.einsum("nij,j->ni", rot, frac) + trans, 1.0)
+    unique: list[np.ndarray] = []
+    for p in images:
+        if not any(np.all(np.abs((p - q + 0.5) % 1.0 - 0.5) < _FRAC_TOL) for q in unique):
+            unique.append(p)
+    return np.array(unique)
+
+
+def _element_order(el: Element) -> tuple:
+    x = el.X if not math.isnan(el.X) else 100.0
+    return (x, el.symbol)
+
+
+@dataclass
+class _Site:
+    element: Element
+    multiplicity: int
+    frac: np.ndarray
+
+
+def _symmetrised_sites(structure: Structure, symprec: float, angle_tolerance: float):
+    """Standard conventional cell (spglib), its space-group number and canonical asymmetric sites."""
+    numbers = [site.specie.Z for site in structure]
+    cell = (structure.lattice.matrix, structure.frac_coords, numbers)
+    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+    if dataset is None:
+        dataset = spglib.get_symmetry_dataset(cell, symprec=1e-5)
+    if dataset is None:  # spglib could not analyse the cell at all: fall back to P1
+        return structure.lattice, 1, [
+            _Site(site.specie, 1, _wrap(site.frac_coords)) for site in structure
+        ]
+    number = int(dataset.number)
+    lattice = Lattice(dataset.std_lattice)
+    rot, trans = spacegroups._operations_for_hall(spacegroups.default_hall_number(number))
+    positions = np.asarray(dataset.std_positions)
+    types = np.asarray(dataset.std_types)
+    seen = np.zeros(len(positions), dtype=bool)
+    sites: list[_Site] = []
+    for i in range(len(positions)):
+        if seen[i]:
+            continue
+        orbit = _orbit(rot, trans, positions[i])
+        # mark every std-cell atom of this orbit
+        diff = (positions[:, None, :] - orbit[None, :, :] + 0.5) % 1.0 - 0.5
+        members = np.any(np.all(np.abs(diff) < _FRAC_TOL, axis=2), axis=1) & (types == types[i])
+        seen |= members
+        candidates = _wrap(orbit)
+        rep = min(map(tuple, candidates))
+        sites.append(_Site(Element.from_Z(int(types[i])), int(len(orbit)), np.array(rep)))
+    return lattice, number, sites
+
+
+def structure_to_text(
+    structure: StructureLike,
+    symprec: float = 0.1,
+    angle_tolerance: float = 5.0,
+    p1: bool = False,
+    properties: bool = False,
+    disorder: str = "raise",
+    decimals: int = DECIMALS,
+) -> str:
+    """Write a structure as canonical crystal text.
+
+    Args:
+        structure: a pymatgen ``Structure`` (or anything :func:`crystext.inputs.to_structure` takes).
+        symprec: spglib symmetry tolerance in angstrom (CrystaLLM uses 0.1).
+        angle_tolerance: spglib angle tolerance in degrees.
+        p1: write every site of the given cell in space group P1 instead of symmetrising.
+        properties: add the atom-property block (electronegativity, atomic radius, ionic radius).
+        disorder: ``"raise"`` (default), ``"dominant"`` or ``"order"`` for partially occupied sites;
+            a treatment that was applied is stated in the text as ``_crystext_disorder``.
+        decimals: digits after the point for every number.
+
+    Raises:
+        DisorderError, UnknownElementError, EmptyStructureError, CIFParseError.
+    """
+    structure = to_structure(structure)
+    structure, treatment = resolve_disorder(structure, disorder)
+    if any(getattr(sp, "oxi_state", 0) for sp in structure.composition):
+        structure = structure.copy()
+        structure.remove_oxidation_states()
+    if p1:
+        lattice, number = structure.lattice, 1
+        sites = [_Site(site.specie, 1, _wrap(site.frac_coords, decimals)) for site in structure]
+    else:
+        lattice, number, sites = _symmetrised_sites(structure, symprec, angle_tolerance)
+    sites.sort(key=lambda s: (_element_order(s.element), s.multiplicity, tuple(np.round(s.frac, decimals))))
+
+    counts: dict[str, float] = {}
+    for s in sites:
+        counts[s.element.symbol] = counts.get(s.element.symbol, 0) + s.multiplicity
+    comp = Composition(counts)
+    elements = sorted(comp.elements, key=_element_order)
+    formula_sum = " ".join(f"{el.symbol}{int(comp[el])}" for el in elements)
+    reduced, z = comp.get_reduced_composition_and_factor()
+    symbol = spacegroups.symbol_of(number)
+
+    lines = [
+        f"data_{formula_sum.replace(' ', '')}",
+        f"_symmetry_space_group_name_H-M {symbol}",
+        f"_cell_length_a {_fmt(lattice.a, decimals)}",
+        f"_cell_length_b {_fmt(lattice.b, decimals)}",
+        f"_cell_length_c {_fmt(lattice.c, decimals)}",
+        f"_cell_angle_alpha {_fmt(lattice.alpha, decimals)}",
+        f"_cell_angle_beta {_fmt(lattice.beta, decimals)}",
+        f"_cell_angle_gamma {_fmt(lattice.gamma, decimals)}",
+        f"_symmetry_Int_Tables_number {number}",
+        f"_chemical_formula_structural {reduced.reduced_formula}",
+        f"_chemical_formula_sum '{formula_sum}'",
+        f"_cell_volume {_fmt(lattice.volume, decimals)}",
+        f"_cell_formula_units_Z {int(z)}",
+    ]
+    if treatment:
+        lines.append(f"_crystext_disorder {treatment}")
+    if properties:
+        lines += [
+            "loop_",
+            " _atom_type_symbol",
+            " _atom_type_electronegativity",
+            " _atom_type_radius",
+            " _atom_type_ionic_radius",
+        ]
+        for el in elements:
+            x = 0.0 if math.isnan(el.X) else el.X
+            radius = float(el.atomic_radius or 0.0)
+            ionic = float(el.average_ionic_radius or 0.0)
+            lines.append(f"  {el.symbol}  {_fmt(x, decimals)}  {_fmt(radius, decimals)}  {_fmt(ionic, decimals)}")
+    lines += [
+        "loop_",
+        " _symmetry_equiv_pos_site_id",
+        " _symmetry_equiv_pos_as_xyz",
+        "  1  'x, y, z'",
+        "loop_",
+        " _atom_site_type_symbol",
+        " _atom_site_label",
+        " _atom_site_symmetry_multiplicity",
+        " _atom_site_fract_x",
+        " _atom_site_fract_y",
+        " _atom_site_fract_z",
+        " _atom_site_occupancy",
+    ]
+    for i, s in enumerate(sites):
+        x, y, zc = (_fmt(v, decimals) for v in s.frac)
+        lines.append(f"  {s.element.symbol}  {s.element.symbol}{i}  {s.multiplicity}  {x}  {y}  {zc}  1")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- parsing
+
+_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
+
+
+@dataclass
+class ParsedText:
+    """The fields of a crystal text, as written (no symmetry applied)."""
+
+    data_formula: str
+    items: dict[str, str]
+    loops: list[dict[str, list[str]]]
+
+    def loop_with(self, key: str) -> dict[str, list[str]] | None:
+        return next((loop for loop in self.loops if key in loop), None)
+
+
+def parse_text(text: str) -> ParsedText:
+    """Split crystal text into its ``data_`` name, key-value items and loops.
+
+    Raises :class:`CIFParseError` naming the line that is malformed.
+    """
+    if isinstance(text, bytes):
+        from .inputs import decode_bytes
+
+        text = decode_bytes(text, "crystal text")
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i == len(lines) or not lines[i].strip().startswith("data_"):
+        raise CIFParseError("crystal text: the first line must be a data_ line")
+    data_formula = lines[i].strip()[5:]
+    items: dict[str, str] = {}
+    loops: list[dict[str, list[str]]] = []
+    i += 1
+    while i < len(lines):
+        line = lines[i].strip()
+        if not line or line.startswith("#"):
+            i += 1
+            continue
+        if line == "loop_":
+            headers: list[str] = []
+            i += 1
+            while i < len(lines) and lines[i].strip().startswith("_"):
+                headers.append(lines[i].strip())
+                i += 1
+            if not headers:
+                raise CIFParseError(f"crystal text line {i}: loop_ without column names")
+            columns: dict[str, list[str]] = {h: [] for h in headers}
+            while i < len(lines):
+                row = lines[i].strip()
+                if not row or row.startswith(("_", "loop_", "data_")):
+                    break
+                values = [v.strip("'\"") for v in _TOKEN.findall(row)]
+                if len(values) != len(headers):
+                    raise CIFParseError(
+                        f"crystal text line {i + 1}: {len(values)} values for {len(headers)} columns ({row!r})"
+                    )
+                for h, v in zip(headers, values):
+                    columns[h].append(v)
+                i += 1
+            loops.append(columns)
+            continue
+        if line.startswith("_"):
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise CIFParseError(f"crystal text line {i + 1}: {parts[0]} has no value")
+            items[parts[0]] = parts[1].strip().strip("'\"")
+            i += 1
+            continue
+        if line.startswith("data_"):
+            break  # only the first block
+        raise CIFParseError(f"crystal text line {i + 1}: unexpected {line!r}")
+    return ParsedText(data_formula, items, loops)
+
+
+def _float(parsed: ParsedText, key: str) -> float:
+    if key not in parsed.items:
+        raise CIFParseError(f"crystal text: missing {key}")
+    try:
+        return float(parsed.items[key].split("(")[0])
+    except ValueError:
+        raise CIFParseError(f"crystal text: {key} is not a number ({parsed.items[key]!r})") from None
+
+
+@dataclass
+class _Rebuilt:
+    structure: Structure
+    number: int | None
+    stated_multiplicities: list[int]
+    orbit_sizes: list[int]
+    site_elements: list[str]
+
+
+def _rebuild(text: str) -> tuple[ParsedText, _Rebuilt]:
+    parsed = parse_text(text)
+    lattice_params = [_float(parsed, f"_cell_length_{k}") for k in "abc"]
+    angles = [_float(parsed, f"_cell_angle_{k}") for k in ("alpha", "beta", "gamma")]
+    if min(lattice_params) <= 0:
+        raise EmptyStructureError("crystal text: a cell length is not positive")
+    lattice = Lattice.from_parameters(*lattice_params, *angles)
+    if not lattice.volume > 1e-6 or math.isnan(lattice.volume):
+        raise EmptyStructureError("crystal text: the cell has zero volume")
+
+    number = None
+    if "_symmetry_Int_Tables_number" in parsed.items:
+        try:
+            number = int(parsed.items["_symmetry_Int_Tables_number"])
+        except ValueError:
+            raise CIFParseError("crystal text: _symmetry_Int_Tables_number is not an integer") from None
+    symops = parsed.loop_with("_symmetry_equiv_pos_as_xyz")
+    if symops and len(symops["_symmetry_equiv_pos_as_xyz"]) > 1:  # explicit operations win
+        from pymatgen.core.operations import SymmOp
+
+        ops = [SymmOp.from_xyz_str(s) for s in symops["_symmetry_equiv_pos_as_xyz"]]
+        rot = np.array([op.rotation_matrix for op in ops])
+        trans = np.array([op.translation_vector for op in ops])
+    else:
+        symbol = parsed.items.get("_symmetry_space_group_name_H-M")
+        if symbol is None and number is None:
+            raise SpaceGroupError("crystal text: no space-group symbol or number")
+        rot, trans = spacegroups.operations(symbol or "", number)
+
+    sites = parsed.loop_with("_atom_site_fract_x")
+    if sites is None:
+        raise EmptyStructureError("crystal text: no _atom_site loop (the cell holds no atoms)")
+    symbols = sites.get("_atom_site_type_symbol") or sites.get("_atom_site_label")
+    if symbols is None:
+        raise CIFParseError("crystal text: _atom_site loop has no _atom_site_type_symbol")
+    n = len(symbols)
+    if n == 0:
+        raise EmptyStructureError("crystal text: the cell holds no atoms")
+    mults = sites.get("_atom_site_symmetry_multiplicity", ["0"] * n)
+    species, coords, stated, sizes, elems = [], [], [], [], []
+    for k in range(n):
+        sym = re.sub(r"[^A-Za-z]", "", symbols[k])
+        if not Element.is_valid_symbol(sym):
+            raise UnknownElementError(f"crystal text: unknown element {symbols[k]!r} in site {k}")
+        try:
+            frac = np.array([float(sites[f"_atom_site_fract_{c}"][k].split("(")[0]) for c in "xyz"])
+            stated.append(int(mults[k]))
+        except ValueError:
+            raise CIFParseError(f"crystal text: site {k} has a non-numeric coordinate or multiplicity") from None
+        orbit = _orbit(rot, trans, frac)
+        species += [sym] * len(orbit)
+        coords.extend(orbit)
+        sizes.append(len(orbit))
+        elems.append(sym)
+    structure = Structure(lattice, species, coords)
+    return parsed, _Rebuilt(structure, number, stated, sizes, elems)
+
+
+def text_to_structure(text: str) -> Structure:
+    """Rebuild the full structure from crystal text by applying its space group's operations.
+
+    Accepts the text form of :func:`structure_to_text` and CIF-like text naming a space group in
+    any setting spglib or pymatgen knows (or listing explicit symmetry operations).
+
+    Raises:
+        CIFParseError, SpaceGroupError, UnknownElementError, EmptyStructureError, EncodingError.
+    """
+    return _rebuild(text)[1].structure
+
+
+# --------------------------------------------------------------------------- validity
+
+@dataclass
+class TextReport:
+    """Validity of one crystal text; each check is reported on its own."""
+
+    parsable: bool = False
+    formula_consistent: bool = False
+    multiplicity_consistent: bool = False
+    space_group_consistent: bool = False
+    bond_length_score: float = 0.0
+    bond_lengths_reasonable: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return (
+            self.parsable
+            and self.formula_consistent
+            and self.multiplicity_consistent
+            and self.space_group_consistent
+            and self.bond_lengths_reasonable
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "parsable": self.parsable,
+            "formula_consistent": self.formula_consistent,
+            "multiplicity_consistent": self.multiplicity_consistent,
+            "space_group_consistent": self.space_group_consistent,
+            "bond_length_score": self.bond_length_score,
+            "bond_lengths_reasonable": self.bond_lengths_reasonable,
+            "valid": self.valid,
+            "errors": list(self.errors),
+        }
+
+
+def _composition(formula: str) -> Composition:
+    return Composition(formula.replace("'", ""))
+
+
+def bond_length_score(structure: Structure, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
+    """CrystaLLM's bond-length rule: the fraction of CrystalNN bonds whose length is within
+    ``1 ± tolerance`` of the expected length (ionic radii for electronegativity difference >= 1.7,
+    atomic radii otherwise; bonds to H only need a ratio below ``h_factor``). 0.0 if no bonds."""
+    import warnings
+
+    from pymatgen.analysis.local_env import CrystalNN
+
+    cnn = CrystalNN()
+    good = total = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, site in enumerate(structure):
+            for info in cnn.get_nn_info(structure, i):
+                other = info["site"]
+                a, b = site.specie, other.specie
+                length = site.distance(other)
+                xa = a.X if not math.isnan(a.X) else 0.0
+                xb = b.X if not math.isnan(b.X) else 0.0
+                if abs(xa - xb) >= 1.7:
+                    cat, an = (a, b) if xa < xb else (b, a)
+                    expected = (cat.average_cationic_radius or cat.atomic_radius or 1.0) + (
+                        an.average_anionic_radius or an.atomic_radius or 1.0
+                    )
+                else:
+                    expected = (a.atomic_radius or 1.0) + (b.atomic_radius or 1.0)
+                ratio = float(length / expected)
+                if "H" in (a.symbol, b.symbol):
+                    good += ratio < h_factor
+                else:
+                    good += (1 - tolerance) < ratio < (1 + tolerance)
+                total += 1
+    return good / total if total else 0.0
+
+
+def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) -> TextReport:
+    """Check a crystal text the way CrystaLLM judges generated CIFs, each check separately.
+
+    - formula: the ``data_`` composition, ``_chemical_formula_sum`` and ``_chemical_formula_structural``
+      agree (the first two exactly, the structural formula after reduction);
+    - multiplicity: every site's stated multiplicity equals its orbit under the space group, and
+      the multiplicities per element add up to ``_chemical_formula_sum``;
+    - space group: the rebuilt structure re-analysed at ``symprec`` has the stated number;
+    - bond lengths: :func:`bond_length_score` is 1.0 (every bond within ``1 ± bond_tolerance``).
+    """
+    report = TextReport()
+    try:
+        parsed, rebuilt = _rebuild(text)
+    except Exception as exc:  # any failure to parse or rebuild makes the text unparsable
+        report.errors.append(f"unparsable: {exc}")
+        return report
+    report.parsable = True
+    items = parsed.items
+
+    try:
+        data_comp = _composition(parsed.data_formula)
+        sum_comp = _composition(items["_chemical_formula_sum"])
+        struct_comp = _composition(items["_chemical_formula_structural"])
+        report.formula_consistent = (
+            data_comp.almost_equals(sum_comp)
+            and data_comp.reduced_composition.almost_equals(struct_comp.reduced_composition)
+        )
+        if not report.formula_consistent:
+            report.errors.append(
+                f"formula: data_ {data_comp.formula}, sum {sum_comp.formula}, structural {struct_comp.formula}"
+            )
+    except Exception as exc:
+        sum_comp = None
+        report.errors.append(f"formula: {exc}")
+
+    mult_ok = rebuilt.stated_multiplicities == rebuilt.orbit_sizes
+    if not mult_ok:
+        report.errors.append(
+            f"multiplicity: stated {rebuilt.stated_multiplicities}, space group gives {rebuilt.orbit_sizes}"
+        )
+    if sum_comp is not None:
+        per_el: dict[str, float] = {}
+        for el, m in zip(rebuilt.site_elements, rebuilt.stated_multiplicities):
+            per_el[el] = per_el.get(el, 0) + m
+        if not Composition(per_el).almost_equals(sum_comp):
+            mult_ok = False
+            report.errors.append(f"multiplicity: sites sum to {Composition(per_el).formula}, formula_sum {sum_comp.formula}")
+    report.multiplicity_consistent = mult_ok
+
+    try:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        found = SpacegroupAnalyzer(rebuilt.structure, symprec=symprec).get_space_group_number()
+        stated = rebuilt.number
+        if stated is None and "_symmetry_space_group_name_H-M" in items:
+            stated = spacegroups.number_of(items["_symmetry_space_group_name_H-M"])
+        report.space_group_consistent = found == stated
+        if not report.space_group_consistent:
+            report.errors.append(f"space group: stated {stated}, found {found} at symprec {symprec}")
+    except Exception as exc:
+        report.errors.append(f"space group: {exc}")
+
+    try:
+        report.bond_length_score = bond_length_score(rebuilt.structure, bond_tolerance)
+        report.bond_lengths_reasonable = report.bond_length_score >= 1.0
+        if not report.bond_lengths_reasonable:
+            report.errors.append(f"bond lengths: score {report.bond_length_score:.3f} < 1")
+    except Exception as exc:
+        report.errors.append(f"bond lengths: {exc}")
+    return report
+
+
+def text_header(text: str) -> str:
+    """The header part of a text (everything before the first ``loop_``): a partial document
+    carrying composition, cell and space group but no sites."""
+    idx = text.find("loop_")
+    return text if idx < 0 else text[:idx]
