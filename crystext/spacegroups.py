@@ -29,7 +29,7 @@ def _tables() -> tuple[dict[int, int], dict[str, int], dict[int, str]]:
             by_symbol[t.international_short] = hall
     for hall in range(1, 531):  # other settings, never shadowing a standard short symbol
         t = spglib.get_spacegroup_type(hall)
-        keys = [t.international.replace(" ", ""), t.international_full.replace(" ", "")]
+        keys = [t.international.replace(" ", ""), t.international_full.replace(" ", ""), t.international_short]
         if t.choice:
             keys += [k + ":" + t.choice for k in keys]
         for key in keys:

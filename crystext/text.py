@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,9 +65,16 @@ def _symmetrised_sites(structure: Structure, symprec: float, angle_tolerance: fl
     """Standard conventional cell (spglib), its space-group number and canonical asymmetric sites."""
     numbers = [site.specie.Z for site in structure]
     cell = (structure.lattice.matrix, structure.frac_coords, numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
-    if dataset is None:
-        dataset = spglib.get_symmetry_dataset(cell, symprec=1e-5)
+    dataset = None
+    for kwargs in ({"symprec": symprec, "angle_tolerance": angle_tolerance}, {"symprec": 1e-5}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+            try:
+                dataset = spglib.get_symmetry_dataset(cell, **kwargs)
+            except spglib.SpglibError:
+                dataset = None
+        if dataset is not None:
+            break
     if dataset is None:  # spglib could not analyse the cell at all: fall back to P1
         return structure.lattice, 1, [
             _Site(site.specie, 1, _wrap(site.frac_coords)) for site in structure

@@ -1,0 +1,198 @@
+"""The canonical text form: round trips, canonicity, validity checks and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from crystext import check_text, structure_to_text, text_to_structure
+from crystext.builtin import aflow_prototypes
+from crystext.errors import (
+    CIFParseError,
+    DisorderError,
+    EmptyStructureError,
+    EncodingError,
+    SpaceGroupError,
+    UnknownElementError,
+)
+from crystext.inputs import to_structure
+from crystext.settings import data_dir
+
+
+def rocksalt() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _shared_cifs(name: str, n: int) -> list[str]:
+    path = data_dir() / name / "test.csv"
+    if not path.is_file():
+        pytest.skip(f"shared data not found at {path}: set CRYSTEXT_DATA")
+    return pd.read_csv(path, nrows=n).cif.tolist()
+
+
+@pytest.fixture(scope="module")
+def prototypes() -> list[Structure]:
+    out = []
+    for _, s, _ in aflow_prototypes():
+        if s.is_ordered:
+            s = s.copy()
+            s.remove_oxidation_states()
+            out.append(s)
+    return out
+
+
+def test_text_form_layout():
+    text = structure_to_text(rocksalt(), properties=True)
+    lines = text.splitlines()
+    assert lines[0] == "data_Na4Cl4"
+    assert "_symmetry_space_group_name_H-M Fm-3m" in lines
+    assert "_symmetry_Int_Tables_number 225" in lines
+    assert "_chemical_formula_sum 'Na4 Cl4'" in lines
+    assert "_chemical_formula_structural NaCl" in lines
+    assert "_cell_length_a 5.6900" in lines
+    assert "_atom_type_electronegativity" in text
+    assert text.count("'x, y, z'") == 1 and "_symmetry_equiv_pos_as_xyz" in text
+    sites = [line.split() for line in lines if line.startswith(("  Na ", "  Cl ")) and len(line.split()) == 7]
+    assert [s[2] for s in sites] == ["4", "4"]  # asymmetric unit with multiplicities
+    assert text.endswith("\n")
+
+
+def test_round_trip_all_prototypes(prototypes):
+    """Every AFLOW prototype (all crystal systems and many settings) comes back as itself."""
+    matcher = StructureMatcher()
+    failures = [
+        s.composition.reduced_formula
+        for s in prototypes
+        if not matcher.fit(s, text_to_structure(structure_to_text(s)))
+    ]
+    assert len(failures) / len(prototypes) <= 0.005 * 3, failures
+    systems = {SpacegroupAnalyzer(s, symprec=0.1).get_crystal_system() for s in prototypes}
+    assert {"triclinic", "monoclinic", "hexagonal", "trigonal", "cubic"} <= systems
+
+
+@pytest.mark.parametrize("name", ["perov_5", "carbon_24"])
+def test_round_trip_shared_data(name):
+    matcher = StructureMatcher()
+    cifs = _shared_cifs(name, 60)
+    ok = sum(
+        matcher.fit(s, text_to_structure(structure_to_text(s)))
+        for s in (Structure.from_str(c, fmt="cif") for c in cifs)
+    )
+    assert ok >= len(cifs) - 1
+
+
+def test_text_is_canonical_under_rotation_translation_permutation():
+    s = Structure.from_spacegroup(
+        "P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]]
+    )
+    s = Structure.from_spacegroup("Pnma", Lattice.orthorhombic(5.5, 7.7, 5.4), ["Ca", "Ti", "O", "O"],
+                                  [[0.03, 0.25, 0.99], [0, 0, 0.5], [0.48, 0.25, 0.08], [0.29, 0.04, 0.71]])
+    reference = structure_to_text(s)
+    moved = s.copy()
+    moved.translate_sites(range(len(moved)), [0.13, 0.27, 0.41])
+    from pymatgen.core.operations import SymmOp
+
+    rotated = s.copy()
+    rotated.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0))
+    rng = np.random.default_rng(0)
+    permuted = Structure.from_sites([s[i] for i in rng.permutation(len(s))])
+    for variant in (moved, rotated, permuted):
+        assert structure_to_text(variant) == reference
+
+
+def test_p1_writes_every_site():
+    s = rocksalt()
+    text = structure_to_text(s, p1=True)
+    assert "_symmetry_space_group_name_H-M P1" in text
+    assert text.count(" 1  ") >= len(s)
+    assert StructureMatcher().fit(s, text_to_structure(text))
+
+
+def test_other_settings_are_read():
+    s = Structure.from_spacegroup("P2_1/c", Lattice.monoclinic(5.1, 6.2, 7.3, 101.0), ["Zr", "O"],
+                                  [[0.27, 0.04, 0.21], [0.07, 0.33, 0.34]])
+    text = structure_to_text(s)
+    assert "P2_1/c" in text
+    full = text.replace("_symmetry_space_group_name_H-M P2_1/c", "_symmetry_space_group_name_H-M 'P 1 21/c 1'")
+    assert StructureMatcher().fit(s, text_to_structure(full))
+    # the rhombohedral setting of R-3m, as pymatgen names it
+    rh = Structure.from_spacegroup("R-3m", Lattice.hexagonal(3.0, 14.0), ["Bi"], [[0, 0, 0.23]])
+    prim = SpacegroupAnalyzer(rh).get_primitive_standard_structure()
+    lat = prim.lattice
+    lines = [
+        "data_Bi2", "_symmetry_space_group_name_H-M R-3m:R",
+        f"_cell_length_a {lat.a:.4f}", f"_cell_length_b {lat.b:.4f}", f"_cell_length_c {lat.c:.4f}",
+        f"_cell_angle_alpha {lat.alpha:.4f}", f"_cell_angle_beta {lat.beta:.4f}", f"_cell_angle_gamma {lat.gamma:.4f}",
+        "loop_", " _atom_site_type_symbol", " _atom_site_fract_x", " _atom_site_fract_y", " _atom_site_fract_z",
+        "  Bi  {:.4f}  {:.4f}  {:.4f}".format(*prim[0].frac_coords),
+    ]
+    rebuilt = text_to_structure("\n".join(lines))
+    assert len(rebuilt) == 2 and StructureMatcher().fit(prim, rebuilt)
+
+
+def test_check_text_accepts_valid_text():
+    report = check_text(structure_to_text(rocksalt()))
+    assert report.valid, report.errors
+    assert report.bond_length_score == 1.0
+
+
+def test_each_check_fails_on_crafted_bad_text():
+    good = structure_to_text(rocksalt())
+    bad_formula = good.replace("data_Na4Cl4", "data_Na4Cl8")
+    r = check_text(bad_formula)
+    assert not r.formula_consistent and r.multiplicity_consistent and not r.valid
+
+    bad_mult = good.replace("  Na  Na0  4", "  Na  Na0  8")
+    r = check_text(bad_mult)
+    assert not r.multiplicity_consistent and r.formula_consistent and not r.valid
+
+    # every site of rocksalt written in P1: consistent sites, but the structure is really Fm-3m
+    r = check_text(structure_to_text(rocksalt(), p1=True))
+    assert not r.space_group_consistent and r.multiplicity_consistent and not r.valid
+
+    squashed = good.replace("5.6900", "3.1000")
+    r = check_text(squashed)
+    assert not r.bond_lengths_reasonable and r.bond_length_score < 1 and not r.valid
+
+    r = check_text("data_x\nnot a cif at all")
+    assert not r.parsable and not r.valid and r.errors
+
+
+def test_bad_inputs_raise_named_errors(tmp_path):
+    with pytest.raises(CIFParseError, match="unparsable|no data_|not a CIF"):
+        to_structure("data_broken\n_cell_length_a abc\n_cell_length_b\n")
+    with pytest.raises(CIFParseError):
+        text_to_structure("_cell_length_a 3\n")
+    with pytest.raises(EncodingError, match="not UTF-8"):
+        to_structure(b"data_x\n_cell_length_a 3\xff\n")
+    bad = tmp_path / "latin1.cif"
+    bad.write_bytes("data_é\n".encode("latin-1"))
+    with pytest.raises(EncodingError, match="latin1.cif"):
+        to_structure(bad)
+    with pytest.raises(EmptyStructureError):
+        structure_to_text(Structure(Lattice.cubic(3), [], []))
+    text = structure_to_text(rocksalt())
+    with pytest.raises(UnknownElementError, match="Xx"):
+        text_to_structure(text.replace("  Na  Na0", "  Xx  Xx0"))
+    with pytest.raises(SpaceGroupError):
+        text_to_structure(text.replace("Fm-3m", "Q9").replace("_symmetry_Int_Tables_number 225\n", ""))
+    cif = rocksalt().to(fmt="cif").replace(" Na ", " Qq ")
+    with pytest.raises(UnknownElementError):
+        to_structure(cif)
+
+
+def test_disorder_refused_by_default_and_resolved_on_request():
+    s = Structure(Lattice.cubic(4.0), [{"Fe": 0.7, "Co": 0.3}, "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(DisorderError, match="partially occupied"):
+        structure_to_text(s)
+    text = structure_to_text(s, disorder="dominant")
+    assert "_crystext_disorder dominant" in text and "Co" not in text.split("loop_")[-1]
+    assert text_to_structure(text).composition.reduced_formula == "FeO"
+    half = Structure(Lattice.cubic(4.0), [{"Fe": 0.5, "Co": 0.5}, {"Fe": 0.5, "Co": 0.5}], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ordered = structure_to_text(half, disorder="order")
+    assert "_crystext_disorder order" in ordered
+    assert text_to_structure(ordered).composition.reduced_formula == "FeCo"
