@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = args.func(args)
-    except CrystextError as exc:
+    except (CrystextError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"crystext {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

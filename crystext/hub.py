@@ -1,0 +1,331 @@
+"""Release a trained run on the Hugging Face Hub: model card, verified export, upload.
+
+``export_for_hub`` assembles a Hub-ready folder (config, ``model.safetensors``, tokenizer files,
+the card as ``README.md``, the element-embeddings CSV, benchmark results) and ``verify_export``
+loads it back offline in a fresh process before anything leaves the machine. ``publish`` then
+uploads with ``huggingface_hub``; the token comes from the standard login or ``HF_TOKEN`` and is
+never printed or written into the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+import pandas as pd
+import yaml
+
+from .errors import ConfigError, CrystextError
+from .settings import REPO_ROOT
+
+CARD_TEMPLATE = REPO_ROOT / "model_cards" / "template.md"
+#: files of a run folder that travel to the Hub when present
+RUN_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "training_config.json",
+    "eval.json",
+    "generation.json",
+    "log.csv",
+    "loss.png",
+    "corpus_summary.json",
+)
+#: the baselines a card compares against, when the benchmark has them
+CARD_BASELINES = ("magpie", "mat2vec", "crystallm", "skipatom", "megnet16", "oliynyk", "random_200")
+
+
+class HubError(CrystextError, RuntimeError):
+    """Exporting, verifying or uploading a release failed."""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _count_params(run: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(run / "model.safetensors"), framework="pt") as fh:
+        for key in fh.keys():
+            shape = fh.get_slice(key).get_shape()
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+    return total
+
+
+def benchmark_tables(results: pd.DataFrame, representation: str) -> tuple[str, list[dict]]:
+    """Markdown table (tasks x representations, best pooling/regressor per cell, mean ± std over
+    seeds, best per task in bold) and model-index entries for ``representation``."""
+    mae = results[results.metric == "mae"]
+    if mae.empty or representation not in set(mae.representation):
+        return "No benchmark results for this model yet.", []
+    grouped = (
+        mae.groupby(["task", "representation", "pooling", "regressor"]).value.agg(["mean", "std"]).reset_index()
+    )
+    best = grouped.loc[grouped.groupby(["task", "representation"])["mean"].idxmin()]
+    reps = [representation] + [r for r in CARD_BASELINES if r in set(best.representation)]
+    tasks = sorted(set(best[best.representation == representation].task))
+    lines = [
+        "Test MAE, mean ± std over seeds, each representation with its best pooling and regressor "
+        "(ridge, HistGradientBoosting, MLP) under the same protocol; lower is better, best in bold.",
+        "",
+        "| task | " + " | ".join(reps) + " |",
+        "|---|" + "---|" * len(reps),
+    ]
+    index: list[dict] = []
+    for task in tasks:
+        rows = best[best.task == task].set_index("representation")
+        present = [r for r in reps if r in rows.index]
+        winner = min(present, key=lambda r: rows.loc[r, "mean"])
+        cells = []
+        for r in reps:
+            if r not in rows.index:
+                cells.append("–")
+                continue
+            std = rows.loc[r, "std"]
+            cell = f"{rows.loc[r, 'mean']:.4g} ± {0.0 if pd.isna(std) else std:.2g}"
+            cells.append(f"**{cell}**" if r == winner else cell)
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        ours = rows.loc[representation]
+        index.append(
+            {
+                "task": {"type": "tabular-regression", "name": f"{task} (test MAE)"},
+                "dataset": {"name": task, "type": task.split("/")[0]},
+                "metrics": [
+                    {
+                        "type": "mae",
+                        "value": round(float(ours["mean"]), 6),
+                        "name": f"test MAE ({ours['pooling']} pooling, {ours['regressor']})",
+                    }
+                ],
+            }
+        )
+    return "\n".join(lines), index
+
+
+def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
+                template: str | Path | None = None, license: str = "mit") -> str:
+    """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
+
+    ``benchmark`` is a benchmark output folder (holding ``results.csv``) or the CSV itself.
+    """
+    run = Path(run)
+    config = _read_json(run / "config.json")
+    if not config:
+        raise ConfigError(f"{run}: not a run folder (no config.json)")
+    train_cfg = _read_json(run / "training_config.json")
+    evals = _read_json(run / "eval.json")
+    gen = _read_json(run / "generation.json")
+    corpus = _read_json(run / "corpus_summary.json") or train_cfg.get("corpus_summary", {})
+    tok_cfg = _read_json(run / "tokenizer_config.json")
+    vocab = len(_read_json(run / "tokenizer.json").get("model", {}).get("vocab", {})) or config.get("vocab_size")
+    run_name = run.name
+    representation = f"crystext-{run_name}"
+
+    results = None
+    if benchmark is not None:
+        path = Path(benchmark)
+        path = path / "results.csv" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"{path}: benchmark results not found")
+        results = pd.read_csv(path)
+    bench_md, model_index = (
+        benchmark_tables(results, representation) if results is not None else ("No benchmark results yet.", [])
+    )
+    if benchmark is not None and model_index:
+        bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from `{Path(benchmark)}`)."
+
+    sources = corpus.get("sources") or train_cfg.get("sources") or []
+    data_lines = []
+    if corpus:
+        data_lines.append("| source | documents | licence |")
+        data_lines.append("|---|---|---|")
+        licences = {
+            "perov_5": "MIT (CDVAE release; Castelli et al.)",
+            "carbon_24": "MIT (CDVAE release; Pickard, AIRSS)",
+            "aflow-prototypes": "pymatgen (MIT); AFLOW prototype library (Mehl et al. 2017)",
+            "matbench": "MIT (Matbench; Materials Project data CC-BY 4.0)",
+        }
+        for name, count in (corpus.get("per_source") or {}).items():
+            lic = next((v for k, v in licences.items() if k in name), "see source")
+            data_lines.append(f"| {name} | {count} | {lic} |")
+        for key in ("train", "validation", "test"):
+            if key in (corpus.get("splits") or {}):
+                data_lines.append(f"| split `{key}` | {corpus['splits'][key]} | |")
+    elif sources:
+        data_lines.append(", ".join(map(str, sources)))
+    training_data = "\n".join(data_lines) or "Not recorded in the run folder."
+    training_data += "\n\nTargets (properties) are never part of the pretraining text."
+
+    train_lines = []
+    for key in ("preset", "max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps",
+                "weight_decay", "mixed_precision", "tokens_seen", "wall_time_s", "hardware", "seed"):
+        if key in train_cfg:
+            train_lines.append(f"- {key.replace('_', ' ')}: {train_cfg[key]}")
+    if (run / "loss.png").is_file():
+        train_lines.append("\n![loss curve](loss.png)")
+    training = "\n".join(train_lines) or "Not recorded in the run folder."
+
+    learned = []
+    if evals:
+        for key, value in evals.items():
+            learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
+    if gen:
+        for key, value in gen.items():
+            if isinstance(value, (int, float, str)):
+                learned.append(f"- samples {key.replace('_', ' ')}: {value}")
+    learned_md = "\n".join(learned) or "No evaluation recorded."
+
+    tags = ["materials", "crystal-structure", "cif", "crystallography", "crystext"]
+    metadata: dict = {
+        "library_name": "transformers",
+        "pipeline_tag": "feature-extraction",
+        "license": license,
+        "tags": tags,
+        "datasets": [str(s) for s in (corpus.get("per_source") or {})] or [str(s) for s in sources],
+    }
+    if model_index:
+        metadata["model-index"] = [{"name": repo_id.split("/")[-1], "results": model_index}]
+
+    n_params = _count_params(run) if (run / "model.safetensors").is_file() else 0
+    text = Template(Path(template or CARD_TEMPLATE).read_text())
+    n_pos = config.get("n_positions", 0)
+    return text.substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        d_model=config.get("n_embd", "?"),
+        n_layer=config.get("n_layer", "?"),
+        n_head=config.get("n_head", "?"),
+        n_positions=n_pos,
+        n_params=_fmt_params(n_params) if n_params else "?",
+        dtype=config.get("dtype") or config.get("torch_dtype") or "float32",
+        tokenizer_name=tok_cfg.get("name_or_path") or train_cfg.get("tokenizer", "crystext"),
+        vocab_size=vocab,
+        tokenizer_note="`<bos>`/`<eos>`/`<pad>`/`<unk>`; every element, space group and CIF keyword a token",
+        max_sites=max(1, (n_pos - 150) // 25) if n_pos else "?",
+        training_data=training_data,
+        training=training,
+        learned=learned_md,
+        benchmarks=bench_md,
+    )
+
+
+_VERIFY = r"""
+import json, sys, os
+os.environ["HF_HUB_OFFLINE"] = "1"
+folder = sys.argv[1]
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+import crystext
+from huggingface_hub import ModelCard
+from pymatgen.core import Lattice, Structure
+model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+tok = AutoTokenizer.from_pretrained(folder)
+embed = pipeline("crystal-embedding", model=folder)
+nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+vec = embed(nacl)
+card = ModelCard.load(os.path.join(folder, "README.md"))
+meta = card.data.to_dict()
+assert meta.get("library_name") == "transformers", meta
+print(json.dumps({"n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+                  "embedding_dim": int(vec.shape[-1]), "card_tags": meta.get("tags", [])}))
+"""
+
+
+def verify_export(folder: str | Path, timeout: int = 600) -> dict:
+    """Load an exported folder back in a fresh process with ``HF_HUB_OFFLINE=1``:
+    ``AutoModelForCausalLM``, ``AutoTokenizer``, ``pipeline("crystal-embedding")`` and the card's
+    metadata through ``huggingface_hub.ModelCard``. Also refuses pickles. Raises :class:`HubError`."""
+    folder = Path(folder)
+    pickles = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    if pickles:
+        raise HubError(f"{folder}: pickle files would be published ({', '.join(pickles)}); only safetensors are allowed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _VERIFY, str(folder)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise HubError(f"{folder}: the exported folder does not load back offline:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: str | Path | None = None,
+                   verify: bool = True, overwrite: bool = False) -> Path:
+    """Assemble and (by default) verify a Hub-ready folder for ``run`` in ``out``."""
+    from .embeddings import element_embeddings, save_element_csv
+
+    run, out = Path(run), Path(out)
+    if not (run / "model.safetensors").is_file():
+        raise ConfigError(f"{run}: no model.safetensors (only safetensors weights are published)")
+    if "/" not in repo_id or repo_id.count("/") != 1:
+        raise ConfigError(f"repo id {repo_id!r} must look like OWNER/NAME")
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise ConfigError(f"{out}: export folder exists and is not empty (pass overwrite=True)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, out / name)
+    save_element_csv(element_embeddings(run), out / "element_embeddings.csv")
+    if benchmark is not None:
+        src = Path(benchmark)
+        src = src / "results.csv" if src.is_dir() else src
+        shutil.copy2(src, out / "benchmark_results.csv")
+        report = src.parent / "report.md"
+        if report.is_file():
+            shutil.copy2(report, out / "benchmark_report.md")
+    (out / "README.md").write_text(render_card(run, repo_id, benchmark))
+    if verify:
+        verify_export(out)
+    return out
+
+
+def publish(run: str | Path, repo_id: str, *, export_dir: str | Path | None = None,
+            benchmark: str | Path | None = None, private: bool = False, revision: str | None = None,
+            commit_message: str | None = None, token: str | None = None, export_only: bool = False) -> str:
+    """Export, verify offline, then upload ``run`` to ``repo_id`` on the Hub. Returns the folder
+    path when ``export_only`` else the commit URL. A network failure raises :class:`HubError`
+    and leaves the verified local folder intact."""
+    import tempfile
+
+    folder = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="crystext-export-"))
+    export_for_hub(run, folder, repo_id, benchmark, overwrite=export_dir is None)
+    if export_only:
+        return str(folder)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)  # None -> HF_TOKEN or the stored login
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            commit_message=commit_message or f"crystext release of {Path(run).name}",
+        )
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise HubError(
+            f"upload of {folder} to {repo_id} failed ({type(exc).__name__}: {exc}); "
+            f"the verified folder is intact at {folder}"
+        ) from None
+    return str(getattr(info, "commit_url", info))
