@@ -1,0 +1,391 @@
+"""Element and structure vectors from a pretrained crystext run.
+
+* :func:`element_embeddings`: the input-embedding rows of the element tokens, one row per element
+  (the CrystaLLM-style atom vectors), as a DataFrame that ElementEmbeddings can read back
+  (:func:`save_element_csv`).
+* :func:`structure_embeddings`: a structure's canonical text (:func:`crystext.text.structure_to_text`)
+  is tokenized as in training, ``<bos> text <eos>``, run through the transformer, and the hidden
+  states of one layer are pooled:
+
+  - ``pooling="mean"``: the mean over the *text* tokens, i.e. every position except the special
+    tokens ``<bos>``/``<eos>`` (``<bos>`` carries no information about the structure: its state is
+    the same for every input);
+  - ``pooling="last"``: the state at the last position, ``<eos>``, the one token that has attended
+    to the whole text.
+
+  ``layer`` counts like ``output_hidden_states``: 0 is the embedding output (token + position),
+  ``i`` the output of block ``i``, ``n_layer`` (or ``-1``) the final, layer-normed output.
+
+Batches are right-padded with an attention mask and explicit position ids, so a structure's vector
+does not depend on what it is batched with (equal to one-at-a-time within float32 round-off).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, CrystextError, DataNotFoundError, TokenizerError
+from .settings import REPO_ROOT
+
+POOLINGS = ("mean", "last")
+#: Default hidden layer for structure vectors (-1 = final, layer-normed output).
+DEFAULT_LAYER = -1
+
+RunLike = Any  # str | os.PathLike (run folder, bare name under models/, Hub id) | (model, tokenizer)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_device(device: Any = None):
+    """``None`` -> CUDA when available, else CPU; ints are CUDA indices, -1 is CPU; strings as torch reads them."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, int):
+        return torch.device("cpu") if device < 0 else torch.device(f"cuda:{device}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
+
+
+def _resolve_run_path(name_or_path: str | os.PathLike) -> str:
+    """A folder path as is; a bare name that is a folder under ``models/`` -> that folder; else a Hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    text = str(name_or_path)
+    if "/" not in text and "\\" not in text and (REPO_ROOT / "models" / text).is_dir():
+        return str(REPO_ROOT / "models" / text)
+    if path.is_absolute() or text.startswith((".", "~")) or os.sep in text and path.parent.is_dir():
+        raise DataNotFoundError(f"run {text}: no such folder (expected a save_pretrained run folder)")
+    return text  # a Hub repo id: from_pretrained resolves (and caches) it
+
+
+def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "float32"):
+    """Load a run folder (or a Hub repo id) as ``(model, tokenizer)``, model in eval mode on ``device``.
+
+    ``name_or_path`` is a ``save_pretrained`` folder (``config.json``, ``model.safetensors``,
+    tokenizer files), a bare name of a folder under the repository's ``models/``, or a Hub repo id
+    (resolved by ``from_pretrained``; set ``HF_HUB_OFFLINE=1`` to stay on the local cache). Only
+    safetensors weights are read. ``dtype`` defaults to float32 (reproducible vectors on every
+    device); pass ``"auto"`` to keep the checkpoint's dtype or ``"bfloat16"`` for speed on GPU.
+
+    Raises:
+        DataNotFoundError: the folder or repo does not exist or holds no loadable model/tokenizer.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _resolve_run_path(name_or_path)
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ConfigError(f"dtype {dtype!r} is not a torch dtype")
+        dtype = getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataNotFoundError(f"run {name_or_path}: cannot load a model and tokenizer ({first})") from None
+    model.to(resolve_device(device))
+    model.eval()
+    return model, tokenizer
+
+
+def as_run(run: RunLike, device: Any = None):
+    """``(model, tokenizer)`` from a run folder / name / Hub id, or a ``(model, tokenizer)`` pair as is."""
+    if isinstance(run, tuple) and len(run) == 2:
+        model, tokenizer = run
+        if device is not None:
+            model.to(resolve_device(device))
+        model.eval()
+        return model, tokenizer
+    if isinstance(run, (str, os.PathLike)):
+        return load_run(run, device=device)
+    raise TypeError(f"run must be a run folder, a Hub id or a (model, tokenizer) pair, not {type(run).__name__}")
+
+
+# --------------------------------------------------------------------------- element vectors
+
+
+def element_embeddings(run: RunLike) -> pd.DataFrame:
+    """The input-embedding rows of the element tokens: index = element symbol (Z order), columns 0..d-1."""
+    from .tokenization import element_token_ids
+
+    model, tokenizer = as_run(run, device="cpu" if isinstance(run, (str, os.PathLike)) else None)
+    ids = element_token_ids(tokenizer)
+    if not ids:
+        raise TokenizerError("the run's tokenizer has no element tokens")
+    weight = model.get_input_embeddings().weight.detach().float().cpu().numpy()
+    symbols = list(ids)  # element_token_ids is ordered by Z
+    df = pd.DataFrame(weight[[ids[s] for s in symbols]], index=pd.Index(symbols, name="element"))
+    df.columns = list(range(df.shape[1]))
+    return df
+
+
+def save_element_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write element vectors in the CSV layout ElementEmbeddings reads: header ``element,0,1,...``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy()
+    out.index.name = "element"
+    out.columns = [str(c) for c in range(out.shape[1])]
+    out.to_csv(path, float_format="%.8g")
+    return path
+
+
+def write_element_csv(run: RunLike, out: str | os.PathLike) -> Path:
+    """:func:`element_embeddings` of ``run`` written with :func:`save_element_csv` (``crystext elements``)."""
+    return save_element_csv(element_embeddings(run), out)
+
+
+# --------------------------------------------------------------------------- pooling core
+
+
+def check_layer(layer: int, n_layer: int) -> int:
+    """Normalise ``layer`` to 0..n_layer (negative counts from the end); ConfigError when out of range."""
+    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool):
+        raise ConfigError(f"layer must be an integer, not {layer!r}")
+    if not -(n_layer + 1) <= layer <= n_layer:
+        raise ConfigError(f"layer {layer} out of range for a {n_layer}-layer model (0..{n_layer} or negative)")
+    return int(layer) % (n_layer + 1)
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    return pooling
+
+
+def _n_layer(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers"))
+
+
+def pool_hidden_states(model, input_ids, attention_mask, special_ids: Iterable[int], layer: int = DEFAULT_LAYER,
+                       pooling: str = "mean"):
+    """One forward pass of the base transformer and the pooled state of ``layer``: a (batch, d) float tensor.
+
+    Works for right or left padding: position ids come from the attention mask, the mean runs over
+    attended non-special positions, and "last" takes the last attended position.
+    """
+    import torch
+
+    layer = check_layer(layer, _n_layer(model))
+    pooling = check_pooling(pooling)
+    attention_mask = attention_mask.to(input_ids.device)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    want_all = layer != _n_layer(model)
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           output_hidden_states=want_all, use_cache=False)
+    hidden = out.hidden_states[layer] if want_all else out.last_hidden_state
+    hidden = hidden.float()
+    if pooling == "last":
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (attention_mask.long() * (positions + 1)).argmax(-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    keep = attention_mask.bool()
+    for sid in set(special_ids):
+        keep &= input_ids != sid
+    weights = keep.to(hidden.dtype).unsqueeze(-1)
+    counts = weights.sum(1).clamp(min=1.0)
+    return (hidden * weights).sum(1) / counts
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Ids excluded from mean pooling: bos, eos, pad (and any other special token)."""
+    return sorted({i for i in tokenizer.all_special_ids if i is not None})
+
+
+def max_positions(model) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
+def encode_text(text: str, tokenizer, max_length: int | None = None, name: str = "text") -> list[int]:
+    """Token ids of ``<bos> text <eos>``; TokenizerError for unknown tokens or a text longer than the context."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        bad = [tokenizer.convert_ids_to_tokens(i) for i in ids].index(tokenizer.unk_token)
+        pieces = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        start, end = pieces[bad]
+        raise TokenizerError(f"{name}: the tokenizer has no token for {text[start:end]!r} (at character {start})")
+    if max_length is not None and len(ids) > max_length:
+        raise TokenizerError(f"{name}: {len(ids)} tokens, longer than the model's context of {max_length}")
+    return ids
+
+
+# --------------------------------------------------------------------------- structure vectors
+
+
+@dataclass
+class StructureEmbedder:
+    """Structure/text -> vector with one loaded run. Keeps skip counts for batch work.
+
+    >>> emb = StructureEmbedder("models/crystext-base", layer=-1, pooling="mean")
+    >>> vectors = emb.embed([structure1, structure2])         # (2, d)
+    >>> for key, vec in emb.iter_keyed(records, skip_errors=True): ...
+    """
+
+    run: RunLike
+    layer: int = DEFAULT_LAYER
+    pooling: str = "mean"
+    batch_size: int = 32
+    device: Any = None
+    symprec: float = 0.1
+    #: items read ahead and sorted by length before batching (bounded memory, little padding)
+    chunk_batches: int = 8
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.model, self.tokenizer = as_run(self.run, device=self.device)
+        self.device = next(self.model.parameters()).device
+        self.layer = check_layer(self.layer, _n_layer(self.model))
+        check_pooling(self.pooling)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.tokenizer.pad_token_id is None:
+            raise TokenizerError("the run's tokenizer has no pad token; batching needs one")
+        self._special = special_token_ids(self.tokenizer)
+        self._max_len = max_positions(self.model)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    # -- one item -> token ids
+    def text_of(self, structure: Any, name: str = "structure") -> str:
+        from .text import structure_to_text
+        from .inputs import to_structure
+
+        return structure_to_text(to_structure(structure, name=name), symprec=self.symprec)
+
+    def encode(self, item: Any, is_text: bool = False, name: str = "structure") -> list[int]:
+        text = item if is_text else self.text_of(item, name=name)
+        if is_text and not isinstance(item, str):
+            raise TypeError(f"{name}: expected text, got {type(item).__name__}")
+        return encode_text(text, self.tokenizer, self._max_len, name=name)
+
+    # -- a batch of token-id lists -> (n, d)
+    def embed_ids(self, batch: list[list[int]]) -> np.ndarray:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # right padding
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            vec = pool_hidden_states(self.model, input_ids.to(self.device), mask.to(self.device),
+                                     self._special, self.layer, self.pooling)
+        return vec.cpu().numpy().astype(np.float32)
+
+    def _embed_sorted(self, encoded: list[list[int]]) -> list[np.ndarray]:
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[np.ndarray | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            vecs = self.embed_ids([encoded[i] for i in idx])
+            for i, v in zip(idx, vecs):
+                out[i] = v
+        return out  # type: ignore[return-value]
+
+    # -- streams
+    def iter_keyed(self, records: Iterable[tuple[Any, Any]], texts: bool = False,
+                   skip_errors: bool = False) -> Iterator[tuple[Any, np.ndarray]]:
+        """Yield ``(key, vector)`` for ``(key, item)`` records, in order, reading ahead one chunk.
+
+        With ``skip_errors`` a record that cannot be converted/tokenized is skipped and counted in
+        :attr:`skipped` (by error type; first messages in :attr:`skipped_examples`); otherwise its
+        crystext error propagates. ``texts=True``: items are crystal texts, embedded as written.
+        """
+        chunk = max(1, self.batch_size * self.chunk_batches)
+        keys: list[Any] = []
+        encoded: list[list[int]] = []
+        for key, item in records:
+            try:
+                ids = self.encode(item, is_text=texts, name=str(key))
+            except Exception as exc:  # noqa: BLE001 - batch work skips any bad record
+                if not skip_errors:
+                    raise
+                self._skip(key, exc)
+                continue
+            keys.append(key)
+            encoded.append(ids)
+            if len(encoded) >= chunk:
+                yield from zip(keys, self._embed_sorted(encoded))
+                keys, encoded = [], []
+        if encoded:
+            yield from zip(keys, self._embed_sorted(encoded))
+
+    def _skip(self, key: Any, exc: Exception) -> None:
+        reason = type(exc).__name__ if isinstance(exc, CrystextError) else f"other:{type(exc).__name__}"
+        self.skipped[reason] += 1
+        if len(self.skipped_examples) < 20:
+            self.skipped_examples.append((key, f"{reason}: {exc}"))
+
+    def iter(self, items: Iterable[Any], texts: bool = False) -> Iterator[np.ndarray]:
+        """Yield one (d,) vector per item, in order (errors propagate)."""
+        for _, vec in self.iter_keyed(enumerate(items), texts=texts):
+            yield vec
+
+    def embed(self, items: Iterable[Any], texts: bool = False) -> np.ndarray:
+        """(n, d) float32 array, one row per item."""
+        vecs = list(self.iter(items, texts=texts))
+        return np.stack(vecs) if vecs else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = DEFAULT_LAYER,
+                         pooling: str = "mean", batch_size: int = 32, device: Any = None,
+                         symprec: float = 0.1) -> np.ndarray:
+    """Vectors of structures: (n, d) float32.
+
+    Args:
+        structures: pymatgen Structures, ASE Atoms, CIF strings or paths (see :func:`crystext.to_structure`).
+        run: a run folder, a bare name under ``models/``, a Hub id, or a ``(model, tokenizer)`` pair.
+        layer: hidden layer, 0 (embedding output) .. n_layer; -1 = last.
+        pooling: ``"mean"`` over the text tokens or ``"last"`` (the ``<eos>`` state).
+        batch_size: structures per forward pass (results do not depend on it).
+        device: ``"cpu"``, ``"cuda"``, an index, or None (CUDA when available).
+        symprec: symmetry tolerance of the canonical text.
+
+    Raises:
+        CrystextError subclasses naming the bad input (unparsable CIF, disorder, unknown element,
+        a text longer than the model's context, ...).
+    """
+    return StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
+                             symprec=symprec).embed(structures)
+
+
+def iter_structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = DEFAULT_LAYER,
+                              pooling: str = "mean", batch_size: int = 32, device: Any = None,
+                              symprec: float = 0.1) -> Iterator[np.ndarray]:
+    """Streaming :func:`structure_embeddings`: yields one (d,) vector per structure, in order,
+    holding at most a few batches of inputs in memory."""
+    return StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
+                             symprec=symprec).iter(structures)
+
+
+def text_embeddings(texts: Iterable[str], run: RunLike, layer: int = DEFAULT_LAYER, pooling: str = "mean",
+                    batch_size: int = 32, device: Any = None) -> np.ndarray:
+    """Vectors of crystal texts as written (e.g. a saved corpus' ``text`` column): (n, d) float32."""
+    return StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size,
+                             device=device).embed(texts, texts=True)
