@@ -69,7 +69,7 @@ def _resolve_run_path(name_or_path: str | os.PathLike) -> str:
     text = str(name_or_path)
     if "/" not in text and "\\" not in text and (REPO_ROOT / "models" / text).is_dir():
         return str(REPO_ROOT / "models" / text)
-    if path.is_absolute() or text.startswith((".", "~")) or os.sep in text and path.parent.is_dir():
+    if path.is_absolute() or text.startswith((".", "~")) or (os.sep in text and path.parent.is_dir()):
         raise DataNotFoundError(f"run {text}: no such folder (expected a save_pretrained run folder)")
     return text  # a Hub repo id: from_pretrained resolves (and caches) it
 
@@ -130,7 +130,9 @@ def element_embeddings(run: RunLike) -> pd.DataFrame:
     if not ids:
         raise TokenizerError("the run's tokenizer has no element tokens")
     weight = model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    symbols = list(ids)  # element_token_ids is ordered by Z
+    from pymatgen.core import Element
+
+    symbols = sorted(ids, key=lambda s: Element(s).Z)
     df = pd.DataFrame(weight[[ids[s] for s in symbols]], index=pd.Index(symbols, name="element"))
     df.columns = list(range(df.shape[1]))
     return df
@@ -276,9 +278,9 @@ class StructureEmbedder:
         return structure_to_text(to_structure(structure, name=name), symprec=self.symprec)
 
     def encode(self, item: Any, is_text: bool = False, name: str = "structure") -> list[int]:
-        text = item if is_text else self.text_of(item, name=name)
         if is_text and not isinstance(item, str):
-            raise TypeError(f"{name}: expected text, got {type(item).__name__}")
+            raise TypeError(f"{name}: expected crystal text, got {type(item).__name__}")
+        text = item if is_text else self.text_of(item, name=name)
         return encode_text(text, self.tokenizer, self._max_len, name=name)
 
     # -- a batch of token-id lists -> (n, d)
@@ -316,13 +318,16 @@ class StructureEmbedder:
         With ``skip_errors`` a record that cannot be converted/tokenized is skipped and counted in
         :attr:`skipped` (by error type; first messages in :attr:`skipped_examples`); otherwise its
         crystext error propagates. ``texts=True``: items are crystal texts, embedded as written.
+        An item that is an exception instance stands for a record a reader found broken.
         """
         chunk = max(1, self.batch_size * self.chunk_batches)
         keys: list[Any] = []
         encoded: list[list[int]] = []
         for key, item in records:
             try:
-                ids = self.encode(item, is_text=texts, name=str(key))
+                if isinstance(item, Exception):  # a reader's verdict on a broken record
+                    raise item
+                ids = self.encode(item, is_text=texts, name=f"input {key}" if isinstance(key, int) else str(key))
             except Exception as exc:  # noqa: BLE001 - batch work skips any bad record
                 if not skip_errors:
                     raise
@@ -389,3 +394,227 @@ def text_embeddings(texts: Iterable[str], run: RunLike, layer: int = DEFAULT_LAY
     """Vectors of crystal texts as written (e.g. a saved corpus' ``text`` column): (n, d) float32."""
     return StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size,
                              device=device).embed(texts, texts=True)
+
+
+# --------------------------------------------------------------------------- files -> parquet
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".ndjson")
+ID_COLUMNS = ("material_id", "mbid", "id", "name")  # as crystext.corpus: first present names a row
+
+
+@dataclass
+class InputSource:
+    """One input of :func:`embed_to_parquet`: what it is, how many records (when cheap to know)."""
+
+    path: Path
+    kind: str  # "cif-folder" | "cif-file" | "table" | "corpus"
+    count: int | None = None
+
+
+def is_saved_corpus(path: Path) -> bool:
+    """A ``datasets`` ``save_to_disk`` folder (a DatasetDict or a single Dataset)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def describe_input(path: str | os.PathLike) -> InputSource:
+    """Classify an embed input; DataNotFoundError / ConfigError for what cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        if is_saved_corpus(path):
+            return InputSource(path, "corpus", _corpus_rows(path))
+        cifs = sum(1 for _ in path.rglob("*.cif"))
+        if not cifs:
+            raise DataNotFoundError(f"{path}: no *.cif files and not a saved corpus (datasets folder)")
+        return InputSource(path, "cif-folder", cifs)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".cif":
+            return InputSource(path, "cif-file", 1)
+        if suffix in TABLE_SUFFIXES:
+            columns = _table_columns(path)
+            if "cif" not in columns:
+                raise ConfigError(f"{path}: table has no 'cif' column (columns: {', '.join(columns)})")
+            return InputSource(path, "table", _table_rows(path))
+        raise ConfigError(f"{path}: not a CIF, a CIF folder, a table ({', '.join(TABLE_SUFFIXES)}) or a saved corpus")
+    raise DataNotFoundError(f"{path}: no such file or folder")
+
+
+def _table_columns(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    if suffix == ".csv":
+        return list(pd.read_csv(path, nrows=0).columns)
+    first = next(pd.read_json(path, lines=True, chunksize=1))
+    return list(first.columns)
+
+
+def _table_rows(path: Path) -> int | None:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def _corpus_rows(path: Path) -> int:
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(path))
+    return sum(len(d) for d in data.values()) if hasattr(data, "values") else len(data)
+
+
+def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        cols = [c for c in pf.schema_arrow.names if c == "cif" or c in ID_COLUMNS]
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
+            yield batch.to_pandas()
+    elif suffix == ".csv":
+        yield from pd.read_csv(path, chunksize=chunk_rows, dtype={c: str for c in ID_COLUMNS})
+    else:
+        yield from pd.read_json(path, lines=True, chunksize=chunk_rows, dtype={c: str for c in ID_COLUMNS})
+
+
+def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[str, Any]]:
+    """``(id, item)`` records of one input, streamed. Items are paths, CIF strings or crystal texts
+    (corpus); a record that is broken before parsing (empty cell) comes as an exception instance."""
+    from .errors import CIFParseError
+    from .inputs import check_structure, read_text_file, structure_from_cif
+
+    def parse(text_or_file: Any, key: str) -> Any:
+        try:  # a file or a cell holds CIF text, never a path: parse it as such
+            text = read_text_file(text_or_file) if isinstance(text_or_file, Path) else text_or_file
+            return check_structure(structure_from_cif(text, key), key)
+        except Exception as exc:  # noqa: BLE001 - counted as a skipped record downstream
+            return exc
+
+    path = source.path
+    if source.kind == "cif-file":
+        yield path.stem, parse(path, str(path))
+    elif source.kind == "cif-folder":
+        for file in sorted(path.rglob("*.cif")):
+            yield str(file.relative_to(path).with_suffix("")), parse(file, str(file))
+    elif source.kind == "table":
+        offset = 0
+        for frame in _table_chunks(path, chunk_rows):
+            id_col = next((c for c in ID_COLUMNS if c in frame.columns), None)
+            for row, cif in enumerate(frame["cif"].tolist()):
+                key = str(frame[id_col].iloc[row]) if id_col else f"{path.name}:{offset + row}"
+                if not isinstance(cif, str) or not cif.strip():
+                    yield key, CIFParseError(f"{key}: empty 'cif' cell")
+                else:
+                    yield key, parse(cif, key)
+            offset += len(frame)
+    elif source.kind == "corpus":
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(path))
+        splits = data.items() if hasattr(data, "items") else [("data", data)]
+        for split, ds in splits:
+            if "text" not in ds.column_names:
+                raise ConfigError(f"{path}: saved corpus split {split!r} has no 'text' column")
+            cols = ["text"] + (["id"] if "id" in ds.column_names else [])
+            offset = 0
+            for batch in ds.select_columns(cols).iter(batch_size=chunk_rows):
+                for row, text in enumerate(batch["text"]):
+                    key = batch["id"][row] if "id" in batch else f"{split}:{offset + row}"
+                    yield str(key), text
+                offset += len(batch["text"])
+    else:  # pragma: no cover - describe_input makes only the kinds above
+        raise ConfigError(f"unknown input kind {source.kind!r}")
+
+
+def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str | os.PathLike,
+                     layer: int = DEFAULT_LAYER, pooling: str = "mean", batch_size: int = 32,
+                     device: Any = None, symprec: float = 0.1, rows_per_group: int = 2048,
+                     progress: bool = True) -> dict:
+    """Embed every record of ``inputs`` into a Parquet file, streaming with bounded memory.
+
+    Inputs: CIF files, folders of CIFs (recursive ``*.cif``), tables (CSV/Parquet/JSONL) with a
+    ``cif`` column (id from ``id``/``material_id``/``mbid`` when present), saved corpora
+    (``datasets`` folders: their ``text`` column is embedded as written). Bad records are skipped
+    and counted, never fatal. Output columns: ``id`` (string), ``source`` (input path),
+    ``embedding`` (fixed-size list of float32). Read back with :func:`read_vectors`.
+
+    Returns a summary: ``{"embedded", "skipped", "skip_reasons", "examples", "out", "dim", ...}``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    sources = [describe_input(p) for p in inputs]
+    if not sources:
+        raise ConfigError("no inputs to embed")
+    embedder = StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
+                                 symprec=symprec)
+    dim = embedder.dim
+    schema = pa.schema([("id", pa.string()), ("source", pa.string()),
+                        ("embedding", pa.list_(pa.float32(), dim))])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(s.count for s in sources) if all(s.count is not None for s in sources) else None
+    bar = tqdm(total=total, unit="struct", desc="embed", disable=not progress)
+    embedded = 0
+    ids: list[str] = []
+    srcs: list[str] = []
+    vecs: list[np.ndarray] = []
+
+    def flush(writer) -> None:
+        if not ids:
+            return
+        flat = pa.array(np.stack(vecs).reshape(-1), type=pa.float32())
+        table = pa.Table.from_arrays(
+            [pa.array(ids, pa.string()), pa.array(srcs, pa.string()),
+             pa.FixedSizeListArray.from_arrays(flat, dim)], schema=schema)
+        writer.write_table(table)
+        ids.clear(), srcs.clear(), vecs.clear()
+
+    tmp = out.with_name(out.name + ".partial")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for source in sources:
+            def counted(records):
+                for rec in records:
+                    bar.update(1)
+                    yield rec
+
+            for key, vec in embedder.iter_keyed(counted(iter_records(source)),
+                                                texts=source.kind == "corpus", skip_errors=True):
+                ids.append(str(key))
+                srcs.append(str(source.path))
+                vecs.append(vec)
+                embedded += 1
+                if len(ids) >= rows_per_group:
+                    flush(writer)
+            bar.set_postfix(skipped=sum(embedder.skipped.values()), refresh=False)
+        flush(writer)
+    bar.close()
+    tmp.replace(out)
+    skipped = sum(embedder.skipped.values())
+    return {
+        "out": str(out),
+        "embedded": embedded,
+        "skipped": skipped,
+        "skip_reasons": dict(embedder.skipped),
+        "examples": [f"{k}: {m}" for k, m in embedder.skipped_examples[:5]],
+        "dim": dim,
+        "layer": embedder.layer,
+        "pooling": pooling,
+        "inputs": [f"{s.path} ({s.kind})" for s in sources],
+    }
+
+
+def read_vectors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Read a file written by :func:`embed_to_parquet`: ``(ids, (n, d) float32 array)``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "embedding"])
+    emb = table.column("embedding").combine_chunks()
+    dim = emb.type.list_size
+    values = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return table.column("id").to_pylist(), values.reshape(-1, dim)

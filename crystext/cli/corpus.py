@@ -1,0 +1,117 @@
+"""``crystext corpus build SOURCES... --out DIR`` and ``crystext corpus stats DIR``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def _build(args) -> int:
+    from ..corpus import build_corpus
+
+    dedupe = None if args.dedupe == "none" else args.dedupe
+    build_corpus(
+        args.sources,
+        out=args.out,
+        tokenizer=args.tokenizer,
+        num_proc=args.num_proc,
+        dedupe=dedupe,
+        split=tuple(args.split),
+        split_by=args.split_by,
+        seed=args.seed,
+        symprec=args.symprec,
+        properties=args.properties,
+        disorder=args.disorder,
+        limit=args.limit,
+        progress=not args.quiet,
+        command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    print(f"corpus written to {args.out}")
+    return 0
+
+
+def _stats(args) -> int:
+    from ..corpus import coverage_markdown, load_corpus, reference_elements, token_counts
+
+    corpus = load_corpus(args.dir)
+    counts = token_counts(args.dir, tokenizer=args.tokenizer, split=args.split)
+    if args.markdown:
+        reference = reference_elements(args.reference) if args.reference else None
+        command = "crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        built = corpus.summary.get("command")
+        head = ["# Element coverage of the pretraining corpus", "",
+                f"Made by `{command}`" + (f" on the corpus built by `{built}`." if built else "."), ""]
+        if args.reference:
+            head += [f"Elements the benchmarks use: every element in {', '.join(f'`{r}`' for r in args.reference)}.", ""]
+        text = "\n".join(head) + coverage_markdown(counts, reference, args.min_count, corpus.summary)
+        with open(args.markdown, "w") as fh:
+            fh.write(text)
+        print(f"report written to {args.markdown}")
+    shown = counts if args.all else counts[counts.tokens > 0]
+    with_pd_options(lambda: print(shown.to_string()))
+    return 0
+
+
+def with_pd_options(fn) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 120):
+        fn()
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "corpus",
+        help="build a tokenized corpus of crystal text, or show its element token counts",
+        description="Build a datasets corpus (train/validation/test) of crystal text from CIF folders, "
+        "tables with a cif column, pymatgen JSON, the built-in 'aflow-prototypes' and Matbench "
+        "(composition, space group) tables as header documents; or print per-element token counts.",
+    )
+    verbs = p.add_subparsers(dest="corpus_command", metavar="ACTION")
+
+    b = verbs.add_parser(
+        "build",
+        help="build a corpus folder from sources",
+        description="Convert every record to crystal text (bad records are skipped and counted), "
+        "deduplicate, split by a seed and tokenize; writes DatasetDict splits, summary.json, "
+        "skipped.csv and tokenizer/ into --out.",
+    )
+    b.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a CIF folder, a .csv/.parquet/.jsonl table with a cif column, pymatgen .json, "
+                   "a Matbench .json.bz2 (header documents) or 'aflow-prototypes'")
+    b.add_argument("--out", required=True, metavar="DIR", help="output corpus folder")
+    b.add_argument("--tokenizer", default="crystext-cif", help="tokenizer name, folder or Hub id (default: crystext-cif)")
+    b.add_argument("--num-proc", type=int, default=1, help="worker processes (default: 1)")
+    b.add_argument("--dedupe", choices=["formula-spacegroup", "structure", "none"], default="formula-spacegroup",
+                   help="one document per formula+space group, StructureMatcher duplicates, or none "
+                   "(default: formula-spacegroup)")
+    b.add_argument("--split", type=float, nargs=3, default=[0.9, 0.05, 0.05], metavar=("TRAIN", "VAL", "TEST"),
+                   help="split fractions (default: 0.9 0.05 0.05)")
+    b.add_argument("--split-by", choices=["random", "composition"], default="random",
+                   help="'composition' keeps every reduced formula in one split (default: random)")
+    b.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    b.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance in angstrom (default: 0.1)")
+    b.add_argument("--properties", action="store_true", help="add the atom-property block to each text")
+    b.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
+                   help="partially occupied sites: skip the record (raise), keep the majority species, or order")
+    b.add_argument("--limit", type=int, default=None, help="at most N records per source")
+    b.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+    b.set_defaults(func=_build)
+
+    s = verbs.add_parser(
+        "stats",
+        help="per-element token counts of a corpus split",
+        description="Print how often each element's token occurs in a split (and in how many "
+        "documents), optionally as a Markdown coverage report against benchmark tables.",
+    )
+    s.add_argument("dir", help="corpus folder (from `crystext corpus build`)")
+    s.add_argument("--split", default="train", help="split to count (default: train)")
+    s.add_argument("--tokenizer", default=None, help="tokenizer (default: the corpus folder's tokenizer/)")
+    s.add_argument("--all", action="store_true", help="also list elements with zero tokens")
+    s.add_argument("--markdown", metavar="FILE", help="write a Markdown coverage report here")
+    s.add_argument("--reference", nargs="+", metavar="PATH",
+                   help="benchmark tables or folders whose elements the report checks (formula/composition/cif columns)")
+    s.add_argument("--min-count", type=int, default=1000, help="coverage threshold for the report (default: 1000)")
+    s.set_defaults(func=_stats)
+
+    p.set_defaults(func=lambda args: p.print_help() or 0)

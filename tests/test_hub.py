@@ -1,0 +1,119 @@
+"""Hub release: export + offline verification, model card metadata, loading by repo id offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from crystext.hub import HubError, benchmark_tables, export_for_hub, publish, render_card
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny, untrained run folder: enough to exercise the whole release path."""
+    from crystext.modeling import build_model
+    from crystext.tokenization import load_tokenizer
+
+    tok = load_tokenizer("crystext-cif")
+    model = build_model("tiny", tok)
+    run = tmp_path_factory.mktemp("runs") / "tiny-test"
+    model.save_pretrained(run)
+    tok.save_pretrained(run)
+    return run
+
+
+@pytest.fixture()
+def results_csv(tmp_path):
+    rows = []
+    for rep, base in [("crystext-tiny-test", 10.0), ("magpie", 12.0), ("mat2vec", 13.0)]:
+        for seed in (0, 1):
+            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "hgb", seed, "mae", base + seed))
+            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "ridge", seed, "mae", base + 5))
+    df = pd.DataFrame(rows, columns=["task", "representation", "pooling", "regressor", "seed", "metric", "value"])
+    path = tmp_path / "results.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_benchmark_tables_pick_best_and_bold_winner(results_csv):
+    md, index = benchmark_tables(pd.read_csv(results_csv), "crystext-tiny-test")
+    assert "**10.5 ± 0.71**" in md  # best regressor, mean ± std over two seeds, bold as the winner
+    assert "12.5 ± 0.71" in md and "magpie" in md
+    assert index[0]["metrics"][0]["value"] == pytest.approx(10.5)
+
+
+def test_card_metadata_parses(tiny_run, results_csv):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(render_card(tiny_run, "someone/tiny-test", results_csv))
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "feature-extraction"
+    assert {"materials", "crystal-structure", "cif"} <= set(meta["tags"])
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "mae"
+    assert 'pipeline("crystal-embedding", model="someone/tiny-test")' in card.text
+
+
+def test_publish_export_loads_offline_in_fresh_process(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_NEVERWRITETHISTOKEN")
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crystext", "publish", str(tiny_run), "--repo-id", "x/y", "--export", str(out)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "element_embeddings.csv"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    for path in out.iterdir():
+        assert b"hf_NEVERWRITETHISTOKEN" not in path.read_bytes(), path
+    assert "hf_NEVERWRITETHISTOKEN" not in proc.stdout + proc.stderr
+
+
+def test_network_failure_keeps_verified_folder(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any upload attempt fails as offline
+    out = tmp_path / "release"
+    with pytest.raises(HubError, match="intact"):
+        publish(tiny_run, "x/y", export_dir=out)
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def test_export_refuses_pickles_and_bad_repo_ids(tiny_run, tmp_path):
+    from crystext.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="OWNER/NAME"):
+        export_for_hub(tiny_run, tmp_path / "a", "no-slash", verify=False)
+    bad_run = tmp_path / "pickled"
+    shutil.copytree(tiny_run, bad_run)
+    (bad_run / "model.safetensors").unlink()
+    (bad_run / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(ConfigError, match="safetensors"):
+        export_for_hub(bad_run, tmp_path / "b", "x/y", verify=False)
+
+
+def test_repo_id_resolves_from_offline_cache(tiny_run, tmp_path):
+    """A Hub repo id loads through from_pretrained's cache with HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hub"
+    commit = "0" * 40
+    snap = cache / "models--someone--tiny-test" / "snapshots" / commit
+    shutil.copytree(tiny_run, snap)
+    (cache / "models--someone--tiny-test" / "refs").mkdir(parents=True)
+    (cache / "models--someone--tiny-test" / "refs" / "main").write_text(commit)
+    code = (
+        "import crystext, transformers;"
+        "from pymatgen.core import Lattice, Structure;"
+        "s = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.69), ['Na', 'Cl'], [[0,0,0],[.5,.5,.5]]);"
+        "e = transformers.pipeline('crystal-embedding', model='someone/tiny-test');"
+        "print(e(s).shape, crystext.element_embeddings('someone/tiny-test').shape)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    width = json.loads((tiny_run / "config.json").read_text())["n_embd"]
+    assert f"({width},)" in proc.stdout
