@@ -286,6 +286,31 @@ def _open_source(spec: Any, limit: int | None) -> _Source:
     return src
 
 
+def _open_sources(sources: Any, limit: int | None) -> tuple[list, list[_Source]]:
+    """Open every source; Structure objects given directly form one source, ``structures``;
+    sources with the same name get ``#2``, ``#3``, ... appended."""
+    from pymatgen.core import Structure
+
+    if isinstance(sources, (str, os.PathLike, Structure)) or not isinstance(sources, Iterable):
+        sources = [sources]
+    sources = list(sources)
+    structs = [s for s in sources if isinstance(s, Structure)]
+    opened = [_open_source(s, limit) for s in sources if not isinstance(s, Structure)]
+    if structs:
+        structs = structs[:limit] if limit is not None else structs
+        n = len(structs)
+        opened.append(_Source("structures", "structure", [f"structures:{k}" for k in range(n)],
+                              [("structure", s) for s in structs], ["{}"] * n))
+    taken: Counter = Counter()
+    for src in opened:
+        taken[src.name] += 1
+        if taken[src.name] > 1:
+            new = f"{src.name}#{taken[src.name]}"
+            src.ids = [new + rid[len(src.name):] if rid.startswith(src.name) else rid for rid in src.ids]
+            src.name = new
+    return sources, opened
+
+
 # --------------------------------------------------------------------------- conversion (worker side)
 
 _SETTINGS: dict[str, Any] = {}
@@ -376,11 +401,17 @@ def _match_group(texts: list[str]) -> list[int]:
 
     structures = []
     for k, t in enumerate(texts):
-        s = text_to_structure(t)
+        try:
+            s = text_to_structure(t)
+        except Exception:  # a text that does not rebuild is kept, never matched
+            continue
         s.properties["_index"] = k
         structures.append(s)
     # group_structures reduces each structure once, then matches within composition groups
-    groups = StructureMatcher().group_structures(structures)
+    try:
+        groups = StructureMatcher().group_structures(structures)
+    except Exception:  # pymatgen failing on one group must not stop a build: keep the group
+        return []
     dupes: list[int] = []
     for group in groups:
         members = sorted(s.properties["_index"] for s in group)
@@ -500,6 +531,34 @@ def _tokenize(texts: list[str], tok, progress: bool, batch: int = 2048) -> list[
     return ids
 
 
+def _make_summary(opened: list[_Source], corpus, skipped: list[dict], dup_counts: Counter, config: dict, command) -> dict:
+    skip_counts = Counter(s["source"] for s in skipped)
+    kept_counts = Counter(src for name in SPLITS for src in corpus[name]["source"])
+    return {
+        "sources": {
+            src.name: {
+                "kind": src.kind,
+                "records": len(src.ids),
+                "skipped": skip_counts.get(src.name, 0),
+                "duplicates": dup_counts.get(src.name, 0),
+                "documents": kept_counts.get(src.name, 0),
+            }
+            for src in opened
+        },
+        "skip_reasons": dict(Counter(s["reason"] for s in skipped)),
+        "splits": {
+            name: {
+                "documents": len(corpus[name]),
+                "tokens": int(sum(corpus[name]["num_tokens"])),
+                "kinds": dict(Counter(corpus[name]["kind"])),
+            }
+            for name in SPLITS
+        },
+        "config": config,
+        "command": command,
+    }
+
+
 def _print_summary(summary: dict, file=None) -> None:
     file = file or sys.stderr
     rows = [("source", "kind", "records", "skipped", "duplicates", "documents")]
@@ -579,18 +638,7 @@ def build_corpus(
     num_proc = max(1, int(num_proc or 1))
     tok = _resolve_tokenizer(tokenizer)  # fail early on a bad tokenizer name
 
-    from pymatgen.core import Structure
-
-    if isinstance(sources, (str, os.PathLike, Structure)) or not isinstance(sources, Iterable):
-        sources = [sources]
-    sources = list(sources)
-    # pymatgen Structure objects given directly form one source, "structures"
-    structs = [s for s in sources if isinstance(s, Structure)]
-    opened = [_open_source(s, limit) for s in sources if not isinstance(s, Structure)]
-    if structs:
-        structs = structs[:limit] if limit is not None else structs
-        opened.append(_Source("structures", "structure", [f"structures:{k}" for k in range(len(structs))],
-                              [("structure", s) for s in structs], ["{}"] * len(structs)))
+    sources, opened = _open_sources(sources, limit)
 
     meta: list[tuple[str, str, str, str]] = []  # (id, source, kind, properties)
     tasks: list[tuple] = []
@@ -639,46 +687,22 @@ def build_corpus(
         splits[name] = Dataset.from_dict(rows, features=features)
     corpus = DatasetDict(splits)
 
-    skip_counts = Counter(s["source"] for s in skipped)
-    kept_counts = Counter(src for name in SPLITS for src in corpus[name]["source"])
-    summary = {
-        "sources": {
-            src.name: {
-                "kind": src.kind,
-                "records": len(src.ids),
-                "skipped": skip_counts.get(src.name, 0),
-                "duplicates": dup_counts.get(src.name, 0),
-                "documents": kept_counts.get(src.name, 0),
-            }
-            for src in opened
-        },
-        "skip_reasons": dict(Counter(s["reason"] for s in skipped)),
-        "splits": {
-            name: {
-                "documents": len(corpus[name]),
-                "tokens": int(sum(corpus[name]["num_tokens"])),
-                "kinds": dict(Counter(corpus[name]["kind"])),
-            }
-            for name in SPLITS
-        },
-        "config": {
-            "sources": [s if isinstance(s, str) else str(s) if isinstance(s, os.PathLike) else type(s).__name__ for s in sources],
-            "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", type(tok).__name__),
-            "num_proc": num_proc, "dedupe": dedupe, "split": list(split), "split_by": split_by, "seed": seed,
-            "symprec": symprec, "properties": properties, "disorder": disorder, "limit": limit,
-            "header_cell": "primitive",
-        },
-        "command": command,
+    config = {
+        "sources": [s if isinstance(s, str) else str(s) if isinstance(s, os.PathLike) else type(s).__name__ for s in sources],
+        "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", ""),
+        "num_proc": num_proc, "dedupe": dedupe, "split": list(split), "split_by": split_by, "seed": seed,
+        "symprec": symprec, "properties": properties, "disorder": disorder, "limit": limit, "header_cell": "primitive",
     }
+    summary = _make_summary(opened, corpus, skipped, dup_counts, config, command)
     if progress:
         _print_summary(summary)
     if out is not None:
-        _save(corpus, summary, skipped, tok, Path(out))
+        _save(corpus, summary, skipped, tok, Path(out), progress)
     corpus.summary = summary
     return corpus
 
 
-def _save(corpus, summary: dict, skipped: list[dict], tok, out: Path) -> None:
+def _save(corpus, summary: dict, skipped: list[dict], tok, out: Path, progress: bool = True) -> None:
     import csv
     import shutil
 
@@ -687,7 +711,17 @@ def _save(corpus, summary: dict, skipped: list[dict], tok, out: Path) -> None:
             if (out / sub).is_dir():
                 shutil.rmtree(out / sub)
     out.mkdir(parents=True, exist_ok=True)
-    corpus.save_to_disk(str(out))
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    if not progress:
+        ds_logging.disable_progress_bar()
+    try:
+        # one shard per split: datasets writes no shard for an empty split, then cannot load it
+        corpus.save_to_disk(str(out), num_shards={name: 1 for name in corpus})
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
     tok.save_pretrained(str(out / "tokenizer"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out / "skipped.csv", "w", newline="") as fh:
@@ -728,14 +762,15 @@ def token_counts(corpus: Any, tokenizer: Any = None, split: str = "train"):
         ``pandas.DataFrame`` indexed by element symbol (ordered by Z) with columns ``Z``,
         ``tokens`` (occurrences of the element's token), ``structure_tokens`` and
         ``header_tokens`` (the same in full and header documents) and ``documents`` (documents
-        holding the element's token at least once).
+        holding the element's token at least once). A token counts for an element when it is the
+        element's symbol, alone or fused with spacing (``"  Cd"`` in ``crystext-compact``);
+        space-group tokens (``" Pm"``) never count.
     """
     import pandas as pd
-    import pyarrow as pa
     import pyarrow.compute as pc
     from pymatgen.core import Element
 
-    from .tokenization import element_token_ids
+    from .tokenization import element_token_ids, spacegroup_token_ids
 
     if isinstance(corpus, (str, os.PathLike)):
         path = Path(corpus)
@@ -746,10 +781,21 @@ def token_counts(corpus: Any, tokenizer: Any = None, split: str = "train"):
     ds = corpus[split] if hasattr(corpus, "keys") else corpus
     mapping = element_token_ids(tok)
     symbols = sorted(mapping, key=lambda s: Element(s).Z)
-    vocab = max(max(mapping.values()), len(tok)) + 1
-    lut = np.full(vocab, -1, dtype=np.int64)
-    for k, s in enumerate(symbols):
-        lut[mapping[s]] = k
+    index = {s: k for k, s in enumerate(symbols)}
+    vocab = tok.get_vocab()
+    lut = np.full(max(max(vocab.values()), len(tok)) + 1, -1, dtype=np.int64)
+    # tokens that stand for an element: its own token, and tokens fused with spacing ("  Cd" in
+    # crystext-compact), but not space-group tokens that look like one (" Pm", " Cm")
+    try:
+        sg_ids = set(spacegroup_token_ids(tok).values())
+    except TokenizerError:
+        sg_ids = set()
+    for token, tid in vocab.items():
+        sym = token.strip()
+        if sym in index and tid not in sg_ids:
+            lut[tid] = index[sym]
+    for sym, tid in mapping.items():
+        lut[tid] = index[sym]
     table = ds.data.table if hasattr(ds.data, "table") else ds.data
     ids_col = table.column("input_ids")
     kinds = np.asarray(table.column("kind").to_pylist())

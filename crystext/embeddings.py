@@ -74,7 +74,7 @@ def _resolve_run_path(name_or_path: str | os.PathLike) -> str:
     return text  # a Hub repo id: from_pretrained resolves (and caches) it
 
 
-def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "float32"):
+def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "float32", **hub_kwargs: Any):
     """Load a run folder (or a Hub repo id) as ``(model, tokenizer)``, model in eval mode on ``device``.
 
     ``name_or_path`` is a ``save_pretrained`` folder (``config.json``, ``model.safetensors``,
@@ -82,6 +82,8 @@ def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "
     (resolved by ``from_pretrained``; set ``HF_HUB_OFFLINE=1`` to stay on the local cache). Only
     safetensors weights are read. ``dtype`` defaults to float32 (reproducible vectors on every
     device); pass ``"auto"`` to keep the checkpoint's dtype or ``"bfloat16"`` for speed on GPU.
+    ``hub_kwargs`` (``revision``, ``cache_dir``, ``local_files_only``, ``token``) go to both
+    ``from_pretrained`` calls.
 
     Raises:
         DataNotFoundError: the folder or repo does not exist or holds no loadable model/tokenizer.
@@ -95,8 +97,8 @@ def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "
             raise ConfigError(f"dtype {dtype!r} is not a torch dtype")
         dtype = getattr(torch, dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype, **hub_kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataNotFoundError(f"run {name_or_path}: cannot load a model and tokenizer ({first})") from None
@@ -218,14 +220,14 @@ def max_positions(model) -> int | None:
 
 
 def encode_text(text: str, tokenizer, max_length: int | None = None, name: str = "text") -> list[int]:
-    """Token ids of ``<bos> text <eos>``; TokenizerError for unknown tokens or a text longer than the context."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    unk = tokenizer.unk_token_id
-    if unk is not None and unk in ids:
-        bad = [tokenizer.convert_ids_to_tokens(i) for i in ids].index(tokenizer.unk_token)
-        pieces = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
-        start, end = pieces[bad]
-        raise TokenizerError(f"{name}: the tokenizer has no token for {text[start:end]!r} (at character {start})")
+    """Token ids of ``<bos> text <eos>``; TokenizerError naming ``name`` for a text the tokenizer
+    cannot represent (unknown characters, unknown keywords) or one longer than the context."""
+    from .tokenization import encode_checked
+
+    try:
+        ids = encode_checked(tokenizer, text, add_special_tokens=True)
+    except TokenizerError as exc:
+        raise TokenizerError(f"{name}: {exc}") from None
     if max_length is not None and len(ids) > max_length:
         raise TokenizerError(f"{name}: {len(ids)} tokens, longer than the model's context of {max_length}")
     return ids

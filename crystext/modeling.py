@@ -37,6 +37,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 1337,
     "bucket_size": 64,  # length-bucketing window, in global batches
     "save_dtype": "float32",  # dtype of the final model.safetensors
+    "compile": False,  # torch.compile the training forward (minutes to compile, faster steps)
 }
 
 _DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")

@@ -111,3 +111,8 @@ def register_pipeline() -> None:
         pipeline_class=CrystalEmbeddingPipeline,
         pt_model=AutoModelForCausalLM,
     )
+
+
+# Importing this module registers the task (``import crystext`` arranges for that to happen as soon
+# as transformers' pipelines are imported).
+register_pipeline()

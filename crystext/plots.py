@@ -18,6 +18,7 @@ import pandas as pd
 from .errors import ConfigError
 
 METHODS = ("pca", "tsne", "umap")
+_METHOD_LABELS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 ORDERS = ("z", "mendeleev")
 
 # periodic-table group -> colour category (lanthanides and actinides apart from group 3)
@@ -167,8 +168,8 @@ def plot_projection(tables: list[tuple[str, pd.DataFrame]], method: str, out: st
             ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
             ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
         else:
-            ax.set_xlabel(f"{method.upper()} 1")
-            ax.set_ylabel(f"{method.upper()} 2")
+            ax.set_xlabel(f"{_METHOD_LABELS[method]} 1")
+            ax.set_ylabel(f"{_METHOD_LABELS[method]} 2")
         for cat in dict.fromkeys(groups):
             pick = [i for i, g in enumerate(groups) if g == cat]
             colour, marker = styles[cat]
@@ -181,7 +182,7 @@ def plot_projection(tables: list[tuple[str, pd.DataFrame]], method: str, out: st
     handles = [Line2D([], [], marker=styles[c][1], ls="", markerfacecolor=styles[c][0], markeredgecolor="k",
                       markersize=8, label=c) for c in used]
     fig.legend(handles=handles, title="periodic-table group", loc="center right", fontsize=9, title_fontsize=9)
-    fig.suptitle(f"Element vectors, {method.upper()} of z-scored vectors ({len(symbols)} common elements)")
+    fig.suptitle(f"Element vectors, {_METHOD_LABELS[method]} of z-scored vectors ({len(symbols)} common elements)")
     fig.tight_layout(rect=(0, 0, 0.85, 0.97))
     out = Path(out)
     fig.savefig(out, dpi=130)

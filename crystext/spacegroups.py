@@ -101,3 +101,92 @@ def number_of(symbol: str) -> int:
         return SpaceGroup(symbol.strip().strip("'\"")).int_number
     except Exception:
         raise SpaceGroupError(f"unknown space-group symbol {symbol!r}") from None
+
+
+_GRID = np.array(sorted({0.0, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 3 / 8, 1 / 2, 5 / 8, 2 / 3, 3 / 4, 5 / 6, 7 / 8}))
+
+
+def _in_set(vectors: np.ndarray, allowed: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether every row of ``vectors`` equals (mod 1) some row of ``allowed``."""
+    d = (vectors[:, None, :] - allowed[None, :, :] + 0.5) % 1.0 - 0.5
+    return bool(np.all(np.any(np.all(np.abs(d) < tol, axis=2), axis=1)))
+
+
+def _allowed_table(rot: np.ndarray, trans: np.ndarray):
+    """For each distinct rotation: its translations mod 1, padded with NaN into one array."""
+    by_rot: dict[bytes, list] = {}
+    for r, t in zip(rot, trans):
+        by_rot.setdefault(np.rint(r).astype(int).tobytes(), []).append(np.mod(t, 1.0))
+    width = max(len(v) for v in by_rot.values())
+    table = {k: np.vstack([np.array(v), np.full((width - len(v), 3), np.nan)]) for k, v in by_rot.items()}
+    return table
+
+
+@lru_cache(maxsize=2048)
+def _normaliser(number: int, linear_maps: bytes) -> tuple[tuple, tuple[bool, bool, bool]]:
+    rot, trans = _operations_for_hall(default_hall_number(number))
+    table = _allowed_table(rot, trans)
+    eye = np.eye(3)
+    maps = np.frombuffer(linear_maps, dtype=np.int64).reshape(-1, 3, 3).astype(float)
+
+    def checker(m: np.ndarray):
+        m_inv = np.linalg.inv(m)
+        new_rot = np.einsum("ij,njk,kl->nil", m, rot, m_inv)
+        keys = [np.rint(r).astype(int).tobytes() for r in new_rot]
+        if any(k not in table for k in keys):
+            return None
+        allowed = np.stack([table[k] for k in keys])  # (n, width, 3)
+        base = np.einsum("ij,nj->ni", m, trans)
+        shift_op = eye - new_rot
+
+        few = slice(None, None, max(1, len(rot) // 8))  # a cheap first pass rejects most shifts
+
+        def ok(t: np.ndarray, sel) -> bool:
+            new = base[sel] + np.einsum("nij,j->ni", shift_op[sel], t)
+            d = (new[:, None, :] - allowed[sel] + 0.5) % 1.0 - 0.5
+            return bool(np.all(np.any(np.all(np.abs(d) < 1e-6, axis=2), axis=1)))
+
+        def valid(t: np.ndarray) -> bool:
+            return ok(t, few) and ok(t, slice(None))
+
+        return valid
+
+    identity = checker(eye)
+    free = tuple(identity(eye[k] * 0.1234567) for k in range(3))
+    grids = [np.array([0.0]) if free[k] else _GRID for k in range(3)]
+    ts = np.array([[x, y, z] for x in grids[0] for y in grids[1] for z in grids[2]])
+    # maps that differ by an element of the group give the same description: keep one per coset,
+    # told apart by where they send the orbit of a generic point
+    generic = np.mod(np.einsum("nij,j->ni", rot, np.array([0.1234, 0.3456, 0.5678])) + trans, 1.0)
+    choices, signatures = [], set()
+    for m in maps:
+        valid = checker(m)
+        if valid is None:
+            continue
+        for t in ts:
+            if valid(t):
+                image = np.round(np.mod(generic @ m.T + t, 1.0), 6) % 1.0
+                signature = np.round(image[np.lexsort(image.T[::-1])], 5).tobytes()
+                if signature in signatures:
+                    continue
+                signatures.add(signature)
+                choices.append((m.astype(int).tobytes(), tuple(float(v) for v in t)))
+    return tuple(choices), free
+
+
+def origin_choices(number: int, lattice=None) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[bool, bool, bool]]:
+    """Affine maps ``x -> M x + t`` that leave the standard setting's operations unchanged (the
+    Euclidean normaliser restricted to symmetries of the given lattice), and the axes along
+    which the origin is free (polar directions).
+
+    Every such map turns a structure into an equally valid description in the same setting; the
+    text form picks the smallest of them so the origin and axis choice is canonical.
+    """
+    if lattice is None:
+        maps = np.array([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
+    else:
+        sym = spglib.get_symmetry((np.asarray(lattice), [[0.0, 0.0, 0.0]], [1]), symprec=1e-3)
+        maps = np.unique(sym["rotations"].astype(np.int64), axis=0) if sym else np.array([np.eye(3, dtype=np.int64)])
+    choices, free = _normaliser(int(number), np.ascontiguousarray(maps, dtype=np.int64).tobytes())
+    out = [(np.frombuffer(m, dtype=np.int64).reshape(3, 3).astype(float), np.array(t)) for m, t in choices]
+    return out, free

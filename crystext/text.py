@@ -85,19 +85,47 @@ def _symmetrised_sites(structure: Structure, symprec: float, angle_tolerance: fl
     positions = np.asarray(dataset.std_positions)
     types = np.asarray(dataset.std_types)
     seen = np.zeros(len(positions), dtype=bool)
-    sites: list[_Site] = []
+    orbits: list[tuple[int, np.ndarray]] = []
     for i in range(len(positions)):
         if seen[i]:
             continue
         orbit = _orbit(rot, trans, positions[i])
-        # mark every std-cell atom of this orbit
         diff = (positions[:, None, :] - orbit[None, :, :] + 0.5) % 1.0 - 0.5
-        members = np.any(np.all(np.abs(diff) < _FRAC_TOL, axis=2), axis=1) & (types == types[i])
-        seen |= members
-        candidates = _wrap(orbit)
-        rep = min(map(tuple, candidates))
-        sites.append(_Site(Element.from_Z(int(types[i])), int(len(orbit)), np.array(rep)))
-    return lattice, number, sites
+        seen |= np.any(np.all(np.abs(diff) < _FRAC_TOL, axis=2), axis=1) & (types == types[i])
+        orbits.append((int(types[i]), orbit))
+    return lattice, number, _canonical_sites(number, orbits, lattice)
+
+
+def _canonical_sites(number: int, orbits: list[tuple[int, np.ndarray]], lattice: Lattice) -> list[_Site]:
+    """The asymmetric unit under the origin/axis choice that gives the smallest site list.
+
+    Each orbit is represented by its lexicographically smallest member; the structure is tried
+    under every map of the space group's normaliser that is also a symmetry of the lattice, and
+    along polar axes with each atom of the rarest orbits placed on the origin.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        maps, free = spacegroups.origin_choices(number, lattice.matrix)
+    if any(free):
+        key = min((len(o), z) for z, o in orbits)
+        rare = np.vstack([o for z, o in orbits if (len(o), z) == key])
+        mask = np.array(free, dtype=float)
+        maps = [(m, t - (m @ p) * mask) for m, t in maps for p in rare]
+    best_key, best_sites = None, None
+    for m, t in maps:
+        sites = []
+        for z, orbit in orbits:
+            moved = _wrap(orbit @ m.T + t)
+            sites.append(_Site(Element.from_Z(z), len(orbit), np.array(min(map(tuple, moved)))))
+        sites.sort(key=_site_key)
+        key = [(_element_order(s.element), s.multiplicity, tuple(s.frac)) for s in sites]
+        if best_key is None or key < best_key:
+            best_key, best_sites = key, sites
+    return best_sites
+
+
+def _site_key(s: _Site) -> tuple:
+    return (_element_order(s.element), s.multiplicity, tuple(np.round(s.frac, DECIMALS)))
 
 
 def structure_to_text(
@@ -134,7 +162,7 @@ def structure_to_text(
         sites = [_Site(site.specie, 1, _wrap(site.frac_coords, decimals)) for site in structure]
     else:
         lattice, number, sites = _symmetrised_sites(structure, symprec, angle_tolerance)
-    sites.sort(key=lambda s: (_element_order(s.element), s.multiplicity, tuple(np.round(s.frac, decimals))))
+    sites.sort(key=_site_key)
 
     counts: dict[str, float] = {}
     for s in sites:

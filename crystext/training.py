@@ -157,10 +157,15 @@ def collate(rows: list[list[int]], pad_id: int, block_size: int):
 
 
 def token_loss_sum(model, ids, mask):
-    """Summed next-token cross-entropy over real (non-pad) targets, and their count."""
+    """Summed next-token cross-entropy over real (non-pad) targets, and their count.
+
+    Rows are right-padded, so under the causal mask a real token only ever sees earlier tokens of
+    its own document: the padding mask would change nothing but the (ignored) outputs at padded
+    positions. Leaving it out lets SDPA take its fused causal kernel instead of a masked one.
+    """
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logits = model(input_ids=ids).logits[:, :-1]
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
@@ -339,6 +344,7 @@ def pretrain(
     tokenizer=None,
     corpus_cache: str | Path | None = None,
     keep_checkpoints: int = 2,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Train a causal LM on a corpus and write a run folder; return its path.
@@ -359,8 +365,12 @@ def pretrain(
     max_steps: overrides the preset's ``max_steps`` (the schedule's length).
     stop_at: stop after this step (checkpoint and final files written) without changing the
         schedule, as if the run were interrupted there.
-    max_time: stop (likewise) once this many seconds of training have passed.
+    max_time: stop (likewise) once this many seconds have passed since the call (corpus
+        building and set-up included), so a time-boxed job ends on time.
     overrides: training hyper-parameters replacing the preset's (e.g. ``{"batch_size": 8}``).
+    tokenizer: for a corpus built on the fly (a corpus folder brings its own ``tokenizer/``).
+    keep_checkpoints: how many of the latest checkpoints to keep.
+    num_threads: ``torch.set_num_threads`` for CPU training (default: torch's choice).
     """
     import torch
     from accelerate import Accelerator
@@ -368,6 +378,10 @@ def pretrain(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    t_call = time.time()
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    _quiet_padding_warning()
     out = Path(out)
     if preset_or_config is None:
         if init is None:
@@ -381,10 +395,19 @@ def pretrain(
         cfg[key] = value
     if max_steps is not None:
         cfg["max_steps"] = int(max_steps)
+    if cfg["mixed_precision"] in (False, None):  # YAML reads a bare `no` as false
+        cfg["mixed_precision"] = "no"
 
+    # accelerate keeps process-wide state; forget a previous run's precision (notebooks, tests)
+    # while keeping the distributed set-up (PartialState).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=cfg["mixed_precision"], log_with="tensorboard", project_dir=str(out),
         step_scheduler_with_optimizer=False,
+        # without an accelerator device, say so: accelerate then runs launched processes as gloo DDP
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
@@ -415,10 +438,13 @@ def pretrain(
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["learning_rate"], betas=tuple(cfg["betas"]),
+        lr=cfg["learning_rate"], betas=tuple(cfg["betas"]), fused=True,  # one kernel per step, CPU and GPU
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg["learning_rate"])
     model, optimizer = accelerator.prepare(model, optimizer)
+    # The compiled module shares the prepared model's parameters; checkpoints and evaluation use
+    # the plain one (evaluation would otherwise compile a second, no-grad graph).
+    train_model = torch.compile(model, dynamic=True) if cfg["compile"] else model
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
 
@@ -467,7 +493,7 @@ def pretrain(
         for k, (ids, mask) in enumerate(loaded):
             sync = k == len(loaded) - 1
             with nullcontext() if sync else accelerator.no_sync(model):
-                loss, _ = token_loss_sum(model, ids.to(accelerator.device), mask.to(accelerator.device))
+                loss, _ = token_loss_sum(train_model, ids.to(accelerator.device), mask.to(accelerator.device))
                 # DDP averages gradients over processes; scale so the result is the global token mean
                 accelerator.backward(loss * world / n_targets)
             loss_sum += loss.detach().double()
@@ -489,7 +515,7 @@ def pretrain(
 
         done = state.step >= stop
         if max_time is not None and not done:
-            elapsed = torch.tensor([time.time() - t_start], device=accelerator.device)
+            elapsed = torch.tensor([time.time() - t_call], device=accelerator.device)
             done = float(accelerator.reduce(elapsed, "max")) > max_time
         is_eval = state.step % cfg["eval_interval"] == 0 or done
         if state.step % cfg["log_interval"] == 0 or is_eval:
@@ -519,7 +545,6 @@ def pretrain(
         test_ds = dd["test"]
         held["test"] = evaluate(model, accelerator, test_ds, _lengths(test_ds), _column(test_ds, "kind", "structure"),
                                 np.arange(len(test_ds)), tok.pad_token_id, block, eval_batch)
-    accelerator.end_training()
     if main:
         unwrapped = accelerator.unwrap_model(model)
         save_dtype = getattr(torch, cfg["save_dtype"])
@@ -561,9 +586,24 @@ def pretrain(
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         plot_loss(out / "log.csv", out / "loss.png", title=f"{preset['name']}: {out.name}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers (and the process group under accelerate launch)
     if len(set(digests)) > 1:
         raise CrystextError(f"pretrain: processes ended with different weights ({digests}); DDP lost sync")
     return out
+
+
+def _quiet_padding_warning() -> None:
+    """transformers warns once that padded input_ids come without an attention mask; ours are
+    right-padded under a causal mask, where the mask changes nothing (see token_loss_sum)."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    if not any(getattr(f, "_crystext", False) for f in logger.filters):
+        def keep(record) -> bool:
+            return "attention_mask` since your input_ids may be padded" not in record.getMessage()
+
+        keep._crystext = True  # type: ignore[attr-defined]
+        logger.addFilter(keep)
 
 
 def _copy_as(model, dtype):

@@ -108,12 +108,12 @@ def time_model(name: str, run, texts: list[str], batch_size: int, repeats: int) 
         "name": name, "n_layer": cfg.n_layer, "d": cfg.n_embd, "params": params,
         "tokens_per_structure": float(np.mean([len(x) for x in ids])),
         "structures_per_s": len(ids) / sec, "flop_per_s": flops / sec, "seconds": sec,
-        "device": str(emb.device),
+        "device": str(emb.device), "load": os.getloadavg()[0],
     }
 
 
 def memory_child(csv: str, model: str, batch_size: int) -> None:
-    """Run ``crystext embed`` on one table; print peak RSS (ru_maxrss and sampled) as JSON."""
+    """Run ``crystext embed`` on one table; print peak RSS (VmHWM and sampled) as JSON."""
     import threading
 
     import psutil
@@ -140,9 +140,20 @@ def memory_child(csv: str, model: str, batch_size: int) -> None:
     thread.join()
     print(json.dumps({
         "embedded": summary["embedded"], "skipped": summary["skipped"], "seconds": seconds,
-        "rss_before_mb": start_rss / 2**20, "peak_sampled_mb": peak[0] / 2**20,
-        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": start_rss / 2**20, "peak_sampled_mb": peak[0] / 2**20, "vmhwm_mb": vm_hwm_mb(),
     }))
+
+
+def vm_hwm_mb() -> float:
+    """Peak RSS of this process image (Linux VmHWM; unlike ru_maxrss it is not inherited from the
+    parent across fork + exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_preset_run(preset: str, folder: Path) -> Path:
@@ -206,6 +217,7 @@ def main(argv=None) -> int:
                                       str(args.batch_size)], capture_output=True, text=True, check=True)
                 rec = json.loads(out.stdout.strip().splitlines()[-1])
                 rec["size"] = size
+                rec["load"] = os.getloadavg()[0]
                 memory.append(rec)
                 print(f"memory {size}: {rec}", file=sys.stderr)
 
@@ -226,8 +238,9 @@ def render(results, memory, text_rate, peak, peak_before, peak_after, device, ar
         f"Command: `{command}`",
         "",
         f"Machine: {device.type.upper()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"({os.cpu_count()} logical cores, {cpu}); the machine was shared with other jobs, so absolute "
-        "rates vary; the FLOP fractions are measured against a peak taken in the same run.",
+        f"({os.cpu_count()} logical cores, {cpu}). Other jobs may share the machine: the 1-minute load "
+        "average after each measurement is given (above the core count means contention), and the FLOP "
+        "fractions are measured against a matmul peak taken in the same run.",
         "",
         f"Data: {args.n} perov_5 structures (val then test rows of `perov_5/*.csv`), batch size "
         f"{args.batch_size}, median of {args.repeats} passes. float32 matmul peak (2048^3 products, best "
@@ -242,15 +255,15 @@ def render(results, memory, text_rate, peak, peak_before, peak_after, device, ar
         "1 / (1/text rate + 1/model rate), given in the last column.",
         "",
         "| model | layers x d | body params | tokens/structure | structures/s (model) | GFLOP/s | "
-        "fraction of matmul peak | structures/s incl. text (est.) |",
-        "|---|---|---|---|---|---|---|---|",
+        "fraction of matmul peak | structures/s incl. text (est.) | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         e2e = 1.0 / (1.0 / text_rate + 1.0 / r["structures_per_s"])
         lines.append(
             f"| {r['name']} | {r['n_layer']} x {r['d']} | {r['params'] / 1e6:.2f} M | "
             f"{r['tokens_per_structure']:.0f} | {r['structures_per_s']:.1f} | {r['flop_per_s'] / 1e9:.2f} | "
-            f"{r['flop_per_s'] / peak:.1%} | {e2e:.1f} |")
+            f"{r['flop_per_s'] / peak:.1%} | {e2e:.1f} | {r['load']:.1f} |")
     lines += [
         "",
         "FLOPs counted: the transformer body's forward pass over the real (unpadded) tokens, "
@@ -265,20 +278,21 @@ def render(results, memory, text_rate, peak, peak_before, peak_after, device, ar
             "",
             f"`embed_to_parquet` on a CSV table of N perov_5 rows (cycled past 7,572), `{args.memory_preset}` "
             f"preset, batch {args.batch_size}, each size in a fresh process; this path includes CIF parsing "
-            "and text conversion. Peak RSS from `getrusage` (ru_maxrss) and from psutil sampling every 50 ms.",
+            "and text conversion. Peak RSS: the kernel's high-water mark (VmHWM) and psutil sampling every 50 ms; "
+            "RSS at start is after the imports, before the model is loaded.",
             "",
             "| structures | embedded | seconds | structures/s | RSS at start (MiB) | peak RSS sampled (MiB) | "
-            "ru_maxrss (MiB) |",
-            "|---|---|---|---|---|---|---|",
+            "peak RSS VmHWM (MiB) | load |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for m in memory:
             lines.append(
                 f"| {m['size']:,} | {m['embedded']:,} | {m['seconds']:.1f} | {m['embedded'] / m['seconds']:.1f} | "
-                f"{m['rss_before_mb']:.0f} | {m['peak_sampled_mb']:.0f} | {m['ru_maxrss_mb']:.0f} |")
+                f"{m['rss_before_mb']:.0f} | {m['peak_sampled_mb']:.0f} | {m['vmhwm_mb']:.0f} | {m['load']:.1f} |")
         first, last = memory[0], memory[-1]
-        growth = last["ru_maxrss_mb"] - first["ru_maxrss_mb"]
+        growth = last["vmhwm_mb"] - first["vmhwm_mb"]
         lines += ["", f"Peak RSS grows by {growth:.0f} MiB from {first['size']:,} to {last['size']:,} structures "
-                  f"({growth / first['ru_maxrss_mb']:+.1%})."]
+                  f"({growth / first['vmhwm_mb']:+.1%})."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,35 @@
 from __future__ import annotations
 
 import shlex
-import sys
+from pathlib import Path
+
+
+def _q(items) -> str:
+    return " ".join(shlex.quote(str(a)) for a in items)
+
+
+def _build_command(args) -> str:
+    """The command line, rebuilt from the parsed arguments (with every default spelled out)."""
+    parts = ["crystext corpus build", _q(args.sources), f"--out {_q([args.out])}", f"--tokenizer {_q([args.tokenizer])}",
+             f"--num-proc {args.num_proc}", f"--dedupe {args.dedupe}", f"--split {_q(args.split)}",
+             f"--split-by {args.split_by}", f"--seed {args.seed}", f"--symprec {args.symprec}", f"--disorder {args.disorder}"]
+    if args.properties:
+        parts.append("--properties")
+    if args.limit is not None:
+        parts.append(f"--limit {args.limit}")
+    return " ".join(parts)
+
+
+def _stats_command(args) -> str:
+    parts = ["crystext corpus stats", _q([args.dir]), f"--split {args.split}"]
+    if args.tokenizer:
+        parts.append(f"--tokenizer {_q([args.tokenizer])}")
+    if args.markdown:
+        parts.append(f"--markdown {_q([args.markdown])}")
+    if args.reference:
+        parts.append(f"--reference {_q(args.reference)}")
+    parts.append(f"--min-count {args.min_count}")
+    return " ".join(parts)
 
 
 def _build(args) -> int:
@@ -24,7 +52,7 @@ def _build(args) -> int:
         disorder=args.disorder,
         limit=args.limit,
         progress=not args.quiet,
-        command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=_build_command(args),
     )
     print(f"corpus written to {args.out}")
     return 0
@@ -34,18 +62,19 @@ def _stats(args) -> int:
     from ..corpus import coverage_markdown, load_corpus, reference_elements, token_counts
 
     corpus = load_corpus(args.dir)
-    counts = token_counts(args.dir, tokenizer=args.tokenizer, split=args.split)
+    tokenizer = args.tokenizer or str(Path(args.dir) / "tokenizer")
+    counts = token_counts(corpus, tokenizer=tokenizer, split=args.split)
     if args.markdown:
         reference = reference_elements(args.reference) if args.reference else None
-        command = "crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = _stats_command(args)
         built = corpus.summary.get("command")
         head = ["# Element coverage of the pretraining corpus", "",
                 f"Made by `{command}`" + (f" on the corpus built by `{built}`." if built else "."), ""]
         if args.reference:
             head += [f"Elements the benchmarks use: every element in {', '.join(f'`{r}`' for r in args.reference)}.", ""]
-        text = "\n".join(head) + coverage_markdown(counts, reference, args.min_count, corpus.summary)
-        with open(args.markdown, "w") as fh:
-            fh.write(text)
+        text = "\n".join(head) + "\n" + coverage_markdown(counts, reference, args.min_count, corpus.summary)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
         print(f"report written to {args.markdown}")
     shown = counts if args.all else counts[counts.tokens > 0]
     with_pd_options(lambda: print(shown.to_string()))

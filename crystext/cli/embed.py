@@ -7,10 +7,6 @@ import json
 import sys
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "embed",
@@ -31,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="structures per forward pass (default 32)")
     p.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance of the canonical text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.set_defaults(func=_embed)
 
     e = subparsers.add_parser(

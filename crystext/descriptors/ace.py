@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -308,21 +307,26 @@ class ACE:
     def _build_layout(self) -> None:
         q = len(self.channels_) * self.n_radial
         self.l_triples_ = _l_triples(self.max_angular) if self.correlation_order >= 3 else []
-        pairs = np.stack(np.meshgrid(np.arange(q), np.arange(q), indexing="ij"), -1).reshape(-1, 2) if self.redundant else _unique_pairs(q)
-        self._pairs = pairs
-        self._triples = {ls: _triple_index(q, ls, self.redundant) for ls in self.l_triples_}
-        n = q
-        if self.correlation_order >= 2:
-            n += (self.max_angular + 1) * len(pairs)
-        n += sum(len(t) for t in self._triples.values())
-        self.n_atom_features_ = n
-        self.n_features_ = n * len(self.center_channels_)
-        if self.n_features_ > _MAX_FEATURES:
+        n_pairs = q * q if self.redundant else q * (q + 1) // 2
+        n = q + ((self.max_angular + 1) * n_pairs if self.correlation_order >= 2 else 0)
+        for l1, l2, l3 in self.l_triples_:
+            if self.redundant or l1 < l2 < l3:
+                n += q**3
+            elif l1 == l2 == l3:
+                n += q * (q + 1) * (q + 2) // 6
+            else:
+                n += q * q * (q + 1) // 2
+        if n * len(self.center_channels_) > _MAX_FEATURES:
             raise ConfigError(
-                f"ACE would produce {self.n_features_:,} features ({len(self.channels_)} element channels x "
-                f"{self.n_radial} radial, max_angular={self.max_angular}); pass species_table= with "
+                f"ACE would produce {n * len(self.center_channels_):,} features ({len(self.channels_)} element "
+                f"channels x {self.n_radial} radial, max_angular={self.max_angular}); pass species_table= with "
                 "species_components=, fewer n_radial/max_angular, or correlation_order=2"
             )
+        self._pairs = np.stack(np.meshgrid(np.arange(q), np.arange(q), indexing="ij"), -1).reshape(-1, 2) if self.redundant else _unique_pairs(q)
+        self._triples = {ls: _triple_index(q, ls, self.redundant) for ls in self.l_triples_}
+        self.n_atom_features_ = n
+        self.n_features_ = n * len(self.center_channels_)
+        assert n == q + len(self._pairs) * (self.max_angular + 1) * (self.correlation_order >= 2) + sum(map(len, self._triples.values()))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "species_"):
@@ -437,34 +441,90 @@ class ACE:
             a.index_add_(0, centers, weights[:, :, None, None] * ry[:, None])
         return a.reshape(n_atoms, C * N, M)
 
-    def invariants(self, a: torch.Tensor) -> Iterable[torch.Tensor]:
-        """Yield the per-atom invariant blocks (nu1, nu2 per l, nu3 per l-triple) of an A basis."""
-        yield a[:, :, 0]
+    def invariants(self, a: torch.Tensor, pooling: tuple | None = None) -> Iterable[torch.Tensor]:
+        """Yield the invariant blocks (nu1, nu2 per l, nu3 per l-triple) of an A basis.
+
+        Without ``pooling`` the blocks are per atom, (n_atoms, F_block). With
+        ``pooling=(bounds, weights, groups)`` -- ``bounds`` the (start, stop) atom range of every
+        structure, ``weights`` (n_atoms, n_centre_channels), ``groups`` None or, when every
+        atom belongs to one centre channel with a constant weight, (structure, channel, start,
+        stop, weight) runs of atoms -- they are pooled per structure, (n_structures,
+        n_centre_channels, F_block). For nu = 3 the pooling is fused into GEMMs, so per-atom
+        nu = 3 products are never stored.
+        """
+        n, q = a.shape[0], a.shape[1]
+        if pooling is not None:
+            bounds, cw, groups = pooling
+            n_s, n_c = len(bounds), cw.shape[1]
+            pool = torch.zeros(n_s, n_c, n, dtype=a.dtype, device=a.device)
+            for k, (lo, hi) in enumerate(bounds):
+                pool[k, :, lo:hi] = cw[lo:hi].T
+            pool = pool.reshape(n_s * n_c, n)
+            reduce = lambda b: (pool @ b).reshape(n_s, n_c, -1)  # noqa: E731
+        else:
+            reduce = lambda b: b  # noqa: E731
+        yield reduce(a[:, :, 0])
         if self.correlation_order >= 2:
             pi = torch.as_tensor(self._pairs, device=a.device)
             for l in range(self.max_angular + 1):
                 al = a[:, :, l * l : (l + 1) ** 2]
-                p = torch.einsum("iqm,ipm->iqp", al, al)
-                yield p[:, pi[:, 0], pi[:, 1]]
-        if self.l_triples_:
-            from e3nn import o3
+                p = torch.bmm(al, al.transpose(1, 2))
+                yield reduce(p[:, pi[:, 0], pi[:, 1]])
+        if not self.l_triples_:
+            return
+        from e3nn import o3
 
-            q = a.shape[1]
-            for ls in self.l_triples_:
-                w = self._w3j.get(ls)
-                if w is None or w.dtype != a.dtype or w.device != a.device:
-                    w = o3.wigner_3j(*ls, dtype=a.dtype, device=a.device)
-                    self._w3j[ls] = w
-                l1, l2, l3 = ls
-                a1 = a[:, :, l1 * l1 : (l1 + 1) ** 2]
-                a2 = a[:, :, l2 * l2 : (l2 + 1) ** 2]
-                a3 = a[:, :, l3 * l3 : (l3 + 1) ** 2]
-                x = torch.einsum("iqa,abc->iqbc", a1, w)
-                x = torch.einsum("iqbc,ipb->iqpc", x, a2)
-                b = torch.einsum("iqpc,irc->iqpr", x, a3).reshape(a.shape[0], -1)
-                t = self._triples[ls]
-                flat = torch.as_tensor((t[:, 0] * q + t[:, 1]) * q + t[:, 2], device=a.device)
-                yield b[:, flat]
+        for ls in self.l_triples_:
+            w = self._w3j.get(ls)
+            if w is None or w.dtype != a.dtype or w.device != a.device:
+                w = o3.wigner_3j(*ls, dtype=a.dtype, device=a.device)
+                self._w3j[ls] = w
+            l1, l2, l3 = ls
+            d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
+            a1 = a[:, :, l1 * l1 : (l1 + 1) ** 2]
+            a2 = a[:, :, l2 * l2 : (l2 + 1) ** 2]
+            a3 = a[:, :, l3 * l3 : (l3 + 1) ** 2]
+            # x[i, m3, q1, m2] = sum_m1 A1[i, q1, m1] W[m1, m2, m3]
+            x = (a1.reshape(-1, d1) @ w.reshape(d1, d2 * d3)).reshape(n, q, d2, d3).permute(0, 3, 1, 2)
+            # y[i, m3, q1, q2] = sum_m2 x[i, m3, q1, m2] A2[i, q2, m2]; one spare zero row
+            # (index n) serves as padding for the bucketed pooling below
+            if pooling is None or (torch.is_grad_enabled() and a.requires_grad):
+                y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2))
+                y_pad = torch.cat([y, y.new_zeros(1, d3 * q, q)]) if pooling is not None else None
+            else:  # write straight into the padded buffer (no copy)
+                y_pad = torch.empty(n + 1, d3 * q, q, dtype=a.dtype, device=a.device)
+                y_pad[n] = 0
+                y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2), out=y_pad[:n])
+            t = self._triples[ls]
+            flat = None if self.redundant else torch.as_tensor((t[:, 0] * q + t[:, 1]) * q + t[:, 2], device=a.device)
+            if pooling is None:
+                # b[i, q1, q2, q3] = sum_m3 y[i, m3, q1, q2] A3[i, q3, m3]
+                b = torch.bmm(y.reshape(n, d3, q * q).transpose(1, 2), a3.transpose(1, 2)).reshape(n, -1)
+                yield b if flat is None else b[:, flat]
+                continue
+            out = torch.zeros(n_s, n_c, q * q * q, dtype=a.dtype, device=a.device)
+            a3t = a3.transpose(1, 2)  # (n, m3, q3)
+            if groups is not None:
+                # one-hot centres: atoms sorted by (structure, centre). Large groups: one GEMM
+                # on their contiguous rows; small ones: zero-padded buckets, one batched GEMM each
+                direct, buckets = groups
+                flat_out = out.reshape(n_s * n_c, -1)
+                yv = y_pad.reshape(n + 1, d3, q * q)
+                for row, lo, hi, scale in direct:
+                    flat_out[row] = (yv[lo:hi].reshape(-1, q * q).T @ a3t[lo:hi].reshape(-1, q)).reshape(-1) * scale
+                if buckets:
+                    a_ext = torch.cat([a3t, a3t.new_zeros(1, d3, q)])
+                    for rows, idx, scale in buckets:
+                        yp = yv[idx].reshape(len(rows), -1, q * q)  # (groups, G m3, q1 q2)
+                        ap = a_ext[idx].reshape(len(rows), -1, q)  # (groups, G m3, q3)
+                        flat_out[rows] = (torch.bmm(yp.transpose(1, 2), ap) * scale[:, None, None]).reshape(len(rows), -1)
+            else:
+                # P[s, c, q1 q2 q3] = sum_{i in s, m3} y[i, m3, q1 q2] * (w[i, c] A3[i, q3, m3])
+                r = a3t[:, :, None, :] * cw[:, None, :, None]  # (n, m3, c, q3)
+                for k, (lo, hi) in enumerate(bounds):
+                    ps = y[lo:hi].reshape(-1, q * q).T @ r[lo:hi].reshape(-1, n_c * q)  # (q1 q2, c q3)
+                    out[k] = ps.reshape(q * q, n_c, q).permute(1, 0, 2).reshape(n_c, -1)
+            yield out if flat is None else out[:, :, flat]
 
     def _prepare(self) -> None:
         if not hasattr(self, "_w3j"):
@@ -540,18 +600,57 @@ class ACE:
                 cw = self._center_weights(numbers, wn_all)  # (atoms, n_cc)
                 if self.pooling == "mean":
                     cw = cw / np.repeat(n_atoms, n_atoms)[:, None]
+                bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+                groups = None
+                if self._table is None:
+                    # every atom has one centre channel with a constant weight: sort atoms by
+                    # centre inside each structure so every (structure, centre) is contiguous
+                    centre = cw.argmax(1)
+                    order = np.lexsort((centre, np.repeat(np.arange(len(chunk)), n_atoms)))
+                    a, cw, centre = a[torch.as_tensor(order, device=a.device)], cw[order], centre[order]
+                    groups = _group_plan(bounds, centre, cw, n_cc, a.device, a.dtype)
                 cw_t = torch.as_tensor(cw, dtype=a.dtype, device=a.device)
-                seg = torch.as_tensor(np.repeat(np.arange(len(chunk)), n_atoms), device=a.device)
-                blocks = []
-                for b in self.invariants(a):
-                    pooled = torch.zeros(len(chunk), n_cc, b.shape[1], dtype=a.dtype, device=a.device)
-                    for c in range(n_cc):
-                        pooled[:, c].index_add_(0, seg, b * cw_t[:, c : c + 1])
-                    blocks.append(pooled)
+                blocks = list(self.invariants(a, pooling=(bounds, cw_t, groups)))
                 feats = torch.cat(blocks, dim=2).cpu().numpy()
                 for j, (k, _, _) in enumerate(chunk):
                     out[k] = feats[j]
         return out.reshape(len(structures), -1)
+
+
+_DIRECT_GROUP = 24  # groups with at least this many atoms get their own GEMM
+
+
+def _group_plan(bounds, centre: np.ndarray, cw: np.ndarray, n_channels: int, device, dtype) -> tuple[list, list]:
+    """Pooling plan for atoms sorted by (structure, centre channel).
+
+    Returns ``(direct, buckets)``: ``direct`` = [(row, start, stop, scale)] for large groups
+    (contiguous atom rows), ``buckets`` = [(rows, index, scale)] for small groups bucketed by
+    padded size, ``index`` (n_groups, G) atom indices padded with ``n_atoms`` (a zero row).
+    ``row`` = structure * n_channels + channel; ``scale`` = pooling weight (1/n_atoms or 1).
+    """
+    n_atoms = len(centre)
+    direct, small = [], []
+    for k, (lo, hi) in enumerate(bounds):
+        c = centre[lo:hi]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) + lo
+        stops = np.r_[starts[1:], hi]
+        for a, b in zip(starts, stops):
+            ch = int(centre[a])
+            run = (k * n_channels + ch, int(a), int(b), float(cw[a, ch]))
+            (direct if b - a >= _DIRECT_GROUP else small).append(run)
+    buckets: dict[int, list] = {}
+    for run in small:
+        size = 1 << int(run[2] - run[1] - 1).bit_length()  # next power of two
+        buckets.setdefault(size, []).append(run)
+    out = []
+    for size, members in sorted(buckets.items()):
+        index = np.full((len(members), size), n_atoms, dtype=np.int64)
+        for g, (_, a, b, _) in enumerate(members):
+            index[g, : b - a] = np.arange(a, b)
+        rows = torch.as_tensor([m[0] for m in members], device=device)
+        scale = torch.as_tensor([m[3] for m in members], dtype=dtype, device=device)
+        out.append((rows, torch.as_tensor(index, device=device), scale))
+    return direct, out
 
 
 def _same(a: Any, b: Any) -> bool:

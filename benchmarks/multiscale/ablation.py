@@ -1,0 +1,197 @@
+"""Branch ablation of the multi-scale head: every single branch, every pair, and all together.
+
+Data (shared data folder, see crystext.settings.data_dir): ``perov_5`` target ``heat_all`` (eV per
+cell) and ``carbon_24`` target ``energy_per_atom`` (eV/atom); ``val.csv`` is the training split
+(10% of it held out for early stopping), ``test.csv`` the test split, as the data README says.
+
+Branches: ``lm`` (needs ``--run`` or ``--lm-embeddings``), ``composition`` (element table pooled
+over the formula), ``graph`` (CGCNN-style GNN trained end to end), ``ace`` (body order <= 4
+invariants), ``chgnet`` (pretrained CHGNet 64-D crystal vectors; needs ``pip install chgnet``).
+Featurised inputs are cached per data set (``--cache``), rows already in ``--out`` are skipped
+(the run can be resumed), a ``dummy`` row (predict the training mean) is written per data set.
+
+Usage:
+  python benchmarks/multiscale/ablation.py --run models/crystext-base \
+      --out benchmarks/multiscale/ablation.csv --md benchmarks/multiscale/ablation.md
+  # without an LM run: --branches composition,graph,ace,chgnet
+  # smaller/faster: --limit-train 1000 --seeds 0 --max-epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import pickle
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATASETS = {"perov_5": "heat_all", "carbon_24": "energy_per_atom"}
+#: ACE settings per data set: many elements -> element-table channels (PCA 3), carbon -> one-hot
+ACE_PARAMS = {
+    "perov_5": dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3),
+    "carbon_24": dict(cutoff=5.0, n_radial=6, max_angular=4, species_table=None),
+}
+
+
+def load_split(name: str, split: str, target: str, limit: int | None):
+    from crystext.heads import read_structures_table
+    from crystext.settings import data_dir
+
+    path = data_dir(required=True) / name / f"{split}.csv"
+    return read_structures_table(path, target, limit)
+
+
+def lm_arrays(args, name: str, s_train, s_test):
+    """LM embeddings: <dir>/<name>_{train,test}.npy, or computed with --run and cached."""
+    if args.lm_embeddings:
+        d = Path(args.lm_embeddings)
+        return np.load(d / f"{name}_train.npy"), np.load(d / f"{name}_test.npy")
+    if args.run:
+        from crystext.embeddings import structure_embeddings
+
+        return (structure_embeddings(s_train, args.run, batch_size=args.lm_batch_size),
+                structure_embeddings(s_test, args.run, batch_size=args.lm_batch_size))
+    raise SystemExit("the lm branch needs --run or --lm-embeddings (or leave lm out of --branches)")
+
+
+def featurise(args, name: str, branches: list[str]):
+    """(train inputs, y_train, test inputs, y_test), cached on disk."""
+    from crystext.heads import BranchFeaturizer
+
+    key = f"{name}_{'-'.join(sorted(branches))}_{args.limit_train}_{args.limit_test}_{args.element_table}"
+    cache = Path(args.cache) / f"{key}.pkl"
+    if cache.is_file():
+        with open(cache, "rb") as fh:
+            return pickle.load(fh)
+    target = DATASETS[name]
+    s_train, y_train, _ = load_split(name, "val", target, args.limit_train)
+    s_test, y_test, _ = load_split(name, "test", target, args.limit_test)
+    feat = BranchFeaturizer(branches=branches, run=args.run, element_table=args.element_table,
+                            ace_params=ACE_PARAMS[name], graph_params=dict(cutoff=args.graph_cutoff))
+    feat.fit(s_train + s_test)  # species lists only; no targets
+    lm_train = lm_test = None
+    if "lm" in branches:
+        lm_train, lm_test = lm_arrays(args, name, s_train, s_test)
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x_train = feat.transform(s_train, lm_embeddings=lm_train, progress=True)
+        x_test = feat.transform(s_test, lm_embeddings=lm_test, progress=True)
+    print(f"[ablation] {name}: featurised {len(s_train)} + {len(s_test)} structures in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    out = (x_train, y_train, x_test, y_test)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "wb") as fh:
+        pickle.dump(out, fh)
+    return out
+
+
+def combos(branches: list[str]) -> list[tuple[str, ...]]:
+    out = [(b,) for b in branches] + list(itertools.combinations(branches, 2))
+    if len(branches) > 2:
+        out.append(tuple(branches))
+    return out
+
+
+def markdown(df: pd.DataFrame, command: str) -> str:
+    lines = ["# Multi-scale head ablation", "", f"Command: `{command}`", "",
+             "Test MAE (mean ± std over seeds; lower is better). Training = the data set's `val.csv` "
+             "(10% held out for early stopping), test = `test.csv`. `dummy` predicts the training mean.", ""]
+    for name, sub in df.groupby("dataset", sort=False):
+        stats = sub.groupby("branches", sort=False)["mae"].agg(["mean", "std", "count"])
+        singles = stats[[("," not in b and b != "dummy") for b in stats.index]]
+        best_single = singles["mean"].idxmin() if len(singles) else None
+        lines += [f"## {name} ({DATASETS.get(name, '')})", "", "| branches | test MAE | seeds |", "|---|---|---|"]
+        for b, row in stats.sort_values("mean").iterrows():
+            mark = " (best single)" if b == best_single else ""
+            std = "" if np.isnan(row["std"]) else f" ± {row['std']:.4f}"
+            lines.append(f"| {b}{mark} | {row['mean']:.4f}{std} | {int(row['count'])} |")
+        fused = [b for b in stats.index if b.count(",") >= 2]
+        if best_single and fused:
+            f = fused[-1]
+            verdict = "beats" if stats.loc[f, "mean"] < stats.loc[best_single, "mean"] else "does NOT beat"
+            lines += ["", f"All branches together ({f}) {verdict} the best single branch ({best_single}): "
+                      f"{stats.loc[f, 'mean']:.4f} vs {stats.loc[best_single, 'mean']:.4f}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--branches", default="lm,composition,graph,ace,chgnet")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--run", default=None, help="LM run for the lm branch")
+    ap.add_argument("--lm-embeddings", default=None, help="folder with <dataset>_{train,test}.npy LM vectors")
+    ap.add_argument("--lm-batch-size", type=int, default=32)
+    ap.add_argument("--element-table", default="magpie")
+    ap.add_argument("--graph-cutoff", type=float, default=5.0)
+    ap.add_argument("--fusion", default="gated", choices=["gated", "concat"])
+    ap.add_argument("--branch-dropout", type=float, default=0.1)
+    ap.add_argument("--aux-weight", type=float, default=0.5,
+                    help="per-branch auxiliary loss weight (0 = plain fusion; see MultiScaleRegressor)")
+    ap.add_argument("--max-epochs", type=int, default=300)
+    ap.add_argument("--patience", type=int, default=30)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-test", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/crystext/ablation"))
+    ap.add_argument("--out", default="benchmarks/multiscale/ablation.csv")
+    ap.add_argument("--md", default=None, help="also write the Markdown table here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from crystext.heads import MultiScaleRegressor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    branches = [b.strip() for b in args.branches.split(",") if b.strip()]
+    out = Path(args.out)
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["dataset", "branches", "seed", "mae"])
+    have = {(r.dataset, r.branches, int(r.seed)) for r in done.itertuples()}
+    rows = done.to_dict("records")
+
+    def flush():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(out, index=False)
+
+    for name in args.datasets:
+        x_train, y_train, x_test, y_test = featurise(args, name, branches)
+        if (name, "dummy", 0) not in have:
+            rows.append(dict(dataset=name, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
+            flush()
+        for combo in combos(branches):
+            for seed in args.seeds:
+                label = ",".join(combo)
+                if (name, label, seed) in have:
+                    continue
+                t = time.perf_counter()
+                model = MultiScaleRegressor(branches=combo, fusion=args.fusion, branch_dropout=args.branch_dropout,
+                                            aux_weight=args.aux_weight if len(combo) > 1 else 0.0,
+                                            max_epochs=args.max_epochs, patience=args.patience, seed=seed, device=args.device)
+                model.fit(x_train, y_train)
+                mae = model.score(x_test, y_test)
+                weights = model.branch_weights(x_test) if len(combo) > 1 else None
+                rows.append(dict(dataset=name, branches=label, seed=seed, mae=mae, val_mae=model.best_val_mae_,
+                                 epochs=model.n_epochs_, seconds=round(time.perf_counter() - t, 1),
+                                 weights=json.dumps(weights) if weights else ""))
+                flush()
+                print(f"[ablation] {name} {label} seed {seed}: test MAE {mae:.4f} ({model.n_epochs_} epochs, "
+                      f"{time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+    df = pd.DataFrame(rows)
+    if args.md:
+        cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.md).write_text(markdown(df, cmd) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

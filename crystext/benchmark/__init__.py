@@ -1,0 +1,35 @@
+"""Benchmarks of element and structure vectors: tasks, one regression protocol, intrinsic metrics, reports.
+
+>>> from crystext.benchmark import run_benchmark
+>>> res = run_benchmark(out="bench", runs=["models/base"], tasks=["aflow__ael_bulk_modulus_vrh"])
+
+Modules: :mod:`.tasks` (task discovery, splits), :mod:`.protocol` (ridge / HGB / MLP),
+:mod:`.representations` (baselines, extra tables, our runs), :mod:`.intrinsic` (similarity
+agreement, periodic-table nearest neighbours), :mod:`.report` (CSV, Markdown, plots),
+:mod:`.runner` (:func:`run_benchmark`).
+"""
+
+from __future__ import annotations
+
+from .intrinsic import periodic_nn_accuracy, similarity_agreement
+from .protocol import QUICK, REGRESSORS, ProtocolConfig, fit_predict
+from .representations import Run
+from .runner import RESULT_COLUMNS, BenchmarkResult, run_benchmark
+from .tasks import STRUCTURE_TARGETS, Task, discover_tasks, load_splits
+
+__all__ = [
+    "QUICK",
+    "REGRESSORS",
+    "RESULT_COLUMNS",
+    "STRUCTURE_TARGETS",
+    "BenchmarkResult",
+    "ProtocolConfig",
+    "Run",
+    "Task",
+    "discover_tasks",
+    "fit_predict",
+    "load_splits",
+    "periodic_nn_accuracy",
+    "run_benchmark",
+    "similarity_agreement",
+]

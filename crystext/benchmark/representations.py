@@ -1,0 +1,182 @@
+"""The vector sets a benchmark compares: ElementEmbeddings baselines, extra tables, and our runs.
+
+Our runs are reached only through :mod:`crystext.embeddings` (imported lazily, when a run is
+given): :func:`~crystext.embeddings.element_embeddings` for element vectors and
+:class:`~crystext.embeddings.StructureEmbedder` (the engine of ``structure_embeddings`` /
+``text_embeddings``) for structure vectors. A run named ``base`` (its folder name, or the
+``NAME`` of ``NAME=PATH``) is reported as ``crystext-base``.
+
+Structure vectors are expensive on a CPU, so they are cached on disk (``cache_dir``), keyed by the
+run's weights file (size and modification time), the layer, the pooling and the exact texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..composition import load_element_table
+from ..errors import ConfigError
+
+PREFIX = "crystext-"
+
+
+def representation_name(run_name: str) -> str:
+    """``base`` -> ``crystext-base`` (a name already starting with ``crystext-`` is kept)."""
+    return run_name if run_name.startswith(PREFIX) else PREFIX + run_name
+
+
+@dataclass
+class Run:
+    """One trained run under comparison: a run folder (or Hub id), or a loaded ``(model, tokenizer)``."""
+
+    name: str  # the representation name, "crystext-<run name>"
+    source: Any
+    _loaded: Any = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, spec: Any) -> "Run":
+        """From ``"PATH"``, ``"NAME=PATH"``, ``(NAME, PATH_OR_PAIR)`` or a :class:`Run`."""
+        if isinstance(spec, Run):
+            return spec
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+            return cls(representation_name(spec[0]), spec[1])
+        if isinstance(spec, (str, os.PathLike)):
+            text = str(spec)
+            if "=" in text and not Path(text).exists():
+                name, path = text.split("=", 1)
+                return cls(representation_name(name.strip()), path.strip())
+            return cls(representation_name(Path(text.rstrip("/\\")).name or text), text)
+        raise ConfigError(f"a run is a folder, NAME=PATH or (name, run), not {spec!r}")
+
+    def load(self):
+        """``(model, tokenizer)``, loaded once (on the CPU unless given loaded)."""
+        if self._loaded is None:
+            from ..embeddings import as_run
+
+            self._loaded = as_run(self.source, device="cpu" if isinstance(self.source, (str, os.PathLike)) else None)
+        return self._loaded
+
+    def element_table(self) -> pd.DataFrame:
+        from ..embeddings import element_embeddings
+
+        df = load_element_table(element_embeddings(self.load()))
+        df.attrs["name"] = self.name
+        return df
+
+    @property
+    def n_layer(self) -> int:
+        cfg = self.load()[0].config
+        return int(getattr(cfg, "n_layer", None) or cfg.num_hidden_layers)
+
+    def resolve_layers(self, layers: Iterable[Any]) -> list[int]:
+        """``"middle"`` -> n_layer // 2, ``"last"`` / -1 -> n_layer, ints as given (0..n_layer)."""
+        n = self.n_layer
+        out = []
+        for layer in layers:
+            if layer in ("last", -1):
+                value = n
+            elif layer == "middle":
+                value = n // 2
+            elif isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and layer.lstrip("-").isdigit()):
+                value = int(layer) % (n + 1)
+            else:
+                raise ConfigError(f"structure layer must be an int, 'middle' or 'last', not {layer!r}")
+            if value not in out:
+                out.append(value)
+        return out
+
+    def cache_key(self) -> str | None:
+        """A key that changes when the run's weights change; None for an in-memory run."""
+        if not isinstance(self.source, (str, os.PathLike)):
+            return None
+        folder = Path(self.source)
+        weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights] or [str(self.source)]
+        return hashlib.sha1(json.dumps([str(folder.resolve() if folder.exists() else folder), stamp]).encode()).hexdigest()[:12]
+
+    def structure_vectors(self, texts: Sequence[str | None], layer: int, pooling: str,
+                          cache_dir: Path | None = None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, Counter]:
+        """Vectors of crystal texts (``None`` = a structure that had no text): ``(vectors, ok, skipped)``.
+
+        ``vectors`` is (n, d) float32 with NaN rows where ``ok`` is False (no text, or the text
+        could not be embedded: too long for the context, unknown tokens); ``skipped`` counts why.
+        """
+        key = self.cache_key()
+        path = None
+        if cache_dir is not None and key is not None:
+            digest = hashlib.sha1("\n\x00".join(t or "" for t in texts).encode()).hexdigest()[:16]
+            path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}-{digest}.npz"
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    return z["vectors"], z["ok"], Counter(json.loads(str(z["skipped"])))
+        from ..embeddings import StructureEmbedder
+
+        embedder = StructureEmbedder(self.load(), layer=layer, pooling=pooling, batch_size=batch_size)
+        records = ((i, t if t is not None else ValueError("no text")) for i, t in enumerate(texts))
+        vectors = np.full((len(texts), embedder.dim), np.nan, dtype=np.float32)
+        ok = np.zeros(len(texts), dtype=bool)
+        for i, vec in embedder.iter_keyed(records, texts=True, skip_errors=True):
+            vectors[i] = vec
+            ok[i] = True
+        skipped = Counter(embedder.skipped)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, vectors=vectors, ok=ok, skipped=json.dumps(dict(skipped)))
+            os.replace(tmp, path)
+        return vectors, ok, skipped
+
+
+def element_sets(baselines: Iterable[str] = (), tables: Mapping[str, Any] | None = None,
+                 runs: Sequence[Run] = ()) -> dict[str, pd.DataFrame]:
+    """Name -> element table for every compared set, in a fixed order: baselines, tables, runs."""
+    sets: dict[str, pd.DataFrame] = {}
+    for name in baselines:
+        sets[name] = load_element_table(name)
+    for name, table in (tables or {}).items():
+        df = load_element_table(table)
+        df.attrs["name"] = name
+        sets[name] = df
+    for run in runs:
+        if run.name in sets:
+            raise ConfigError(f"two vector sets named {run.name!r}")
+        sets[run.name] = run.element_table()
+    if not sets:
+        raise ConfigError("no vector set to benchmark: give baselines, tables or runs")
+    return sets
+
+
+def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = 0.1) -> tuple[list[str | None], Counter]:
+    """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts."""
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha1(("%g\n" % symprec + "\n\x00".join(cifs)).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / "texts" / f"{digest}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return saved["texts"], Counter(saved["skipped"])
+    from ..inputs import to_structure
+    from ..text import structure_to_text
+
+    texts: list[str | None] = []
+    skipped: Counter = Counter()
+    for i, cif in enumerate(cifs):
+        try:
+            texts.append(structure_to_text(to_structure(cif, name=f"row {i}"), symprec=symprec))
+        except Exception as exc:  # noqa: BLE001 - batch work counts bad records
+            texts.append(None)
+            skipped[type(exc).__name__] += 1
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"texts": texts, "skipped": dict(skipped)}))
+    return texts, skipped

@@ -1,0 +1,41 @@
+"""``crystext generate``: sample crystal text from a run and report its validity."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="sample crystal text from a trained run and check its validity",
+        description="Sample texts starting with a prompt, parse each with text_to_structure and report "
+        "check_text validity (parsable, formula, multiplicity, space group, bond lengths).",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder or Hub id")
+    p.add_argument("--prompt", default="data_", help="text to continue (default 'data_'; e.g. 'data_NaCl')")
+    p.add_argument("-n", type=int, default=8, help="number of samples (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=10, help="0 = no top-k filtering (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write samples and checks to this CSV")
+    p.add_argument("--quiet", action="store_true", help="print only the summary, not the texts")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ..generation import generate, validity_report
+
+    texts = generate(args.run, prompt=args.prompt, n=args.n, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_k=args.top_k or None, seed=args.seed)
+    report = validity_report(texts)
+    if not args.quiet:
+        for i, (text, row) in enumerate(zip(texts, report.table.itertuples())):
+            print(f"# sample {i}: {'valid' if row.valid else 'invalid'}" + (f" ({row.errors})" if row.errors else ""))
+            print(text.rstrip() + "\n")
+    print(report.to_markdown())
+    if args.out:
+        report.table.to_csv(args.out, index=False)
+        print(f"samples and checks written to {args.out}")
+    return 0

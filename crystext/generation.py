@@ -1,0 +1,118 @@
+"""Sampling crystal text from a trained run, and judging it with :func:`crystext.text.check_text`.
+
+Generation is a check of what a model learned: a model that has learned the text form writes
+parsable CIF-like text whose formulas, multiplicities, space group and bond lengths agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ConfigError, DataNotFoundError
+
+CHECKS = ("parsable", "formula_consistent", "multiplicity_consistent", "space_group_consistent",
+          "bond_lengths_reasonable", "valid")
+
+
+def _load(run):
+    """(model, tokenizer) from a run folder / Hub id, or a ``(model, tokenizer)`` pair."""
+    if isinstance(run, tuple):
+        return run
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(str(run))
+    if path.exists() and not (path / "config.json").is_file():
+        raise DataNotFoundError(f"run {run}: no config.json; not a run folder (save_pretrained output)")
+    return AutoModelForCausalLM.from_pretrained(str(run)), AutoTokenizer.from_pretrained(str(run))
+
+
+def generate(
+    run,
+    prompt: str = "data_",
+    n: int = 8,
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = 10,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Sample ``n`` crystal texts that start with ``prompt`` (``"data_"`` for anything,
+    ``"data_NaCl"`` for a composition, ...).
+
+    ``run``: a run folder, Hub id or ``(model, tokenizer)``. Each sample starts at ``<bos>`` +
+    prompt and ends at ``<eos>`` or after ``max_new_tokens`` (default: the rest of the context).
+    ``temperature`` > 0 scales logits; ``top_k`` keeps the k likeliest tokens (None: all).
+    Returns the texts, prompt included, special tokens removed. Same ``seed``, same texts.
+    """
+    import torch
+
+    if n < 1:
+        raise ConfigError(f"generate: n must be >= 1, not {n}")
+    if temperature <= 0:
+        raise ConfigError(f"generate: temperature must be > 0, not {temperature}")
+    model, tok = _load(run)
+    model.eval()
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if tok.unk_token_id is not None and tok.unk_token_id in prompt_ids:
+        raise ConfigError(f"generate: prompt {prompt!r} has characters the tokenizer does not know")
+    ids = [tok.bos_token_id] + prompt_ids
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    room = context - len(ids)
+    if room <= 0:
+        raise ConfigError(f"generate: prompt is {len(ids)} tokens, the model's context is {context}")
+    max_new_tokens = room if max_new_tokens is None else min(int(max_new_tokens), room)
+    texts: list[str] = []
+    with torch.no_grad():
+        while len(texts) < n:
+            k = min(batch_size, n - len(texts))
+            torch.manual_seed(seed * 1_000_003 + len(texts))  # each batch reproducible on its own
+            inp = torch.tensor([ids] * k)
+            out = model.generate(
+                input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True,
+                temperature=temperature, top_k=top_k or 0, top_p=1.0,
+                max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            )
+            texts += tok.batch_decode(out, skip_special_tokens=True)
+    return texts
+
+
+@dataclass
+class ValidityReport:
+    """Per-sample checks (``table``, one row per text) and their rates (``summary``)."""
+
+    table: "object"  # pandas.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        rows = ["| check | passed | rate |", "|---|---|---|"]
+        n = self.summary["n"]
+        for check in CHECKS:
+            rows.append(f"| {check} | {self.summary[check]['count']}/{n} | {self.summary[check]['rate']:.3f} |")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def validity_report(texts: Iterable[str]) -> ValidityReport:
+    """Parse each text with :func:`crystext.text.text_to_structure` and run
+    :func:`crystext.text.check_text`; report every check's pass count and rate, and overall
+    validity (all checks pass). A text that fails to parse fails every check."""
+    import pandas as pd
+
+    from .text import check_text
+
+    rows = []
+    for i, text in enumerate(texts):
+        report = check_text(text).as_dict()
+        report["errors"] = "; ".join(report["errors"])
+        rows.append({"index": i, **report, "text": text})
+    table = pd.DataFrame(rows, columns=["index", *CHECKS[:-1], "bond_length_score", "valid", "errors", "text"])
+    n = len(table)
+    summary = {"n": n}
+    for check in CHECKS:
+        count = int(table[check].sum()) if n else 0
+        summary[check] = {"count": count, "rate": count / n if n else 0.0}
+    return ValidityReport(table=table, summary=summary)

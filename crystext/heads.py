@@ -1,0 +1,721 @@
+"""Multi-scale property heads: LM structure vectors + composition + crystal graph + ACE (+ CHGNet).
+
+Every branch is projected to a common width and the projections are fused either by
+concatenation + MLP (``fusion="concat"``) or by a gated attention over branches
+(``fusion="gated"``: softmax weights per structure, reported by :meth:`MultiScaleRegressor.branch_weights`).
+
+Branch inputs (:class:`BranchInputs`) are precomputed arrays for the vector branches
+(``lm``, ``composition``, ``ace``, ``chgnet``, or any other name) and crystal graphs for the
+trainable ``graph`` branch. :class:`BranchFeaturizer` makes them from structures (the LM branch
+calls :func:`crystext.embeddings.structure_embeddings` with a run, or takes a precomputed array).
+Training uses a validation split with early stopping on its MAE; ``save_pretrained`` writes a
+folder (``config.json`` + ``model.safetensors`` [+ ``element_table.csv``]) that
+``from_pretrained`` reads back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataNotFoundError
+
+__all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "train_heads"]
+
+KNOWN_BRANCHES = ("lm", "composition", "graph", "ace", "chgnet")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TABLE_NAME = "element_table.csv"
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class BranchInputs:
+    """Inputs of every branch for n structures.
+
+    ``features[name]``: (n, d) float array of a vector branch (NaN rows mark structures a
+    featuriser could not handle). ``graphs``: list of n :class:`crystext.descriptors.graph.Graph`
+    (``None`` entries for skipped structures) for the ``graph`` branch.
+    """
+
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    graphs: list | None = None
+
+    def __len__(self) -> int:
+        if self.features:
+            return len(next(iter(self.features.values())))
+        return len(self.graphs) if self.graphs is not None else 0
+
+    @property
+    def branches(self) -> list[str]:
+        return list(self.features) + (["graph"] if self.graphs is not None else [])
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "BranchInputs":
+        idx = np.asarray(index, dtype=np.int64)
+        return BranchInputs(
+            {k: v[idx] for k, v in self.features.items()},
+            None if self.graphs is None else [self.graphs[i] for i in idx],
+        )
+
+    def select(self, branches: Iterable[str]) -> "BranchInputs":
+        """Only the named branches (raises if one is missing)."""
+        branches = list(branches)
+        missing = [b for b in branches if b not in self.branches]
+        if missing:
+            raise ConfigError(f"branch inputs lack {', '.join(missing)} (have: {', '.join(self.branches) or 'none'})")
+        return BranchInputs({k: v for k, v in self.features.items() if k in branches}, self.graphs if "graph" in branches else None)
+
+    def valid_rows(self) -> np.ndarray:
+        """Boolean mask of structures every branch could featurise."""
+        ok = np.ones(len(self), dtype=bool)
+        for v in self.features.values():
+            ok &= np.all(np.isfinite(v), axis=1)
+        if self.graphs is not None:
+            ok &= np.array([g is not None for g in self.graphs])
+        return ok
+
+
+class BranchFeaturizer:
+    """Turns structures into :class:`BranchInputs` for the named branches.
+
+    Args:
+        branches: subset of ``lm, composition, graph, ace, chgnet``.
+        run: LM run (folder, name or (model, tokenizer)) for the ``lm`` branch.
+        element_table: table for composition pooling and graph node features: a name for
+            ``crystext.composition.load_element_table`` / ElementEmbeddings (``"magpie"``), a CSV
+            path or a DataFrame indexed by element symbol (e.g. ``crystext.element_embeddings(run)``).
+        composition_pooling: pooling for ``crystext.composition.composition_embeddings``.
+        ace_params: keyword arguments for :class:`crystext.descriptors.ACE` (defaults below use
+            the element table, PCA-reduced to 3 channels, 3 radial functions and l <= 3, to keep
+            body order 4 affordable for many-element data).
+        graph_params: keyword arguments for :class:`crystext.descriptors.CrystalGraph`.
+        lm_params: keyword arguments for ``structure_embeddings`` (layer, pooling, batch_size).
+    """
+
+    def __init__(
+        self,
+        branches: Sequence[str] = ("composition", "graph", "ace"),
+        run: Any = None,
+        element_table: Any = "magpie",
+        composition_pooling: str = "stats4",
+        ace_params: dict | None = None,
+        graph_params: dict | None = None,
+        lm_params: dict | None = None,
+    ) -> None:
+        unknown = [b for b in branches if b not in KNOWN_BRANCHES]
+        if unknown:
+            raise ConfigError(f"unknown branch(es) {', '.join(unknown)}; known: {', '.join(KNOWN_BRANCHES)}")
+        self.branches = list(branches)
+        self.run = run
+        self.element_table = element_table
+        self.composition_pooling = composition_pooling
+        self.ace_params = dict(ace_params or {})
+        self.graph_params = dict(graph_params or {})
+        self.lm_params = dict(lm_params or {})
+
+    def _table(self):
+        if not hasattr(self, "_table_df"):
+            self._table_df = load_table(self.element_table)
+        return self._table_df
+
+    def config(self) -> dict:
+        """JSON-able description (the element table is saved separately when it is a DataFrame)."""
+        table = self.element_table if isinstance(self.element_table, (str, type(None))) else TABLE_NAME
+        return dict(
+            branches=self.branches, run=self.run if isinstance(self.run, (str, type(None))) else None,
+            element_table=table, composition_pooling=self.composition_pooling,
+            ace_params=self.ace_params, graph_params=self.graph_params, lm_params=self.lm_params,
+        )
+
+    def fit(self, structures: Sequence[Any]) -> "BranchFeaturizer":
+        """Fit the descriptor featurisers (species lists, tables) on ``structures``."""
+        from .descriptors import ACE, CrystalGraph
+
+        if "ace" in self.branches:
+            params = dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3, on_error="nan")
+            params.update(self.ace_params)
+            if "species_table" not in params:  # pass species_table=None for one-hot channels
+                params["species_table"] = self._table()
+            self.ace_ = ACE(**params).fit(structures)
+        if "graph" in self.branches:
+            params = dict(cutoff=5.0, element_table=self._table(), on_error="skip")
+            params.update(self.graph_params)
+            self.graph_ = CrystalGraph(**params).fit(structures)
+        if "chgnet" in self.branches:
+            from .descriptors import CHGNetFeaturizer
+
+            self.chgnet_ = CHGNetFeaturizer(on_error="nan").fit()
+        return self
+
+    def transform(self, structures: Sequence[Any], lm_embeddings: np.ndarray | None = None, progress: bool = False) -> BranchInputs:
+        """Branch inputs for ``structures`` (LM vectors from ``lm_embeddings`` when given)."""
+        structures = list(structures)
+        feats: dict[str, np.ndarray] = {}
+        graphs = None
+        for b in self.branches:
+            if progress:
+                print(f"[heads] featurising branch {b} for {len(structures)} structures", file=sys.stderr, flush=True)
+            if b == "lm":
+                if lm_embeddings is None:
+                    if self.run is None:
+                        raise ConfigError("the lm branch needs run=... or a precomputed lm_embeddings array")
+                    from .embeddings import structure_embeddings
+
+                    lm_embeddings = structure_embeddings(structures, self.run, **self.lm_params)
+                lm = np.asarray(lm_embeddings, dtype=np.float64)
+                if lm.shape[0] != len(structures):
+                    raise ConfigError(f"lm_embeddings has {lm.shape[0]} rows for {len(structures)} structures")
+                feats["lm"] = lm
+            elif b == "composition":
+                feats["composition"] = composition_features(
+                    [_formula(s) for s in structures], self._table(), self.composition_pooling
+                )
+            elif b == "ace":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    feats["ace"] = self.ace_.transform(structures)
+            elif b == "chgnet":
+                feats["chgnet"] = self.chgnet_.transform(structures)
+            elif b == "graph":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.graph_.set_params(on_error="skip")
+                    gs = self.graph_.graphs(structures)
+                bad = {k for k, _ in self.graph_.skipped_}
+                it = iter(gs)
+                graphs = [None if k in bad else next(it) for k in range(len(structures))]
+        return BranchInputs(feats, graphs)
+
+
+def _formula(s: Any) -> str:
+    from pymatgen.core import Structure
+
+    if isinstance(s, Structure):
+        return s.composition.formula
+    from .inputs import to_structure
+
+    return to_structure(s).composition.formula
+
+
+def load_table(table: Any):
+    """Element table (DataFrame indexed by symbol) from a name, CSV path or DataFrame."""
+    if table is None:
+        raise ConfigError("an element table is needed (e.g. 'magpie', a CSV path, or crystext.element_embeddings(run))")
+    from .descriptors.graph import resolve_element_table
+
+    return resolve_element_table(table)
+
+
+def composition_features(formulas: Sequence[str], table, pooling: str = "stats4") -> np.ndarray:
+    """Composition vectors: ``crystext.composition.composition_embeddings`` when available,
+    else the fraction-weighted mean (and, for ``stats4``, std/min/max) of standardised rows."""
+    try:
+        from .composition import composition_embeddings
+    except ImportError:
+        composition_embeddings = None
+    if composition_embeddings is not None:
+        return np.asarray(composition_embeddings(list(formulas), table, pooling=pooling, on_missing="nan"), dtype=np.float64)
+    from pymatgen.core import Composition
+
+    x = table.to_numpy(dtype=np.float64)
+    x = (x - np.nanmean(x, 0)) / np.where(np.nanstd(x, 0) > 0, np.nanstd(x, 0), 1.0)
+    x = np.nan_to_num(x)
+    rows = {str(k): v for k, v in zip(table.index, x)}
+    out = []
+    for f in formulas:
+        comp = Composition(f).fractional_composition.get_el_amt_dict()
+        try:
+            v = np.stack([rows[e] for e in comp])
+        except KeyError:
+            out.append(np.full(x.shape[1] * (4 if pooling == "stats4" else 1), np.nan))
+            continue
+        w = np.array(list(comp.values()))[:, None]
+        mean = (w * v).sum(0)
+        if pooling == "stats4":
+            std = np.sqrt((w * (v - mean) ** 2).sum(0))
+            out.append(np.concatenate([mean, std, v.min(0), v.max(0)]))
+        else:
+            out.append(mean)
+    return np.array(out)
+
+
+# ----------------------------------------------------------------------------- the network
+def _torch():
+    import torch
+
+    return torch
+
+
+def _build_net(config: dict):
+    """The torch module for ``config`` (dims, width, fusion, graph encoder, ...)."""
+    torch = _torch()
+    from torch import nn
+
+    from .descriptors.graph import GraphEncoder
+
+    class VectorBranch(nn.Module):
+        """Standardise (and optionally PCA-project) a fixed vector, then Linear -> SiLU -> LayerNorm."""
+
+        def __init__(self, d_in: int, d_red: int, width: int, dropout: float) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(d_in))
+            self.register_buffer("scale", torch.ones(d_in))
+            # PCA projection (identity when the branch is not reduced)
+            self.register_buffer("proj", torch.eye(d_in) if d_red >= d_in else torch.zeros(d_in, d_red))
+            self.net = nn.Sequential(nn.Dropout(dropout * 0.5), nn.Linear(d_red, width), nn.SiLU(), nn.LayerNorm(width))
+
+        def forward(self, x):
+            return self.net(((x - self.mean) / self.scale) @ self.proj)
+
+    class GraphBranch(nn.Module):
+        def __init__(self, enc_cfg: dict, width: int) -> None:
+            super().__init__()
+            self.encoder = GraphEncoder(**{**enc_cfg, "out_dim": width})
+            self.norm = nn.LayerNorm(width)
+
+        def forward(self, batch):
+            return self.norm(self.encoder(batch))
+
+    class Net(nn.Module):
+        def __init__(self, cfg: dict) -> None:
+            super().__init__()
+            w, hid, p = cfg["width"], cfg["hidden"], cfg["dropout"]
+            self.names = list(cfg["branches"])
+            self.fusion = cfg["fusion"]
+            self.branch_dropout = float(cfg.get("branch_dropout", 0.0))
+            self.branches = nn.ModuleDict()
+            for name in self.names:
+                if name == "graph":
+                    self.branches[name] = GraphBranch(cfg["graph_encoder"], w)
+                else:
+                    self.branches[name] = VectorBranch(cfg["dims"][name], cfg["reduced_dims"][name], w, p)
+            if self.fusion == "gated":
+                self.gate = nn.Sequential(nn.Linear(w, w), nn.Tanh(), nn.Linear(w, 1))
+                d_head = w
+            else:
+                d_head = w * len(self.names)
+            self.head = nn.Sequential(nn.Linear(d_head, hid), nn.SiLU(), nn.Dropout(p), nn.Linear(hid, hid), nn.SiLU(), nn.Linear(hid, 1))
+            # per-branch linear read-outs for the auxiliary loss (every branch must predict alone)
+            self.aux = nn.ModuleDict({n: nn.Linear(w, 1) for n in self.names}) if cfg.get("aux_weight", 0) > 0 and len(self.names) > 1 else None
+            self.register_buffer("y_mean", torch.zeros(()))
+            self.register_buffer("y_scale", torch.ones(()))
+
+        def forward(self, feats: dict, graph_batch=None, return_aux: bool = False):
+            hs = [self.branches[n](graph_batch if n == "graph" else feats[n]) for n in self.names]
+            aux = [self.aux[n](h).squeeze(-1) for n, h in zip(self.names, hs)] if (return_aux and self.aux is not None) else None
+            if self.training and self.branch_dropout > 0 and len(hs) > 1:
+                keep = torch.rand(hs[0].shape[0], len(hs), device=hs[0].device) >= self.branch_dropout
+                keep[torch.arange(len(keep)), torch.randint(len(hs), (len(keep),), device=keep.device)] |= ~keep.any(1)
+                hs = [h * keep[:, k : k + 1].to(h.dtype) for k, h in enumerate(hs)]
+            if self.fusion == "gated":
+                h = torch.stack(hs, 1)  # (B, n_branches, w)
+                alpha = torch.softmax(self.gate(h).squeeze(-1), dim=1)
+                fused = (alpha[:, :, None] * h).sum(1)
+            else:
+                alpha = None
+                fused = torch.cat(hs, 1)
+            pred = self.head(fused).squeeze(-1) * self.y_scale + self.y_mean
+            if return_aux:
+                return pred, alpha, aux
+            return pred, alpha
+
+    return Net(config)
+
+
+# ----------------------------------------------------------------------------- estimator
+class MultiScaleRegressor:
+    """A property head over several branches with early stopping (scikit-learn-like API).
+
+    Args:
+        branches: branch names in the order they are fused (``graph`` = trainable GNN, every
+            other name = a fixed vector from :class:`BranchInputs.features`).
+        width: common projection width of every branch.
+        fusion: ``"concat"`` (concatenation + MLP) or ``"gated"`` (softmax attention over
+            branches; per-branch weights via :meth:`branch_weights`).
+        hidden: width of the fusion MLP.
+        dropout: dropout inside branches and the fusion MLP.
+        branch_dropout: during training, zero each branch's projection for a sample with this
+            probability (at least one branch is kept), so the fusion cannot lean only on the
+            branch that fits fastest.
+        aux_weight: weight of an auxiliary loss in which every branch predicts the (scaled)
+            target alone through its own linear read-out; keeps slow learners (the GNN) from
+            being starved by the gate while faster fixed-vector branches fit first.
+        reduce_dim: vector branches wider than this are PCA-projected (fitted on the training
+            split) to this many components before their Linear layer.
+        graph_encoder: keyword arguments for :class:`crystext.descriptors.GraphEncoder`
+            (hidden, n_layers, cutoff, n_gaussians, ...; node_dim is taken from the graphs).
+        lr, weight_decay, batch_size, max_epochs, patience: AdamW training with early stopping on
+            the validation MAE (the best epoch's weights are kept).
+        val_fraction: share of the training data held out for early stopping when no explicit
+            validation set is given.
+        loss: ``"l1"`` (MAE, the reported metric), ``"mse"`` or ``"huber"``.
+        seed: controls initialisation, splits and batches.
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(
+        self,
+        branches: Sequence[str] = ("lm", "composition", "graph", "ace"),
+        width: int = 128,
+        fusion: str = "gated",
+        hidden: int = 256,
+        dropout: float = 0.1,
+        branch_dropout: float = 0.1,
+        aux_weight: float = 0.5,
+        reduce_dim: int = 256,
+        graph_encoder: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        max_epochs: int = 300,
+        patience: int = 30,
+        val_fraction: float = 0.1,
+        loss: str = "l1",
+        seed: int = 0,
+        device: str = "cpu",
+        verbose: bool = False,
+    ) -> None:
+        if fusion not in ("concat", "gated"):
+            raise ConfigError(f"fusion must be 'concat' or 'gated', got {fusion!r}")
+        if loss not in ("l1", "mse", "huber"):
+            raise ConfigError(f"loss must be 'l1', 'mse' or 'huber', got {loss!r}")
+        if not branches:
+            raise ConfigError("at least one branch is needed")
+        self.branches = list(branches)
+        self.width = width
+        self.fusion = fusion
+        self.hidden = hidden
+        self.dropout = dropout
+        self.branch_dropout = branch_dropout
+        self.aux_weight = aux_weight
+        self.reduce_dim = reduce_dim
+        self.graph_encoder = dict(graph_encoder or {})
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.loss = loss
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+
+    # -------------------------------------------------------------- helpers
+    def _hyper(self) -> dict:
+        return dict(
+            branches=self.branches, width=self.width, fusion=self.fusion, hidden=self.hidden, dropout=self.dropout,
+            branch_dropout=self.branch_dropout, aux_weight=self.aux_weight, reduce_dim=self.reduce_dim, graph_encoder=self.graph_encoder, lr=self.lr, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+            val_fraction=self.val_fraction, loss=self.loss, seed=self.seed,
+        )
+
+    def _batch(self, inputs: BranchInputs, idx: np.ndarray):
+        torch = _torch()
+        from .descriptors.graph import collate
+
+        dev = torch.device(self.device)
+        feats = {
+            n: torch.as_tensor(inputs.features[n][idx], dtype=torch.float32, device=dev)
+            for n in self.branches if n != "graph"
+        }
+        gb = collate([inputs.graphs[i] for i in idx]).to(dev) if "graph" in self.branches else None
+        return feats, gb
+
+    def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
+        if not isinstance(inputs, BranchInputs):
+            raise ConfigError("inputs must be a crystext.heads.BranchInputs (see BranchFeaturizer)")
+        return inputs.select(self.branches)
+
+    # -------------------------------------------------------------- training
+    def fit(self, inputs: BranchInputs, y: Sequence[float], val_inputs: BranchInputs | None = None,
+            y_val: Sequence[float] | None = None) -> "MultiScaleRegressor":
+        """Train on ``inputs``/``y``; early stopping on ``val_inputs``/``y_val`` (or on a
+        ``val_fraction`` split of the training data). Rows a featuriser could not handle (NaN
+        features, missing graphs) are dropped and counted in ``dropped_``."""
+        torch = _torch()
+        inputs = self._check_inputs(inputs)
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(inputs):
+            raise ConfigError(f"{len(inputs)} inputs but {len(y)} targets")
+        rng = np.random.default_rng(self.seed)
+        if val_inputs is None:
+            perm = rng.permutation(len(y))
+            n_val = max(1, int(round(self.val_fraction * len(y))))
+            val_inputs, y_val = inputs.subset(perm[:n_val]), y[perm[:n_val]]
+            inputs, y = inputs.subset(perm[n_val:]), y[perm[n_val:]]
+        else:
+            val_inputs = self._check_inputs(val_inputs)
+            y_val = np.asarray(y_val, dtype=np.float64)
+        ok, ok_val = inputs.valid_rows() & np.isfinite(y), val_inputs.valid_rows() & np.isfinite(y_val)
+        self.dropped_ = int((~ok).sum() + (~ok_val).sum())
+        inputs, y = inputs.subset(np.flatnonzero(ok)), y[ok]
+        val_inputs, y_val = val_inputs.subset(np.flatnonzero(ok_val)), y_val[ok_val]
+        if len(y) < 2 or len(y_val) < 1:
+            raise ConfigError(f"too few usable training rows ({len(y)}) or validation rows ({len(y_val)})")
+
+        torch.manual_seed(self.seed)
+        dims, reduced = {}, {}
+        for n in self.branches:
+            if n != "graph":
+                dims[n] = int(inputs.features[n].shape[1])
+                # PCA keeps at most as many components as training rows
+                reduced[n] = dims[n] if dims[n] <= self.reduce_dim else min(self.reduce_dim, len(y))
+        enc = {}
+        if "graph" in self.branches:
+            g0 = inputs.graphs[0]
+            enc = dict(node_dim=int(g0.node_features.shape[1]), hidden=64, n_layers=3)
+            enc.update({k: v for k, v in self.graph_encoder.items() if k != "out_dim"})
+        self.config_ = dict(self._hyper(), dims=dims, reduced_dims=reduced, graph_encoder=enc)
+        net = _build_net(self.config_)
+        # data statistics: standardisation, PCA, target scale
+        with torch.no_grad():
+            for n in dims:
+                x = torch.as_tensor(inputs.features[n], dtype=torch.float64)
+                mean, std = x.mean(0), x.std(0)
+                scale = torch.where(std > 1e-8 * std.max().clamp(min=1e-30), std, torch.ones_like(std))
+                br = net.branches[n]
+                br.mean.copy_(mean.float())
+                br.scale.copy_(scale.float())
+                if reduced[n] < dims[n]:
+                    z = (x - mean) / scale
+                    _, _, v = torch.linalg.svd(z, full_matrices=False)
+                    comp = v[: reduced[n]].T  # (d, k)
+                    comp = comp / (z @ comp).std(0).clamp(min=1e-12)  # unit-variance components
+                    br.proj.copy_(comp.float())
+            net.y_mean.fill_(float(y.mean()))
+            net.y_scale.fill_(float(y.std()) if y.std() > 0 else 1.0)
+        net.to(self.device)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, self.patience // 3))
+        loss_fn = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
+                   "huber": torch.nn.functional.smooth_l1_loss}[self.loss]
+        y_t = torch.as_tensor(y, dtype=torch.float32, device=self.device)
+        scale = float(net.y_scale)
+        self.net_ = net
+        best, best_state, bad_epochs = math.inf, None, 0
+        self.history_ = []
+        for epoch in range(self.max_epochs):
+            net.train()
+            order = rng.permutation(len(y))
+            total = 0.0
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                if len(idx) < 2 and len(order) > 2:
+                    continue
+                feats, gb = self._batch(inputs, idx)
+                pred, _, aux = net(feats, gb, return_aux=True)
+                target = y_t[idx] / scale
+                loss = loss_fn(pred / scale, target)
+                if aux:
+                    z = (y_t[idx] - net.y_mean) / scale
+                    loss = loss + self.aux_weight * sum(loss_fn(a, z) for a in aux) / len(aux)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                total += loss.item() * len(idx)
+            val_mae = float(np.mean(np.abs(self._predict(val_inputs) - y_val)))
+            sched.step(val_mae)
+            self.history_.append(dict(epoch=epoch, train_loss=total / len(y), val_mae=val_mae))
+            if self.verbose:
+                print(f"[heads] epoch {epoch:3d} train {total / len(y):.4f} val MAE {val_mae:.4f}", file=sys.stderr, flush=True)
+            if val_mae < best - 1e-9:
+                best, best_state, bad_epochs = val_mae, copy.deepcopy(net.state_dict()), 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= self.patience:
+                    break
+        net.load_state_dict(best_state)
+        self.best_val_mae_ = best
+        self.n_epochs_ = len(self.history_)
+        return self
+
+    # -------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise ConfigError("this MultiScaleRegressor is not fitted: call fit(...) or from_pretrained(path)")
+
+    def _predict(self, inputs: BranchInputs, weights: bool = False):
+        torch = _torch()
+        net = self.net_
+        net.eval()
+        preds, alphas = [], []
+        with torch.no_grad():
+            for lo in range(0, len(inputs), 512):
+                idx = np.arange(lo, min(lo + 512, len(inputs)))
+                feats, gb = self._batch(inputs, idx)
+                p, a = net(feats, gb)
+                preds.append(p.double().cpu().numpy())
+                if a is not None:
+                    alphas.append(a.double().cpu().numpy())
+        pred = np.concatenate(preds) if preds else np.zeros(0)
+        if weights:
+            return pred, (np.concatenate(alphas) if alphas else None)
+        return pred
+
+    def predict(self, inputs: BranchInputs) -> np.ndarray:
+        """Predictions (n,); NaN for rows a featuriser could not handle."""
+        self._check_fitted()
+        inputs = self._check_inputs(inputs)
+        ok = inputs.valid_rows()
+        out = np.full(len(inputs), np.nan)
+        if ok.any():
+            out[ok] = self._predict(inputs.subset(np.flatnonzero(ok)))
+        return out
+
+    def branch_weights(self, inputs: BranchInputs) -> dict[str, float] | None:
+        """Mean gated-fusion weight of every branch over ``inputs`` (None for concat fusion)."""
+        self._check_fitted()
+        if self.fusion != "gated":
+            return None
+        inputs = self._check_inputs(inputs)
+        inputs = inputs.subset(np.flatnonzero(inputs.valid_rows()))
+        _, alpha = self._predict(inputs, weights=True)
+        return {n: float(v) for n, v in zip(self.branches, alpha.mean(0))}
+
+    def score(self, inputs: BranchInputs, y: Sequence[float]) -> float:
+        """Mean absolute error over rows with a prediction."""
+        p = self.predict(inputs)
+        y = np.asarray(y, dtype=np.float64)
+        ok = np.isfinite(p) & np.isfinite(y)
+        return float(np.mean(np.abs(p[ok] - y[ok])))
+
+    # -------------------------------------------------------------- persistence
+    def save_pretrained(self, path: str | os.PathLike, featurizer: BranchFeaturizer | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (and the featuriser settings) to ``path``."""
+        self._check_fitted()
+        from safetensors.torch import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.config_, model_type="crystext-multiscale-regressor", best_val_mae=self.best_val_mae_,
+                   n_epochs=self.n_epochs_)
+        if featurizer is not None:
+            cfg["featurizer"] = featurizer.config()
+            if cfg["featurizer"]["element_table"] == TABLE_NAME:
+                featurizer._table().to_csv(out / TABLE_NAME)
+        (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "MultiScaleRegressor":
+        """Load a folder written by :meth:`save_pretrained`."""
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise DataNotFoundError(f"{folder} is not a saved MultiScaleRegressor (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        cfg = json.loads((folder / CONFIG_NAME).read_text())
+        if cfg.get("model_type") != "crystext-multiscale-regressor":
+            raise ConfigError(f"{folder / CONFIG_NAME} is not a crystext multi-scale regressor config")
+        hyper = {k: cfg[k] for k in ("branches", "width", "fusion", "hidden", "dropout", "branch_dropout", "aux_weight", "reduce_dim", "lr",
+                                     "weight_decay", "batch_size", "max_epochs", "patience", "val_fraction", "loss", "seed")}
+        model = cls(**hyper, graph_encoder=cfg.get("graph_encoder"), device=device)
+        model.config_ = {k: v for k, v in cfg.items() if k not in ("model_type", "best_val_mae", "n_epochs", "featurizer")}
+        net = _build_net(model.config_)
+        net.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        model.net_ = net.to(device)
+        model.best_val_mae_ = cfg.get("best_val_mae")
+        model.n_epochs_ = cfg.get("n_epochs")
+        model.featurizer_config_ = cfg.get("featurizer")
+        return model
+
+    def featurizer(self, path: str | os.PathLike | None = None, run: Any = None) -> BranchFeaturizer:
+        """Rebuild the saved :class:`BranchFeaturizer` (unfitted) from a loaded model's config."""
+        cfg = getattr(self, "featurizer_config_", None)
+        if not cfg:
+            raise ConfigError("this model was saved without featuriser settings")
+        cfg = dict(cfg)
+        if cfg.get("element_table") == TABLE_NAME and path is not None:
+            cfg["element_table"] = str(Path(path) / TABLE_NAME)
+        if run is not None:
+            cfg["run"] = run
+        return BranchFeaturizer(**cfg)
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------- one-call training
+def read_structures_table(path: str | os.PathLike, target: str | None, limit: int | None = None):
+    """(structures, targets, ids) from a CSV/Parquet with a ``cif`` column and a target column
+    (``target=None``: targets are NaN). Unparsable rows are skipped and counted (printed)."""
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataNotFoundError(f"table {p} not found")
+    df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    if "cif" not in df.columns or (target is not None and target not in df.columns):
+        raise ConfigError(f"{p} needs columns 'cif' and {target!r} (has {', '.join(map(str, df.columns))})")
+    if limit:
+        df = df.iloc[:limit]
+    structures, ys, ids, bad = [], [], [], 0
+    for k, row in enumerate(df.itertuples(index=False)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structures.append(Structure.from_str(getattr(row, "cif"), fmt="cif"))
+        except Exception:  # noqa: BLE001 - a bad row is counted, not fatal
+            bad += 1
+            continue
+        ys.append(float(getattr(row, target)) if target is not None else float("nan"))
+        ids.append(str(getattr(row, "material_id", k)))
+    if bad:
+        print(f"[heads] {p.name}: skipped {bad} unparsable rows", file=sys.stderr, flush=True)
+    return structures, np.array(ys), ids
+
+
+def train_heads(
+    train: str | os.PathLike,
+    test: str | os.PathLike | None,
+    target: str,
+    branches: Sequence[str],
+    out: str | os.PathLike | None = None,
+    run: Any = None,
+    element_table: Any = "magpie",
+    limit: int | None = None,
+    **regressor_kwargs,
+) -> dict:
+    """Featurise a train (and test) table, train a :class:`MultiScaleRegressor`, report MAEs.
+
+    Returns a dict with ``val_mae``, ``test_mae`` (if ``test``), ``dummy_test_mae`` (predicting
+    the training mean), ``branch_weights`` and ``epochs``; saves the model to ``out`` if given.
+    """
+    s_train, y_train, _ = read_structures_table(train, target, limit)
+    feat = BranchFeaturizer(branches=branches, run=run, element_table=element_table)
+    s_test, y_test = [], np.zeros(0)
+    if test is not None:
+        s_test, y_test, _ = read_structures_table(test, target, limit)
+    feat.fit(s_train + s_test)  # species/tables only: no targets involved
+    x_train = feat.transform(s_train, progress=True)
+    model = MultiScaleRegressor(branches=branches, **regressor_kwargs).fit(x_train, y_train)
+    result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
+                  epochs=model.n_epochs_, dropped=model.dropped_)
+    if test is not None:
+        x_test = feat.transform(s_test, progress=True)
+        result.update(test_mae=model.score(x_test, y_test), n_test=len(y_test),
+                      dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))),
+                      branch_weights=model.branch_weights(x_test))
+    if out is not None:
+        model.save_pretrained(out, featurizer=feat)
+        result["saved"] = str(out)
+    return result

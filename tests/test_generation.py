@@ -1,0 +1,73 @@
+"""Sampling from a run and the validity report of sampled text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from crystext.cli import main
+from crystext.errors import ConfigError
+from crystext.generation import generate, validity_report
+from crystext.modeling import build_model
+from crystext.text import structure_to_text
+from crystext.tokenization import load_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An (untrained) tiny run folder: enough to test sampling mechanics."""
+    path = tmp_path_factory.mktemp("run")
+    tok = load_tokenizer("crystext-cif")
+    build_model("tiny", tok, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_generate_continues_the_prompt_reproducibly(run):
+    texts = generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=1, batch_size=2)
+    assert len(texts) == 3 and all(t.startswith("data_NaCl") for t in texts)
+    assert texts == generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=1, batch_size=2)
+    assert texts != generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=2, batch_size=2)
+    longer = generate(run, prompt="data_NaCl", n=3, max_new_tokens=40, seed=1, batch_size=2)
+    assert all(b.startswith(a) for a, b in zip(texts, longer))  # same seed: the same samples, continued
+
+
+def test_generate_rejects_bad_arguments(run, tmp_path):
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(run, temperature=0)
+    with pytest.raises(ConfigError, match="context"):
+        generate(run, prompt="data_" + "1" * 1100, n=1)
+
+
+def test_validity_report_counts_each_check():
+    nacl = structure_to_text(Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"],
+                                                       [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    cscl = structure_to_text(Structure.from_spacegroup("Pm-3m", Lattice.cubic(4.12), ["Cs", "Cl"],
+                                                       [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    wrong_formula = nacl.replace("data_Na4Cl4", "data_Na2Cl4", 1)
+    assert wrong_formula != nacl
+    report = validity_report([nacl, cscl, wrong_formula, "data_garbage\n_cell_length_a"])
+    s = report.summary
+    assert s["n"] == 4
+    assert s["parsable"]["count"] == 3
+    assert s["formula_consistent"]["count"] == 2
+    assert s["space_group_consistent"]["count"] == 3
+    assert s["valid"]["count"] == 2 and s["valid"]["rate"] == 0.5
+    assert report.table["valid"].tolist() == [True, True, False, False]
+    assert "formula" in report.table["errors"][2] and "unparsable" in report.table["errors"][3]
+    assert "| valid | 2/4 | 0.500 |" in report.to_markdown()
+
+
+def test_generate_cli_prints_a_validity_table(run, capsys):
+    assert main(["generate", str(run), "--prompt", "data_Si", "-n", "2", "--max-new-tokens", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| parsable | " in out and "/2 |" in out

@@ -1,0 +1,182 @@
+"""The training loop: run folder, exact resume, gradient accumulation, fine-tuning, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from crystext.errors import ConfigError, DataNotFoundError
+from crystext.modeling import load_preset
+from crystext.settings import REPO_ROOT
+from crystext.training import epoch_plan, lr_at, pretrain
+
+HEADERS = [("Fe2O3", 167), ("NaCl", 225), ("TiO2", 136), ("SrTiO3", 221), ("GaAs", 216), ("MgO", 225),
+           ("ZnO", 186), ("Si", 227), ("CaF2", 225), ("LiFePO4", 62), ("BaTiO3", 99), ("Al2O3", 167)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 AFLOW prototypes (full structures) + 12 header-only documents, both kinds mixed."""
+    from crystext.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    table = root / "headers.csv"
+    pd.DataFrame(HEADERS, columns=["composition", "spg_num"]).to_csv(table, index=False)
+    out = root / "corpus"
+    build_corpus(["aflow-prototypes", str(table)], out=out, limit=40, split=(0.7, 0.15, 0.15), progress=False)
+    return out
+
+
+def _tiny(dropout: float = 0.1, **training) -> dict:
+    preset = load_preset("tiny")
+    preset["model"]["dropout"] = dropout
+    preset["training"].update(training)
+    return preset
+
+
+def _weights(run) -> dict:
+    return load_file(run / "model.safetensors")
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_run_folder_is_a_loadable_save_pretrained_folder(corpus, tmp_path):
+    run = pretrain("tiny", corpus, tmp_path / "run", max_steps=4, progress=False)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_config.json", "log.csv",
+                 "loss.png", "eval.json"):
+        assert (run / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(run)
+    tok = AutoTokenizer.from_pretrained(run)
+    assert model.config.vocab_size == len(tok)
+    log = pd.read_csv(run / "log.csv")
+    assert log.step.tolist() == [1, 2, 3, 4]
+    assert log.eval_loss.notna().tolist() == [False, False, False, True]  # eval_interval 4
+    assert (log.tokens.diff().dropna() > 0).all() and (log.tokens_per_s > 0).all()
+    assert log.lr.iloc[0] < log.lr.iloc[1]  # warm-up
+    info = json.loads((run / "training_config.json").read_text())
+    assert info["steps"] == 4 and info["world_size"] == 1 and info["mixed_precision"] == "bf16"
+    assert info["corpus"]["splits"]["train"]["kind_header"] > 0
+    assert info["corpus"]["splits"]["train"]["kind_structure"] > 0
+    report = json.loads((run / "eval.json").read_text())
+    assert report["held_out_split"] == "test"
+    assert set(report["test"]) >= {"loss", "tokens", "loss_structure"}
+    assert 0 < report["unigram_baseline_entropy"] < np.log(len(tok))
+    assert np.isfinite(report["held_out_loss"])
+
+
+def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
+    preset = _tiny(max_steps=6, checkpoint_interval=3, eval_interval=3)
+    full = pretrain(preset, corpus, tmp_path / "full", progress=False)
+    part = pretrain(preset, corpus, tmp_path / "part", stop_at=3, progress=False)
+    assert pd.read_csv(part / "log.csv").step.max() == 3
+    assert (part / "checkpoints" / "step-0000003").is_dir()
+    part = pretrain(preset, corpus, tmp_path / "part", resume=True, progress=False)
+    a, b = pd.read_csv(full / "log.csv"), pd.read_csv(part / "log.csv")
+    assert a.step.tolist() == b.step.tolist() == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-6)  # same data, dropout, schedule
+    np.testing.assert_allclose(a.eval_loss.dropna(), b.eval_loss.dropna(), rtol=1e-6)
+    np.testing.assert_allclose(a.lr, b.lr, rtol=1e-12)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    assert _max_diff(_weights(full), _weights(part)) < 1e-6
+    assert json.loads((part / "training_config.json").read_text())["resumed_from"] == "step-0000003"
+
+
+def test_resume_true_needs_a_checkpoint(corpus, tmp_path):
+    with pytest.raises(DataNotFoundError, match="no checkpoint"):
+        pretrain("tiny", corpus, tmp_path / "none", resume=True, progress=False)
+
+
+def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(corpus, tmp_path):
+    runs = {}
+    for batch, accum in ((8, 1), (2, 4)):
+        preset = _tiny(dropout=0.0, batch_size=batch, gradient_accumulation_steps=accum, mixed_precision="no")
+        runs[batch] = pretrain(preset, corpus, tmp_path / f"b{batch}", max_steps=2, progress=False)
+    a, b = pd.read_csv(runs[8] / "log.csv"), pd.read_csv(runs[2] / "log.csv")
+    np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-5)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    assert _max_diff(_weights(runs[8]), _weights(runs[2])) < 1e-5
+
+
+def test_fine_tuning_starts_from_the_init_run(corpus, tmp_path):
+    base = pretrain(_tiny(dropout=0.0, mixed_precision="no"), corpus, tmp_path / "base", max_steps=3, progress=False)
+    tuned = pretrain(None, corpus, tmp_path / "tuned", init=base, max_steps=1, progress=False,
+                     overrides={"learning_rate": 1e-9, "min_learning_rate": 1e-9, "warmup_steps": 0})
+    assert _max_diff(_weights(base), _weights(tuned)) < 1e-5  # a negligible step away from the init weights
+    info = json.loads((tuned / "training_config.json").read_text())
+    assert info["init"] == str(base.resolve())
+    other = tmp_path / "other-corpus"
+    shutil.copytree(corpus, other)
+    shutil.rmtree(other / "tokenizer")
+    from crystext.tokenization import load_tokenizer
+
+    load_tokenizer("crystext-compact").save_pretrained(other / "tokenizer")
+    with pytest.raises(ConfigError, match="tokenizer differs"):
+        pretrain(None, other, tmp_path / "bad", init=base, max_steps=1, progress=False)
+
+
+def test_epoch_plan_visits_every_document_once_per_epoch():
+    lengths = np.random.default_rng(0).integers(10, 500, size=103)
+    plans = [epoch_plan(lengths, 8, 4, seed=7, epoch=e) for e in (0, 1)]
+    for plan in plans:
+        seen = np.concatenate(plan)
+        assert sorted(seen.tolist()) == list(range(103))
+    assert [b.tolist() for b in epoch_plan(lengths, 8, 4, seed=7, epoch=0)] == [b.tolist() for b in plans[0]]
+    assert [b.tolist() for b in plans[0]] != [b.tolist() for b in plans[1]]
+    # bucketing: padding within a batch is far below that of random batches
+    pad = lambda plan: sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in plan)  # noqa: E731
+    random_plan = np.array_split(np.random.default_rng(1).permutation(103), 13)
+    assert pad(plans[0]) < 0.5 * pad(random_plan)
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = {"learning_rate": 1e-3, "min_learning_rate": 1e-4, "warmup_steps": 10, "max_steps": 110}
+    lrs = [lr_at(s, cfg) for s in range(120)]
+    assert np.all(np.diff(lrs[:10]) > 0) and lrs[9] < 1e-3
+    assert lrs[10] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[10:111]) <= 0)
+    assert lrs[110] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
+
+
+def test_two_process_ddp_stays_in_step_and_equals_one_process(corpus, tmp_path):
+    """accelerate launch --num_processes 2 on CPU (gloo): both ranks end with identical weights, and
+    these equal one process accumulating the same two micro-batches."""
+    preset = _tiny(dropout=0.0, batch_size=2, mixed_precision="no", eval_samples=4)
+    config = tmp_path / "tiny-ddp.yaml"
+    config.write_text(yaml.safe_dump({"model": preset["model"], "training": preset["training"]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO_ROOT / "training" / "accelerate" / "cpu-ddp.yaml"), "--main_process_port", "29517",
+           "-m", "crystext", "pretrain", str(config), "--corpus", str(corpus), "--out", str(tmp_path / "ddp"),
+           "--max-steps", "2", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "ddp" / "training_config.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == 4
+    assert len(info["rank_param_sha256"]) == 2 and len(set(info["rank_param_sha256"])) == 1
+    single = pretrain(config, corpus, tmp_path / "single", max_steps=2, progress=False,
+                      overrides={"gradient_accumulation_steps": 2})
+    a, b = pd.read_csv(tmp_path / "ddp" / "log.csv"), pd.read_csv(single / "log.csv")
+    np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-5)
+    assert _max_diff(_weights(tmp_path / "ddp"), _weights(single)) < 1e-5
