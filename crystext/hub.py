@@ -297,6 +297,17 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
     return out
 
 
+#: the HTTP stacks huggingface_hub has used (requests, httpx and its forks); their connection and
+#: timeout errors do not all derive from OSError
+_TRANSPORT_MODULES = ("requests", "urllib3", "httpx", "httpcore", "h11", "h2", "anyio")
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the HTTP stack (no network, DNS failure, timeout, TLS)."""
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in _TRANSPORT_MODULES
+               for cls in type(exc).__mro__)
+
+
 def publish(run: str | Path, repo_id: str, *, export_dir: str | Path | None = None,
             benchmark: str | Path | None = None, private: bool = False, revision: str | None = None,
             commit_message: str | None = None, token: str | None = None, export_only: bool = False) -> str:
@@ -323,7 +334,9 @@ def publish(run: str | Path, repo_id: str, *, export_dir: str | Path | None = No
             revision=revision,
             commit_message=commit_message or f"crystext release of {Path(run).name}",
         )
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - narrowed just below
+        if not (isinstance(exc, (HfHubHTTPError, OSError, ValueError)) or _is_transport_error(exc)):
+            raise
         raise HubError(
             f"upload of {folder} to {repo_id} failed ({type(exc).__name__}: {exc}); "
             f"the verified folder is intact at {folder}"

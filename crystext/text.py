@@ -84,6 +84,9 @@ def _symmetrised_sites(structure: Structure, symprec: float, angle_tolerance: fl
     rot, trans = spacegroups._operations_for_hall(spacegroups.default_hall_number(number))
     positions = np.asarray(dataset.std_positions)
     types = np.asarray(dataset.std_types)
+    refined = _symmetrise(structure, dataset, rot, trans, lattice)
+    if refined is not None:
+        positions, types = refined
     seen = np.zeros(len(positions), dtype=bool)
     orbits: list[tuple[int, np.ndarray]] = []
     for i in range(len(positions)):
@@ -94,6 +97,72 @@ def _symmetrised_sites(structure: Structure, symprec: float, angle_tolerance: fl
         seen |= np.any(np.all(np.abs(diff) < _FRAC_TOL, axis=2), axis=1) & (types == types[i])
         orbits.append((int(types[i]), orbit))
     return lattice, number, _canonical_sites(number, orbits, lattice)
+
+
+def _symmetrise(structure: Structure, dataset, rot: np.ndarray, trans: np.ndarray, lattice: Lattice):
+    """Symmetrised positions in the standard setting that depend only on the *set* of atoms.
+
+    spglib's own ``std_positions`` average each orbit relative to an origin it estimates from the
+    input order, so two descriptions of one slightly distorted crystal can differ by ~1e-5 and
+    round differently at the 4th decimal. Here the origin is refined by least squares over every
+    (operation, atom) pair, then each atom is replaced by the average of its symmetry images.
+    Returns ``None`` (keep spglib's positions) if an image finds no partner atom.
+    """
+    P, p = np.asarray(dataset.transformation_matrix), np.asarray(dataset.origin_shift)
+    x = np.mod(structure.frac_coords @ P.T + p, 1.0)  # input atoms in the standard cell
+    z = np.array([site.specie.Z for site in structure])
+    # the conventional cell holds det(P^-1) copies of the input cell: add the centring images
+    cent = np.array([t for r, t in zip(rot, trans) if np.allclose(r, np.eye(3))])
+    x = np.mod((x[None, :, :] + cent[:, None, :]).reshape(-1, 3), 1.0)
+    z = np.tile(z, len(cent))
+    if len(x) > len(dataset.std_types):  # a supercell was given: its copies coincide here
+        d = x[:, None, :] - x[None, :, :]
+        d -= np.round(d)
+        same = (np.abs(d).max(axis=2) < 1e-5) & (z[:, None] == z[None, :])
+        first = np.argmax(same, axis=1)  # the first atom each one coincides with
+        keep = first == np.arange(len(x))
+        x, z = x[keep], z[keep]
+    if len(x) != len(dataset.std_types):
+        return None
+    metric = lattice.matrix @ lattice.matrix.T
+    a = rot - np.eye(3)  # the mismatch e of g(y_i) moves by (R - I) s when the origin moves by s
+    shift = np.zeros(3)
+    for _ in range(2):
+        e = _mismatch(x + shift, z, rot, trans, metric)
+        if e is None:
+            return None
+        lhs = np.einsum("gji,gjk->ik", a, a) * len(x)
+        rhs = -np.einsum("gji,gnj->i", a, e)
+        shift = shift + np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    y = x + shift
+    e = _mismatch(y, z, rot, trans, metric)
+    if e is None:
+        return None
+    # atom i's estimate from operation g: g^-1 of the partner of g(y_i), unwrapped near y_i
+    estimates = y[None, :, :] - np.einsum("gij,gnj->gni", np.linalg.inv(rot), e)
+    return np.mod(estimates.mean(axis=0), 1.0), z
+
+
+def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, metric: np.ndarray):
+    """For every operation g and atom i: g(y_i) minus its nearest same-species atom (wrapped);
+    ``None`` if some image has no atom of its species within reach. Chunked over operations so
+    memory stays ~ 4e6 pair distances whatever the cell size."""
+    n = len(y)
+    chunk = max(1, int(4e6 // (n * n)))
+    same = z[:, None] == z[None, :]
+    out = np.empty((len(rot), n, 3))
+    for lo in range(0, len(rot), chunk):
+        images = np.einsum("gij,nj->gni", rot[lo:lo + chunk], y) + trans[lo:lo + chunk, None, :]
+        d = images[:, :, None, :] - y[None, None, :, :]
+        d -= np.round(d)
+        dist = np.einsum("gnmi,ij,gnmj->gnm", d, metric, d)
+        dist[:, ~same] = np.inf
+        partner = np.argmin(dist, axis=2)
+        best = np.take_along_axis(dist, partner[..., None], axis=2)[..., 0]
+        if not np.all(np.isfinite(best)):
+            return None
+        out[lo:lo + chunk] = np.take_along_axis(d, partner[..., None, None], axis=2)[:, :, 0, :]
+    return out
 
 
 def _canonical_sites(number: int, orbits: list[tuple[int, np.ndarray]], lattice: Lattice) -> list[_Site]:

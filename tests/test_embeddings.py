@@ -223,16 +223,6 @@ def supercell_221(s: Structure) -> Structure:
 
 TRANSFORMS = {f.__name__: f for f in (rotated, translated, permuted, supercell_primitive, supercell_221)}
 
-# Known failures of the canonical text (crystext/text.py), reported to the lead: spglib's choice
-# among equivalent origins (Euclidean-normalizer shifts; a free origin along a polar axis) follows
-# the input, so the written asymmetric unit changes. strict: when text.py is fixed these pass,
-# and the xfail marks must go.
-KNOWN_TEXT_FAILURES = {
-    ("perov_5:18517", "translated"), ("perov_5:18517", "supercell_221"),
-    ("LiFePO4", "translated"), ("LiFePO4", "permuted"), ("LiFePO4", "supercell_primitive"),
-}
-
-
 def _structure(name: str, protos) -> Structure:
     if name == "rocksalt":
         return rocksalt()
@@ -249,9 +239,7 @@ def _structure(name: str, protos) -> Structure:
 
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
 @pytest.mark.parametrize("name", ["rocksalt", "perov_5:18517", "LiFePO4"])
-def test_symmetry_equivalent_copies_embed_the_same(run, protos, name, transform, request):
-    if (name, transform) in KNOWN_TEXT_FAILURES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="text.py origin choice is not canonical"))
+def test_symmetry_equivalent_copies_embed_the_same(run, protos, name, transform):
     s = _structure(name, protos)
     copy = TRANSFORMS[transform](s)
     assert len(copy) != len(s) or not np.allclose(copy.lattice.matrix, s.lattice.matrix) or not np.allclose(

@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -49,10 +48,17 @@ def load_split(name: str, split: str, target: str, limit: int | None):
 
 
 def lm_arrays(args, name: str, s_train, s_test):
-    """LM embeddings: <dir>/<name>_{train,test}.npy, or computed with --run and cached."""
+    """LM embeddings: <dir>/<name>_{train,test}.npy (the first rows of each split, in file order;
+    files with more rows than the --limit-* rows are cut to them), or computed with --run."""
     if args.lm_embeddings:
         d = Path(args.lm_embeddings)
-        return np.load(d / f"{name}_train.npy"), np.load(d / f"{name}_test.npy")
+        out = []
+        for split, structures in (("train", s_train), ("test", s_test)):
+            x = np.load(d / f"{name}_{split}.npy", allow_pickle=False)
+            if len(x) < len(structures):
+                raise SystemExit(f"{d / f'{name}_{split}.npy'} has {len(x)} rows for {len(structures)} structures")
+            out.append(x[: len(structures)])
+        return tuple(out)
     if args.run:
         from crystext.embeddings import structure_embeddings
 
@@ -61,42 +67,141 @@ def lm_arrays(args, name: str, s_train, s_test):
     raise SystemExit("the lm branch needs --run or --lm-embeddings (or leave lm out of --branches)")
 
 
-def featurise(args, name: str, branches: list[str]):
-    """(train inputs, y_train, test inputs, y_test), cached on disk."""
-    from crystext.heads import BranchFeaturizer
+# ------------------------------------------------------------------ npz cache (no pickle anywhere)
+GRAPH_FIELDS = ("node_features", "numbers", "dst", "src", "distances", "vectors")
 
-    key = f"{name}_{'-'.join(sorted(branches))}_{args.limit_train}_{args.limit_test}_{args.element_table}"
-    cache = Path(args.cache) / f"{key}.pkl"
-    if cache.is_file():
-        with open(cache, "rb") as fh:
-            return pickle.load(fh)
-    target = DATASETS[name]
-    s_train, y_train, _ = load_split(name, "val", target, args.limit_train)
-    s_test, y_test, _ = load_split(name, "test", target, args.limit_test)
-    feat = BranchFeaturizer(branches=branches, run=args.run, element_table=args.element_table,
-                            ace_params=ACE_PARAMS[name], graph_params=dict(cutoff=args.graph_cutoff))
-    feat.fit(s_train + s_test)  # species lists only; no targets
-    lm_train = lm_test = None
-    if "lm" in branches:
-        lm_train, lm_test = lm_arrays(args, name, s_train, s_test)
-    t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x_train = feat.transform(s_train, lm_embeddings=lm_train, progress=True)
-        x_test = feat.transform(s_test, lm_embeddings=lm_test, progress=True)
-    print(f"[ablation] {name}: featurised {len(s_train)} + {len(s_test)} structures in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    out = (x_train, y_train, x_test, y_test)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache, "wb") as fh:
-        pickle.dump(out, fh)
+
+def _pack_graphs(graphs: list, prefix: str) -> dict[str, np.ndarray]:
+    """Flatten a list of Graph (None = skipped) into plain arrays with per-graph node/edge counts."""
+    ok = np.array([g is not None for g in graphs], dtype=bool)
+    good = [g for g in graphs if g is not None]
+    out = {f"{prefix}_ok": ok,
+           f"{prefix}_n_nodes": np.array([g.n_nodes for g in good], dtype=np.int64),
+           f"{prefix}_n_edges": np.array([g.n_edges for g in good], dtype=np.int64)}
+    for f in GRAPH_FIELDS:
+        out[f"{prefix}_{f}"] = np.concatenate([getattr(g, f) for g in good]) if good else np.zeros(0)
     return out
 
 
-def combos(branches: list[str]) -> list[tuple[str, ...]]:
+def _unpack_graphs(z, prefix: str) -> list:
+    from crystext.descriptors.graph import Graph
+
+    ok, nn, ne = z[f"{prefix}_ok"], z[f"{prefix}_n_nodes"], z[f"{prefix}_n_edges"]
+    arrays = {f: z[f"{prefix}_{f}"] for f in GRAPH_FIELDS}
+    node_off = np.concatenate([[0], np.cumsum(nn)])
+    edge_off = np.concatenate([[0], np.cumsum(ne)])
+    good = []
+    for k in range(len(nn)):
+        a, b, c, d = node_off[k], node_off[k + 1], edge_off[k], edge_off[k + 1]
+        good.append(Graph(arrays["node_features"][a:b], arrays["numbers"][a:b], arrays["dst"][c:d],
+                          arrays["src"][c:d], arrays["distances"][c:d], arrays["vectors"][c:d]))
+    it = iter(good)
+    return [next(it) if o else None for o in ok]
+
+
+def _csv_rows(name: str, split: str) -> int:
+    from crystext.settings import data_dir
+
+    return len(pd.read_csv(data_dir(required=True) / name / f"{split}.csv", usecols=[0]))
+
+
+def _branch_key(args, name: str, branch: str) -> str:
+    """Cache file stem of one branch: everything its features depend on."""
+    if branch == "lm":
+        extra = f"lm-{Path(args.lm_embeddings or args.run or 'none').name}"
+    elif branch == "ace":
+        extra = "ace-" + "-".join(f"{k}{v}" for k, v in sorted(ACE_PARAMS[name].items())) + f"-{args.element_table}"
+    elif branch == "graph":
+        extra = f"graph-c{args.graph_cutoff}-{args.element_table}"
+    elif branch == "composition":
+        extra = f"composition-{args.element_table}"
+    else:
+        extra = branch
+    return f"{name}_{args.limit_train}_{args.limit_test}_{extra}"
+
+
+def featurise(args, name: str, branches: list[str]):
+    """(train inputs, y_train, test inputs, y_test); every branch is cached on its own in an
+    ``.npz`` (read with allow_pickle=False), so adding a branch later featurises only that one."""
+    from crystext.heads import BranchFeaturizer, BranchInputs
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = DATASETS[name]
+    ykey = cache / f"{name}_{args.limit_train}_{args.limit_test}_targets.npz"
+    parsed = {}
+
+    def structures():
+        if not parsed:
+            s_train, y_train, _ = load_split(name, "val", target, args.limit_train)
+            s_test, y_test, _ = load_split(name, "test", target, args.limit_test)
+            parsed.update(s_train=s_train, y_train=y_train, s_test=s_test, y_test=y_test)
+            if not ykey.is_file():
+                np.savez(ykey, y_train=y_train, y_test=y_test)
+        return parsed
+
+    if ykey.is_file():
+        with np.load(ykey, allow_pickle=False) as z:
+            y_train, y_test = z["y_train"], z["y_test"]
+    else:
+        p = structures()
+        y_train, y_test = p["y_train"], p["y_test"]
+    # --limit-* keep the first rows of each file; a full-data cache (no unparsable rows) is sliced
+    n_tr, n_te = len(y_train), len(y_test)
+    full_y = cache / f"{name}_None_None_targets.npz"
+    sliceable = False
+    if (args.limit_train or args.limit_test) and full_y.is_file():
+        with np.load(full_y, allow_pickle=False) as z:
+            sliceable = (np.array_equal(z["y_train"][:n_tr], y_train) and np.array_equal(z["y_test"][:n_te], y_test)
+                         and len(z["y_train"]) == _csv_rows(name, "val") and len(z["y_test"]) == _csv_rows(name, "test"))
+    full_args = argparse.Namespace(**{**vars(args), "limit_train": None, "limit_test": None})
+    x_train, x_test = BranchInputs(), BranchInputs()
+    for b in branches:
+        path = cache / f"{_branch_key(args, name, b)}.npz"
+        full = cache / f"{_branch_key(full_args, name, b)}.npz"
+        if sliceable and not path.is_file() and full.is_file():
+            with np.load(full, allow_pickle=False) as z:
+                if b == "graph":
+                    x_train.graphs, x_test.graphs = _unpack_graphs(z, "train")[:n_tr], _unpack_graphs(z, "test")[:n_te]
+                else:
+                    x_train.features[b], x_test.features[b] = z["train"][:n_tr], z["test"][:n_te]
+            continue
+        if not path.is_file():
+            p = structures()
+            t = time.perf_counter()
+            feat = BranchFeaturizer(branches=[b], run=args.run, element_table=args.element_table,
+                                    ace_params=ACE_PARAMS[name], graph_params=dict(cutoff=args.graph_cutoff))
+            feat.fit(p["s_train"] + p["s_test"])  # species lists only; no targets
+            lm_train = lm_test = None
+            if b == "lm":
+                lm_train, lm_test = lm_arrays(args, name, p["s_train"], p["s_test"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tr = feat.transform(p["s_train"], lm_embeddings=lm_train, progress=True)
+                te = feat.transform(p["s_test"], lm_embeddings=lm_test, progress=True)
+            if b == "graph":
+                arrays = {**_pack_graphs(tr.graphs, "train"), **_pack_graphs(te.graphs, "test")}
+            else:
+                arrays = dict(train=tr.features[b], test=te.features[b])
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(path)
+            print(f"[ablation] {name}: featurised branch {b} for {len(p['s_train'])} + {len(p['s_test'])} "
+                  f"structures in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        with np.load(path, allow_pickle=False) as z:
+            if b == "graph":
+                x_train.graphs, x_test.graphs = _unpack_graphs(z, "train"), _unpack_graphs(z, "test")
+            else:
+                x_train.features[b], x_test.features[b] = z["train"], z["test"]
+    return x_train, y_train, x_test, y_test
+
+
+def combos(branches: list[str], sizes: list[int] | None = None) -> list[tuple[str, ...]]:
+    """Every single branch, every pair and all together (only the given sizes, if any)."""
     out = [(b,) for b in branches] + list(itertools.combinations(branches, 2))
     if len(branches) > 2:
         out.append(tuple(branches))
-    return out
+    return [c for c in out if not sizes or len(c) in sizes]
 
 
 def markdown(df: pd.DataFrame, command: str) -> str:
@@ -136,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--branch-dropout", type=float, default=0.1)
     ap.add_argument("--aux-weight", type=float, default=0.5,
                     help="per-branch auxiliary loss weight (0 = plain fusion; see MultiScaleRegressor)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=None,
+                    help="only combinations of these sizes (1 = singles, 2 = pairs, n = all together)")
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--limit-train", type=int, default=None)
@@ -168,7 +275,7 @@ def main(argv=None) -> int:
         if (name, "dummy", 0) not in have:
             rows.append(dict(dataset=name, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
             flush()
-        for combo in combos(branches):
+        for combo in combos(branches, args.sizes):
             for seed in args.seeds:
                 label = ",".join(combo)
                 if (name, label, seed) in have:

@@ -1,0 +1,317 @@
+"""Benchmark (crystext.benchmark, ``crystext benchmark``): protocol on a task with a known answer,
+determinism, missing-element handling and coverage, Matbench-style folds, output layout, CLI.
+
+Everything runs on tiny synthetic tasks written to ``tmp_path`` whose target is an exact function
+of composition: the fractional mean of a per-element number. An element table holding that number
+solves the task exactly with ridge on mean pooling; a random 3-d table cannot.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crystext.benchmark import RESULT_COLUMNS, discover_tasks, load_splits, run_benchmark
+from crystext.cli import main
+
+ELEMENTS = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ti", "Zr", "Fe", "Co", "Ni", "Zn",
+            "Al", "Ga", "Si", "Ge", "O", "S", "Se", "N", "P", "F", "Cl", "Br"]
+#: the per-element number the target averages (Cu included, used by the missing-element test)
+VALUE = dict(zip(ELEMENTS + ["Cu"], np.random.default_rng(0).uniform(0.0, 10.0, len(ELEMENTS) + 1).round(4)))
+
+# the quick, cheap settings shared by most runs
+FAST = dict(baselines=[], quick=True, regressors=("ridge", "hgb"), poolings=("mean",), plots=False, progress=False)
+
+
+def informative_table(elements=tuple(VALUE)) -> pd.DataFrame:
+    """Column 0 is the number the target averages; column 1 an unrelated integer."""
+    return pd.DataFrame({"v": [VALUE[e] for e in elements], "w": [(7 * i) % 5 for i in range(len(elements))]},
+                        index=list(elements))
+
+
+def random_table(elements=tuple(ELEMENTS)) -> pd.DataFrame:
+    return pd.DataFrame(np.random.default_rng(1).normal(size=(len(elements), 3)), index=list(elements))
+
+
+def make_rows(n: int, seed: int, elements=ELEMENTS) -> pd.DataFrame:
+    """``n`` binary/ternary formulas over ``elements``; target = fractional mean of VALUE."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        k = int(rng.integers(2, 4))
+        els = rng.choice(list(elements), k, replace=False)
+        amounts = rng.integers(1, 5, k)
+        formula = "".join(f"{e}{a}" for e, a in zip(els, amounts))
+        rows.append((formula, float(np.dot([VALUE[e] for e in els], amounts) / amounts.sum())))
+    return pd.DataFrame(rows, columns=["formula", "target"])
+
+
+def write_task(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in splits.items():
+        df.to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+def toy_splits(seed: int = 0, n=(160, 40, 60)) -> dict[str, pd.DataFrame]:
+    return {s: make_rows(k, seed * 10 + i) for i, (s, k) in enumerate(zip(("train", "val", "test"), n))}
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    """A data root holding one composition task ``toy/{train,val,test}.csv``."""
+    write_task(tmp_path / "data" / "toy", toy_splits())
+    return tmp_path / "data"
+
+
+def maes(results: pd.DataFrame) -> dict[tuple, float]:
+    return {(r.task, r.representation, r.pooling, r.regressor, r.seed): r.value for r in results.itertuples()}
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_protocol_recovers_a_known_answer_and_random_vectors_do_not(toy, tmp_path):
+    res = run_benchmark(data=toy, out=None, tables={"informative": informative_table(), "random": random_table()},
+                        **FAST)
+    got = maes(res.results)
+    std = float(pd.read_csv(toy / "toy" / "test.csv")["target"].std())
+    informative = got[("toy", "informative", "mean", "ridge", 0)]
+    random = got[("toy", "random", "mean", "ridge", 0)]
+    # the target is column 0 of the informative mean-pooled features: ridge is (almost) exact
+    assert informative < 0.01 * std
+    # three random dimensions cannot express a function of 24 element fractions
+    assert random > 0.3 * std
+    assert random > 100 * informative
+    # HGB is not exact but the informative set still wins clearly
+    assert got[("toy", "informative", "mean", "hgb", 0)] < 0.5 * got[("toy", "random", "mean", "hgb", 0)]
+    # the fit info records the tuned alpha and validation MAE
+    assert len(res.fits) == len(res.results)
+    assert res.fits["fit_info"].str.contains("val_mae").all()
+
+
+def test_validation_split_only_tunes_test_split_only_scores(toy, tmp_path):
+    """Shifting the test targets changes the reported MAE but nothing that was fitted or tuned
+    (chosen alpha, HGB iterations, validation MAE): the test split is only scored."""
+    tables = {"informative": informative_table(), "random": random_table()}
+    base = run_benchmark(data=toy, out=None, tables=tables, **FAST)
+    test = pd.read_csv(toy / "toy" / "test.csv")
+    test["target"] += 100.0
+    test.to_csv(toy / "toy" / "test.csv", index=False)
+    shifted = run_benchmark(data=toy, out=None, tables=tables, **FAST)
+    assert list(shifted.fits["fit_info"]) == list(base.fits["fit_info"])
+    assert (shifted.results["value"] > base.results["value"] + 50).all()
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_two_runs_write_identical_results(toy, tmp_path):
+    kwargs = dict(FAST, regressors=("ridge", "hgb", "mlp"), poolings=("mean", "stats4"), seeds=(0, 1))
+    tables = {"informative": informative_table(), "random": random_table()}
+    a = run_benchmark(data=toy, out=tmp_path / "a", tables=tables, **kwargs)
+    b = run_benchmark(data=toy, out=tmp_path / "b", tables=tables, **kwargs)
+    text_a = (tmp_path / "a" / "results.csv").read_text()
+    assert text_a == (tmp_path / "b" / "results.csv").read_text()
+    pd.testing.assert_frame_equal(a.results, b.results)
+    # 2 sets x 2 poolings x (ridge + hgb once, mlp per seed)
+    assert len(a.results) == 2 * 2 * (1 + 1 + 2)
+    mlp = a.results[a.results["regressor"] == "mlp"]
+    assert sorted(set(mlp["seed"])) == [0, 1]
+    assert set(a.results.loc[a.results["regressor"] != "mlp", "seed"]) == {0}
+    assert np.isfinite(a.results["value"]).all()
+    # the seed matters to the MLP only: its two seeds give different numbers
+    by_seed = mlp.pivot_table(index=["representation", "pooling"], columns="seed", values="value")
+    assert (by_seed[0] != by_seed[1]).any()
+    # the file round-trips to the in-memory table (6 significant digits)
+    back = pd.read_csv(tmp_path / "a" / "results.csv")
+    np.testing.assert_allclose(back["value"], a.results["value"], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- missing elements
+
+
+def test_missing_element_rows_are_dropped_for_every_set_and_counted(tmp_path):
+    """Rows with Cu (absent from the random table, present in the informative one) are dropped for
+    both sets: the results equal those of the same task with the Cu rows removed beforehand."""
+    clean = toy_splits(seed=3)
+    n_cu = {"train": 12, "val": 4, "test": 7}
+    dirty = {}
+    for i, (split, df) in enumerate(clean.items()):
+        rng = np.random.default_rng(100 + i)
+        partners = rng.choice(ELEMENTS, n_cu[split])
+        cu = pd.DataFrame({"formula": [f"Cu1{e}2" for e in partners],
+                           "target": [(VALUE["Cu"] + 2 * VALUE[e]) / 3 for e in partners]})
+        mixed = pd.concat([df, cu]).sample(frac=1.0, random_state=i).reset_index(drop=True)
+        if split == "test":
+            mixed = pd.concat([mixed, pd.DataFrame({"formula": ["Qq2"], "target": [1.0]})], ignore_index=True)
+        dirty[split] = mixed
+        clean[split] = mixed[~mixed["formula"].str.contains("Cu|Qq")].reset_index(drop=True)
+    write_task(tmp_path / "dirty" / "toy", dirty)
+    write_task(tmp_path / "clean" / "toy", clean)
+    tables = {"informative": informative_table(), "random": random_table()}  # random lacks Cu
+
+    res = run_benchmark(data=tmp_path / "dirty", out=tmp_path / "out", tables=tables, **FAST)
+    ref = run_benchmark(data=tmp_path / "clean", out=None, tables=tables, **FAST)
+    assert set(res.results["representation"]) == {"informative", "random"}
+    pd.testing.assert_frame_equal(res.results, ref.results)
+
+    cov = res.coverage.set_index("split")
+    for split, n in n_cu.items():
+        bad = n + (split == "test")
+        assert cov.loc[split, "rows"] == len(dirty[split])
+        assert cov.loc[split, "dropped"] == bad
+        assert cov.loc[split, "used"] == len(dirty[split]) - bad
+        assert f"element missing from a vector set: {n}" in cov.loc[split, "reasons"]
+        assert cov.loc[split, "missing_elements"] == f"Cu({n})"
+    assert "unparsable formula: 1" in cov.loc["test", "reasons"]
+    assert "unparsable" not in cov.loc["train", "reasons"]
+    on_disk = pd.read_csv(tmp_path / "out" / "coverage.csv", keep_default_na=False)
+    assert list(on_disk["dropped"]) == list(res.coverage["dropped"])
+    assert list(on_disk["missing_elements"]) == list(res.coverage["missing_elements"])
+
+    # with the informative set alone nothing lacks Cu: only the unparsable row goes, results change
+    alone = run_benchmark(data=tmp_path / "dirty", out=None, tables={"informative": informative_table()}, **FAST)
+    assert list(alone.coverage["dropped"]) == [0, 0, 1]  # splits in order train, val, test
+    assert list(alone.coverage["split"]) == ["train", "val", "test"]
+    both = res.results.set_index(["representation", "regressor"])["value"]
+    solo = alone.results.set_index(["representation", "regressor"])["value"]
+    assert solo[("informative", "hgb")] != both[("informative", "hgb")]
+
+
+def test_nan_formula_is_sodium_nitride_and_missing_targets_are_skipped(tmp_path):
+    """'NaN' in the formula column is a formula (Na N), not a missing value; rows whose target is
+    empty or nan are left out of the split."""
+    folder = tmp_path / "na"
+    folder.mkdir()
+    (folder / "train.csv").write_text("formula,target\nNaN,1.5\nFe1O1,\nLi1F1,nan\nK1Cl1,3\nNa1Cl1,2\n")
+    (folder / "val.csv").write_text("formula,target\nNaN,1\nK1Br1,2\n")
+    (folder / "test.csv").write_text("formula,target\nNaN,1\nLi1Br1,2\n")
+    (task,) = discover_tasks(tmp_path)
+    splits = load_splits(task)
+    assert splits["train"].formulas == ["NaN", "K1Cl1", "Na1Cl1"]
+    np.testing.assert_array_equal(splits["train"].y, [1.5, 3.0, 2.0])
+    np.testing.assert_array_equal(splits["train"].rows, [0, 3, 4])
+    table = informative_table(ELEMENTS)
+    res = run_benchmark(data=tmp_path, out=None, tables={"informative": table}, **dict(FAST, regressors=("ridge",)))
+    assert list(res.coverage["used"]) == [3, 2, 2] and list(res.coverage["dropped"]) == [0, 0, 0]
+    assert len(res.results) == 1
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def test_matbench_folds_are_discovered_and_each_reported(tmp_path):
+    data = tmp_path / "data"
+    folds = [toy_splits(seed=5, n=(150, 30, 50)), toy_splits(seed=6, n=(140, 35, 45))]
+    mb = data / "composition" / "mb"  # two levels down, as in DATA/composition/<task>
+    write_task(mb, {"train0": folds[0]["train"], "test0": folds[0]["test"],  # fold 0: no val file
+                    "train1": folds[1]["train"], "val1": folds[1]["val"], "test1": folds[1]["test"]})
+    write_task(data / "composition" / "toy", toy_splits())
+
+    tasks = discover_tasks(data)
+    assert [t.name for t in tasks] == ["mb/fold0", "mb/fold1", "toy"]
+    assert [t.fold for t in tasks] == [0, 1, None]
+    assert [t.group for t in tasks] == ["mb", "mb", "toy"]
+    assert tasks[0].val is None and tasks[1].val == mb / "val1.csv"
+    assert tasks[1].train == mb / "train1.csv" and tasks[1].test == mb / "test1.csv"
+    assert [t.name for t in discover_tasks(data, ["mb"])] == ["mb/fold0", "mb/fold1"]
+    assert [t.name for t in discover_tasks(data / "composition", ["mb/fold1"])] == ["mb/fold1"]
+
+    # fold 0 has no val file: one is carved from its training rows, disjoint from them
+    s0 = load_splits(tasks[0])
+    assert len(s0["train"]) + len(s0["val"]) == 150 and len(s0["test"]) == 50
+    assert 0 < len(s0["val"]) < 150
+    assert not set(s0["train"].rows) & set(s0["val"].rows)
+
+    tables = {"informative": informative_table(), "random": random_table()}
+    res = run_benchmark(data=data, out=tmp_path / "out", tables=tables, tasks=["mb"],
+                        **dict(FAST, plots=True))
+    assert sorted(set(res.results["task"])) == ["mb/fold0", "mb/fold1"]
+    per_fold = res.results.groupby("task").size()
+    assert (per_fold == 2 * 2).all()  # 2 sets x (ridge, hgb)
+    assert sorted(set(res.coverage["task"])) == ["mb/fold0", "mb/fold1"]
+    assert (res.coverage.groupby("task").size() == 3).all()
+    by_fold = res.results.pivot_table(index=["representation", "regressor"], columns="task", values="value")
+    assert (by_fold["mb/fold0"] != by_fold["mb/fold1"]).all()  # two folds, two different answers
+
+    # each fold is scored on its own files: the same numbers as the fold's files as plain tasks
+    single = tmp_path / "single"
+    write_task(single / "f0", {"train": folds[0]["train"], "test": folds[0]["test"]})
+    write_task(single / "f1", {"train": folds[1]["train"], "val": folds[1]["val"], "test": folds[1]["test"]})
+    plain = run_benchmark(data=single, out=None, tables=tables, **FAST)
+    for k in (0, 1):
+        got = res.results[res.results["task"] == f"mb/fold{k}"].drop(columns="task").reset_index(drop=True)
+        want = plain.results[plain.results["task"] == f"f{k}"].drop(columns="task").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want)
+
+    # the report aggregates the folds under the group name and shows a fold alone
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "### mb\n" in report and "### mb/fold" not in report
+    assert "±" in report  # mean ± std over the two folds
+    assert "Fold `mb/fold0` alone" in report
+    assert (tmp_path / "out" / "plots" / "mb.png").is_file()
+
+
+# --------------------------------------------------------------------------- output layout + CLI
+
+
+def test_results_layout_and_report(toy, tmp_path):
+    tables = {"informative": informative_table(), "random": random_table()}
+    res = run_benchmark(data=toy, out=tmp_path / "out", tables=tables,
+                        **dict(FAST, poolings=("mean", "stats4"), plots=True))
+    out = tmp_path / "out"
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns) == ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
+    assert list(res.results.columns) == RESULT_COLUMNS == list(df.columns)
+    assert set(df["metric"]) == {"mae"}
+    assert set(df["task"]) == {"toy"}
+    assert set(df["representation"]) == {"informative", "random"}
+    assert set(df["pooling"]) == {"mean", "stats4"}
+    assert set(df["regressor"]) == {"ridge", "hgb"}
+    assert set(df["seed"]) == {0}
+    assert len(df) == 2 * 2 * 2 and not df.duplicated(RESULT_COLUMNS[:5]).any()
+    assert (df["value"] >= 0).all()
+    for name in ("coverage.csv", "intrinsic_similarity.csv", "intrinsic_nn.csv", "run_info.json", "report.md",
+                 "plots/toy.png", "plots/similarity_spearman.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    for heading in ("# Embedding benchmark", "## Rank per task", "## Fixed protocol", "### toy",
+                    "## Intrinsic element metrics", "## Coverage"):
+        assert heading in report, heading
+    assert "![toy](plots/toy.png)" in report
+    # the best cell (informative, ridge) is in bold in the task table
+    best = df.loc[df["value"].idxmin()]
+    assert best["representation"] == "informative"
+    assert f"**{best['value']:.4g}**" in report
+
+
+def test_cli_benchmark_quick(toy, tmp_path, capsys):
+    csv = tmp_path / "informative.csv"
+    informative_table().rename_axis("element").to_csv(csv)
+    out = tmp_path / "cli-out"
+    rc = main(["benchmark", "--data", str(toy), "--out", str(out), "--quick", "--baselines", "magpie",
+               "--tables", f"informative={csv}", "--regressors", "ridge", "hgb", "--poolings", "mean",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    assert "results" in capsys.readouterr().out
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns) == RESULT_COLUMNS
+    assert set(df["representation"]) == {"magpie", "informative"}
+    assert set(df["metric"]) == {"mae"}
+    assert len(df) == 2 * 2  # 2 sets x (ridge, hgb), mean pooling
+    assert (out / "report.md").is_file() and (out / "plots" / "toy.png").is_file()
+    assert "magpie" in (out / "report.md").read_text()
+    ridge = df[df["regressor"] == "ridge"].set_index("representation")["value"]
+    assert ridge["informative"] < ridge["magpie"]
+
+    # a bad data folder is a clean error (exit code 2), not a traceback
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+    rc = main(["benchmark", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--quick",
+               "--baselines", "magpie"])
+    assert rc == 2
+    assert "not found" in capsys.readouterr().err
