@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=10, help="0 = no top-k filtering (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write samples and checks to this CSV")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="write the validity summary (with the sampling settings) as JSON here, e.g. "
+                   "RUN/generation.json, which the model card quotes")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not the texts")
     p.set_defaults(func=_generate)
 
@@ -38,4 +41,13 @@ def _generate(args: argparse.Namespace) -> int:
     if args.out:
         report.table.to_csv(args.out, index=False)
         print(f"samples and checks written to {args.out}")
+    if args.report:
+        import json
+        from pathlib import Path
+
+        summary = {"prompt": args.prompt, "n": report.summary["n"], "temperature": args.temperature,
+                   "top_k": args.top_k, "seed": args.seed}
+        summary.update({f"{check} rate": round(v["rate"], 4) for check, v in report.summary.items() if check != "n"})
+        Path(args.report).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"validity summary written to {args.report}")
     return 0
