@@ -16,6 +16,23 @@ CHECKS = ("parsable", "formula_consistent", "multiplicity_consistent", "space_gr
           "bond_lengths_reasonable", "valid")
 
 
+#: the token a header-only document writes right after the space group, and the last cell token
+#: of a full structure (which writes the Int_Tables number after its cell)
+HEADER_BRANCH, CELL_DONE = "_symmetry_Int_Tables_number", "_cell_angle_gamma"
+
+
+class _NoHeaderOnly:
+    """Logits processor: ``banned`` is impossible in a row until ``until`` has appeared in it."""
+
+    def __init__(self, banned: int, until: int):
+        self.banned, self.until = banned, until
+
+    def __call__(self, input_ids, scores):
+        open_rows = ~(input_ids == self.until).any(dim=1)
+        scores[open_rows, self.banned] = float("-inf")
+        return scores
+
+
 def _load(run):
     """(model, tokenizer) from a run folder / Hub id, or a ``(model, tokenizer)`` pair."""
     if isinstance(run, tuple):
@@ -37,6 +54,7 @@ def generate(
     top_k: int | None = 10,
     seed: int = 0,
     batch_size: int = 8,
+    full_structures: bool = True,
 ) -> list[str]:
     """Sample ``n`` crystal texts that start with ``prompt`` (``"data_"`` for anything,
     ``"data_NaCl"`` for a composition, ...).
@@ -44,6 +62,10 @@ def generate(
     ``run``: a run folder, Hub id or ``(model, tokenizer)``. Each sample starts at ``<bos>`` +
     prompt and ends at ``<eos>`` or after ``max_new_tokens`` (default: the rest of the context).
     ``temperature`` > 0 scales logits; ``top_k`` keeps the k likeliest tokens (None: all).
+    ``full_structures``: a corpus may mix in header-only documents (composition and space group,
+    no cell or sites: see :func:`crystext.corpus.header_text`); they branch off right after the
+    space-group line with ``_symmetry_Int_Tables_number`` where a full structure writes its
+    cell. True forbids that token until the cell is written, so every sample is a structure.
     Returns the texts, prompt included, special tokens removed. Same ``seed``, same texts.
     """
     import torch
@@ -63,6 +85,13 @@ def generate(
     if room <= 0:
         raise ConfigError(f"generate: prompt is {len(ids)} tokens, the model's context is {context}")
     max_new_tokens = room if max_new_tokens is None else min(int(max_new_tokens), room)
+    processors = None
+    if full_structures:
+        from transformers import LogitsProcessorList
+
+        vocab = tok.get_vocab()
+        if HEADER_BRANCH in vocab and CELL_DONE in vocab:
+            processors = LogitsProcessorList([_NoHeaderOnly(vocab[HEADER_BRANCH], vocab[CELL_DONE])])
     texts: list[str] = []
     with torch.no_grad():
         while len(texts) < n:
@@ -73,6 +102,7 @@ def generate(
                 input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True,
                 temperature=temperature, top_k=top_k or 0, top_p=1.0,
                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                logits_processor=processors,
             )
             texts += tok.batch_decode(out, skip_special_tokens=True)
     return texts

@@ -174,10 +174,15 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     training_data += "\n\nTargets (properties) are never part of the pretraining text."
 
     train_lines = []
-    for key in ("preset", "max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps",
-                "weight_decay", "mixed_precision", "tokens_seen", "wall_time_s", "hardware", "seed"):
-        if key in train_cfg:
-            train_lines.append(f"- {key.replace('_', ' ')}: {train_cfg[key]}")
+    hyper = {**train_cfg.get("training", {}), **train_cfg}
+    for key in ("preset", "steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
+                "min_learning_rate", "warmup_steps", "betas", "weight_decay", "grad_clip", "dropout",
+                "mixed_precision", "seed", "train_time_s_this_session", "hardware"):
+        if key in hyper and not isinstance(hyper[key], dict):
+            label = "training wall time (s)" if key == "train_time_s_this_session" else key.replace("_", " ")
+            train_lines.append(f"- {label}: {hyper[key]}")
+    if train_cfg.get("versions"):
+        train_lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in train_cfg["versions"].items()))
     if (run / "loss.png").is_file():
         train_lines.append("\n![loss curve](loss.png)")
     training = "\n".join(train_lines) or "Not recorded in the run folder."
@@ -186,7 +191,18 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     if evals:
         for key, value in evals.items():
             learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
-    if gen:
+    if gen.get("prompt_sets"):  # benchmarks/generation/validity.py
+        sets = gen["prompt_sets"]
+        checks = [c for c in next(iter(sets.values())) if c != "n"]
+        learned += ["", f"Validity of sampled text (temperature {gen.get('temperature')}, top-k {gen.get('top_k')}, "
+                    "full structures; fractions of the samples):", "",
+                    "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks) + " |",
+                    "|---|---|" + "---|" * len(checks)]
+        for label, row in sets.items():
+            learned.append(f"| {label} | {row.get('n', '')} | " + " | ".join(f"{row[c]:.3f}" for c in checks) + " |")
+        if gen.get("command"):
+            learned += ["", f"Made by `{gen['command']}`."]
+    elif gen:
         for key, value in gen.items():
             if isinstance(value, (int, float, str)):
                 learned.append(f"- samples {key.replace('_', ' ')}: {value}")

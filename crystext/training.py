@@ -22,6 +22,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -570,6 +571,7 @@ def pretrain(
             "parameters": sum(p.numel() for p in unwrapped.parameters()),
             "rank_param_sha256": digests,
             "versions": _versions(),
+            "hardware": _hardware(accelerator),
         }
         (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
         held_split = "test" if "test" in held else "validation"
@@ -617,6 +619,20 @@ def _kind_counts(ds) -> dict:
         return {}
     kinds, n = np.unique(np.asarray(ds["kind"]), return_counts=True)
     return {f"kind_{k}": int(c) for k, c in zip(kinds, n)}
+
+
+def _hardware(accelerator) -> str:
+    """What trained the run, for its card: processes x device, and the CPU."""
+    import platform
+
+    import torch
+
+    device = accelerator.device
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"CPU ({os.cpu_count()} cores, {platform.machine()}, {torch.get_num_threads()} torch threads)"
+    return f"{accelerator.num_processes} x {what}"
 
 
 def _versions() -> dict:

@@ -71,3 +71,24 @@ def test_generate_cli_prints_a_validity_table(run, capsys):
     assert main(["generate", str(run), "--prompt", "data_Si", "-n", "2", "--max-new-tokens", "8", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| parsable | " in out and "/2 |" in out
+
+
+def test_full_structures_forbid_the_header_only_branch_until_the_cell_is_written():
+    from crystext.generation import CELL_DONE, HEADER_BRANCH, _NoHeaderOnly
+
+    tok = load_tokenizer("crystext-cif")
+    vocab = tok.get_vocab()
+    banned, until = vocab[HEADER_BRANCH], vocab[CELL_DONE]
+    processor = _NoHeaderOnly(banned, until)
+    ids = torch.tensor([[tok.bos_token_id, 5, 6], [tok.bos_token_id, until, 6]])
+    scores = processor(ids, torch.zeros(2, len(vocab)))
+    assert scores[0, banned] == float("-inf") and torch.isfinite(scores[0]).sum() == len(vocab) - 1
+    assert torch.isfinite(scores[1]).all()  # the cell is written: the Int_Tables line may follow
+
+
+def test_header_texts_stay_possible_on_request(run):
+    prompt = "data_Na1Cl1\n_symmetry_space_group_name_H-M Fm-3m\n"
+    free = generate(run, prompt=prompt, n=2, max_new_tokens=3, seed=0, full_structures=False)
+    forced = generate(run, prompt=prompt, n=2, max_new_tokens=3, seed=0)
+    assert all(t.startswith(prompt) for t in free + forced)
+    assert not any(t[len(prompt):].startswith(HEADER) for t in forced for HEADER in ["_symmetry_Int_Tables_number"])

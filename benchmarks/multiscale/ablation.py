@@ -204,25 +204,51 @@ def combos(branches: list[str], sizes: list[int] | None = None) -> list[tuple[st
     return [c for c in out if not sizes or len(c) in sizes]
 
 
-def markdown(df: pd.DataFrame, command: str) -> str:
-    lines = ["# Multi-scale head ablation", "", f"Command: `{command}`", "",
-             "Test MAE (mean ± std over seeds; lower is better). Training = the data set's `val.csv` "
-             "(10% held out for early stopping), test = `test.csv`. `dummy` predicts the training mean.", ""]
+def _weights_summary(sub: pd.DataFrame) -> str:
+    """Mean gated-fusion weights (test set) over seeds, e.g. ``lm 0.21, graph 0.40``."""
+    ws = [json.loads(w) for w in sub.get("weights", pd.Series(dtype=object)).dropna() if isinstance(w, str) and w]
+    if not ws:
+        return ""
+    keys = list(ws[0])
+    return ", ".join(f"{k} {np.mean([w[k] for w in ws]):.2f}" for k in keys)
+
+
+def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
+    lines = ["# Multi-scale head ablation", ""]
+    if notes:
+        lines += [notes.rstrip(), ""]
+    lines += [f"Table written by: `{command}`", "",
+              "Test MAE (mean ± std over seeds; lower is better). Training = the data set's `val.csv` "
+              "(10% held out for early stopping: `val MAE` is that split), test = `test.csv`. "
+              "`dummy` predicts the training mean. Gate weights: mean softmax weight of every branch "
+              "on the test set (gated fusion).", ""]
     for name, sub in df.groupby("dataset", sort=False):
-        stats = sub.groupby("branches", sort=False)["mae"].agg(["mean", "std", "count"])
+        agg = {"mae": ["mean", "std", "count"]}
+        for c in ("val_mae", "epochs"):
+            if c in sub:
+                agg[c] = ["mean"]
+        stats = sub.groupby("branches", sort=False).agg(agg)
+        stats.columns = ["mean", "std", "count"] + [c for c in ("val_mae", "epochs") if c in sub]
         singles = stats[[("," not in b and b != "dummy") for b in stats.index]]
         best_single = singles["mean"].idxmin() if len(singles) else None
-        lines += [f"## {name} ({DATASETS.get(name, '')})", "", "| branches | test MAE | seeds |", "|---|---|---|"]
+        lines += [f"## {name} (`{DATASETS.get(name, '')}`)", "",
+                  "| branches | test MAE | val MAE | epochs | seeds | gate weights |", "|---|---|---|---|---|---|"]
         for b, row in stats.sort_values("mean").iterrows():
             mark = " (best single)" if b == best_single else ""
             std = "" if np.isnan(row["std"]) else f" ± {row['std']:.4f}"
-            lines.append(f"| {b}{mark} | {row['mean']:.4f}{std} | {int(row['count'])} |")
+            val = "" if np.isnan(row.get("val_mae", np.nan)) else f"{row['val_mae']:.4f}"
+            ep = "" if np.isnan(row.get("epochs", np.nan)) else f"{row['epochs']:.0f}"
+            lines.append(f"| {b}{mark} | {row['mean']:.4f}{std} | {val} | {ep} | {int(row['count'])} | "
+                         f"{_weights_summary(sub[sub.branches == b])} |")
         fused = [b for b in stats.index if b.count(",") >= 2]
         if best_single and fused:
-            f = fused[-1]
+            f = max(fused, key=lambda b: b.count(","))
             verdict = "beats" if stats.loc[f, "mean"] < stats.loc[best_single, "mean"] else "does NOT beat"
+            pairs = stats[[b.count(",") == 1 for b in stats.index]]
+            best_pair = pairs["mean"].idxmin() if len(pairs) else None
             lines += ["", f"All branches together ({f}) {verdict} the best single branch ({best_single}): "
-                      f"{stats.loc[f, 'mean']:.4f} vs {stats.loc[best_single, 'mean']:.4f}."]
+                      f"{stats.loc[f, 'mean']:.4f} vs {stats.loc[best_single, 'mean']:.4f}."
+                      + (f" Best pair: {best_pair} {stats.loc[best_pair, 'mean']:.4f}." if best_pair else "")]
         lines.append("")
     return "\n".join(lines)
 
@@ -237,12 +263,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-batch-size", type=int, default=32)
     ap.add_argument("--element-table", default="magpie")
     ap.add_argument("--graph-cutoff", type=float, default=5.0)
+    ap.add_argument("--graph-hidden", type=int, default=64, help="GNN width (GraphEncoder hidden)")
+    ap.add_argument("--graph-layers", type=int, default=3, help="GNN gated convolutions")
     ap.add_argument("--fusion", default="gated", choices=["gated", "concat"])
     ap.add_argument("--branch-dropout", type=float, default=0.1)
     ap.add_argument("--aux-weight", type=float, default=0.5,
                     help="per-branch auxiliary loss weight (0 = plain fusion; see MultiScaleRegressor)")
     ap.add_argument("--sizes", nargs="+", type=int, default=None,
                     help="only combinations of these sizes (1 = singles, 2 = pairs, n = all together)")
+    ap.add_argument("--with-branch", default=None, help="only combinations that contain this branch")
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--limit-train", type=int, default=None)
@@ -252,6 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/crystext/ablation"))
     ap.add_argument("--out", default="benchmarks/multiscale/ablation.csv")
     ap.add_argument("--md", default=None, help="also write the Markdown table here")
+    ap.add_argument("--notes", default=None, help="Markdown file inserted under the title of --md")
     args = ap.parse_args(argv)
 
     import torch
@@ -275,7 +305,7 @@ def main(argv=None) -> int:
         if (name, "dummy", 0) not in have:
             rows.append(dict(dataset=name, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
             flush()
-        for combo in combos(branches, args.sizes):
+        for combo in [c for c in combos(branches, args.sizes) if not args.with_branch or args.with_branch in c]:
             for seed in args.seeds:
                 label = ",".join(combo)
                 if (name, label, seed) in have:
@@ -283,7 +313,9 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 model = MultiScaleRegressor(branches=combo, fusion=args.fusion, branch_dropout=args.branch_dropout,
                                             aux_weight=args.aux_weight if len(combo) > 1 else 0.0,
-                                            max_epochs=args.max_epochs, patience=args.patience, seed=seed, device=args.device)
+                                            max_epochs=args.max_epochs, patience=args.patience, seed=seed, device=args.device,
+                                            graph_encoder=dict(cutoff=args.graph_cutoff, hidden=args.graph_hidden,
+                                                               n_layers=args.graph_layers))
                 model.fit(x_train, y_train)
                 mae = model.score(x_test, y_test)
                 weights = model.branch_weights(x_test) if len(combo) > 1 else None
@@ -296,7 +328,8 @@ def main(argv=None) -> int:
     df = pd.DataFrame(rows)
     if args.md:
         cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        Path(args.md).write_text(markdown(df, cmd) + "\n")
+        notes = Path(args.notes).read_text() if args.notes else None
+        Path(args.md).write_text(markdown(df, cmd, notes) + "\n")
     return 0
 
 

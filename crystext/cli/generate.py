@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=10, help="0 = no top-k filtering (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write samples and checks to this CSV")
+    p.add_argument("--allow-headers", action="store_true",
+                   help="let samples be header-only documents (composition + space group, no sites)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write the validity summary (with the sampling settings) as JSON here, e.g. "
                    "RUN/generation.json, which the model card quotes")
@@ -31,7 +33,8 @@ def _generate(args: argparse.Namespace) -> int:
     from ..generation import generate, validity_report
 
     texts = generate(args.run, prompt=args.prompt, n=args.n, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, top_k=args.top_k or None, seed=args.seed)
+                     temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                     full_structures=not args.allow_headers)
     report = validity_report(texts)
     if not args.quiet:
         for i, (text, row) in enumerate(zip(texts, report.table.itertuples())):
@@ -46,7 +49,8 @@ def _generate(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         summary = {"prompt": args.prompt, "n": report.summary["n"], "temperature": args.temperature,
-                   "top_k": args.top_k, "seed": args.seed}
+                   "top_k": args.top_k, "seed": args.seed,
+                   "full_structures": not args.allow_headers}
         summary.update({f"{check} rate": round(v["rate"], 4) for check, v in report.summary.items() if check != "n"})
         Path(args.report).write_text(json.dumps(summary, indent=2) + "\n")
         print(f"validity summary written to {args.report}")
