@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,27 +186,34 @@ def pool_hidden_states(model, input_ids, attention_mask, special_ids: Iterable[i
     Works for right or left padding: position ids come from the attention mask, the mean runs over
     attended non-special positions, and "last" takes the last attended position.
     """
+    return pool_views(model, input_ids, attention_mask, special_ids, [(layer, pooling)])[0]
+
+
+def pool_views(model, input_ids, attention_mask, special_ids: Iterable[int], views: Sequence[tuple[int, str]]):
+    """Like :func:`pool_hidden_states` for several ``(layer, pooling)`` views from one forward pass."""
     import torch
 
-    layer = check_layer(layer, _n_layer(model))
-    pooling = check_pooling(pooling)
+    n_layer = _n_layer(model)
+    views = [(check_layer(layer, n_layer), check_pooling(pooling)) for layer, pooling in views]
     attention_mask = attention_mask.to(input_ids.device)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    want_all = layer != _n_layer(model)
+    want_all = any(layer != n_layer for layer, _ in views)
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            output_hidden_states=want_all, use_cache=False)
-    hidden = out.hidden_states[layer] if want_all else out.last_hidden_state
-    hidden = hidden.float()
-    if pooling == "last":
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last = (attention_mask.long() * (positions + 1)).argmax(-1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     keep = attention_mask.bool()
     for sid in set(special_ids):
         keep &= input_ids != sid
-    weights = keep.to(hidden.dtype).unsqueeze(-1)
-    counts = weights.sum(1).clamp(min=1.0)
-    return (hidden * weights).sum(1) / counts
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (attention_mask.long() * (positions + 1)).argmax(-1)
+    pooled = []
+    for layer, pooling in views:
+        hidden = (out.hidden_states[layer] if want_all else out.last_hidden_state).float()
+        if pooling == "last":
+            pooled.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+            continue
+        weights = keep.to(hidden.dtype).unsqueeze(-1)
+        pooled.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+    return pooled
 
 
 def special_token_ids(tokenizer) -> list[int]:
@@ -255,12 +262,17 @@ class StructureEmbedder:
     chunk_batches: int = 8
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: list = field(default_factory=list)
+    #: several (layer, pooling) views from one forward pass: each vector is then their
+    #: concatenation, in this order (``layer``/``pooling`` are ignored)
+    views: Sequence[tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         self.model, self.tokenizer = as_run(self.run, device=self.device)
         self.device = next(self.model.parameters()).device
         self.layer = check_layer(self.layer, _n_layer(self.model))
         check_pooling(self.pooling)
+        n_layer = _n_layer(self.model)
+        self.views = [(check_layer(l, n_layer), check_pooling(p)) for l, p in (self.views or [(self.layer, self.pooling)])]
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.tokenizer.pad_token_id is None:
@@ -270,7 +282,7 @@ class StructureEmbedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self.model.get_input_embeddings().weight.shape[1]) * len(self.views)
 
     # -- one item -> token ids
     def text_of(self, structure: Any, name: str = "structure") -> str:
@@ -298,9 +310,8 @@ class StructureEmbedder:
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[row, : len(ids)] = 1
         with torch.inference_mode():
-            vec = pool_hidden_states(self.model, input_ids.to(self.device), mask.to(self.device),
-                                     self._special, self.layer, self.pooling)
-        return vec.cpu().numpy().astype(np.float32)
+            vecs = pool_views(self.model, input_ids.to(self.device), mask.to(self.device), self._special, self.views)
+        return torch.cat(vecs, dim=1).cpu().numpy().astype(np.float32)
 
     def _embed_sorted(self, encoded: list[list[int]]) -> list[np.ndarray]:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))

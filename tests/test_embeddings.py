@@ -174,6 +174,16 @@ def test_default_layer_is_last_and_layers_differ(run, mixed):
     assert np.abs(last - structure_embeddings(mixed[:3], run, layer=1)).max() > 1e-3
 
 
+def test_several_views_from_one_pass_equal_separate_passes(run, mixed):
+    views = [(1, "mean"), (-1, "last"), (0, "mean")]
+    joint = StructureEmbedder(run, views=views, batch_size=3).embed(mixed)
+    d = run[0].config.n_embd
+    assert joint.shape == (len(mixed), d * len(views))
+    for j, (layer, pooling) in enumerate(views):
+        alone = structure_embeddings(mixed, run, layer=layer, pooling=pooling, batch_size=3)
+        np.testing.assert_allclose(joint[:, j * d:(j + 1) * d], alone, atol=1e-6, rtol=0)
+
+
 def test_iterator_and_text_input_match_the_array(run, mixed):
     array = structure_embeddings(mixed, run, batch_size=4)
     streamed = np.stack(list(iter_structure_embeddings(iter(mixed), run, batch_size=4)))

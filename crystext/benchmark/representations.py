@@ -111,30 +111,47 @@ class Run:
         ``vectors`` is (n, d) float32 with NaN rows where ``ok`` is False (no text, or the text
         could not be embedded: too long for the context, unknown tokens); ``skipped`` counts why.
         """
+        return self.structure_views(texts, [(layer, pooling)], cache_dir, batch_size)[(layer, pooling)]
+
+    def structure_views(self, texts: Sequence[str | None], views: Sequence[tuple[int, str]],
+                        cache_dir: Path | None = None, batch_size: int = 32) -> dict:
+        """:meth:`structure_vectors` for several ``(layer, pooling)`` views: the views not cached
+        yet come from one forward pass per batch. Returns ``{(layer, pooling): (vectors, ok, skipped)}``."""
         key = self.cache_key()
-        path = None
+        paths: dict = {}
+        out: dict = {}
         if cache_dir is not None and key is not None:
             digest = hashlib.sha1("\n\x00".join(t or "" for t in texts).encode()).hexdigest()[:16]
-            path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}-{digest}.npz"
-            if path.is_file():
-                with np.load(path, allow_pickle=False) as z:
-                    return z["vectors"], z["ok"], Counter(json.loads(str(z["skipped"])))
+            for layer, pooling in views:
+                path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}-{digest}.npz"
+                paths[(layer, pooling)] = path
+                if path.is_file():
+                    with np.load(path, allow_pickle=False) as z:
+                        out[(layer, pooling)] = (z["vectors"], z["ok"], Counter(json.loads(str(z["skipped"]))))
+        todo = [v for v in views if v not in out]
+        if not todo:
+            return out
         from ..embeddings import StructureEmbedder
 
-        embedder = StructureEmbedder(self.load(), layer=layer, pooling=pooling, batch_size=batch_size)
+        embedder = StructureEmbedder(self.load(), views=todo, batch_size=batch_size)
+        d = embedder.dim // len(todo)
         records = ((i, t if t is not None else ValueError("no text")) for i, t in enumerate(texts))
-        vectors = np.full((len(texts), embedder.dim), np.nan, dtype=np.float32)
+        vectors = np.full((len(texts), d * len(todo)), np.nan, dtype=np.float32)
         ok = np.zeros(len(texts), dtype=bool)
         for i, vec in embedder.iter_keyed(records, texts=True, skip_errors=True):
             vectors[i] = vec
             ok[i] = True
         skipped = Counter(embedder.skipped)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, vectors=vectors, ok=ok, skipped=json.dumps(dict(skipped)))
-            os.replace(tmp, path)
-        return vectors, ok, skipped
+        for j, view in enumerate(todo):
+            part = np.ascontiguousarray(vectors[:, j * d:(j + 1) * d])
+            out[view] = (part, ok, skipped)
+            path = paths.get(view)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npz")
+                np.savez(tmp, vectors=part, ok=ok, skipped=json.dumps(dict(skipped)))
+                os.replace(tmp, path)
+        return out
 
 
 def element_sets(baselines: Iterable[str] = (), tables: Mapping[str, Any] | None = None,

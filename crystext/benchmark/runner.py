@@ -102,15 +102,15 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
             ok_all = np.ones(len(texts), dtype=bool)
             vecs = {}
             for run in runs:
-                for layer in run.resolve_layers(structure_layers):
-                    for pooling in structure_poolings:
-                        log(f"  {task.name} {name}: {run.name} layer {layer} {pooling} ({len(texts)} structures)")
-                        v, ok, skipped = run.structure_vectors(texts, layer, pooling, cache_dir)
-                        for reason, n in skipped.items():  # the same texts fail at every layer: count once
-                            key = f"{run.name} cannot embed ({reason})"
-                            reasons[key] = max(reasons[key], int(n))
-                        ok_all &= ok
-                        vecs[f"{run.name}|structure-{pooling}-L{layer}"] = v
+                views = [(layer, pooling) for layer in run.resolve_layers(structure_layers)
+                         for pooling in structure_poolings]
+                log(f"  {task.name} {name}: {run.name} layers/poolings {views} ({len(texts)} structures)")
+                for (layer, pooling), (v, ok, skipped) in run.structure_views(texts, views, cache_dir).items():
+                    for reason, n in skipped.items():  # the same texts fail at every layer: count once
+                        key = f"{run.name} cannot embed ({reason})"
+                        reasons[key] = max(reasons[key], int(n))
+                    ok_all &= ok
+                    vecs[f"{run.name}|structure-{pooling}-L{layer}"] = v
             keep[kept[~has_text]] = False
             keep[kept[has_text][~ok_all]] = False
             struct[name] = {k: v[ok_all] for k, v in vecs.items()}
