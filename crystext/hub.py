@@ -151,23 +151,31 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     if benchmark is not None and model_index:
         bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from `{Path(benchmark)}`)."
 
-    sources = corpus.get("sources") or train_cfg.get("sources") or []
+    per_source = corpus.get("per_source") or {
+        name: v.get("documents") for name, v in (corpus.get("sources") or {}).items() if isinstance(v, dict)}
+    sources = list(per_source) or train_cfg.get("sources") or []
     data_lines = []
-    if corpus:
-        data_lines.append("| source | documents | licence |")
-        data_lines.append("|---|---|---|")
+    if per_source:
+        kinds = {name: v.get("kind", "") for name, v in (corpus.get("sources") or {}).items() if isinstance(v, dict)}
+        data_lines.append("| source | kind | documents | licence |")
+        data_lines.append("|---|---|---|---|")
         licences = {
             "perov_5": "MIT (CDVAE release; Castelli et al.)",
             "carbon_24": "MIT (CDVAE release; Pickard, AIRSS)",
             "aflow-prototypes": "pymatgen (MIT); AFLOW prototype library (Mehl et al. 2017)",
             "matbench": "MIT (Matbench; Materials Project data CC-BY 4.0)",
         }
-        for name, count in (corpus.get("per_source") or {}).items():
+        for name, count in per_source.items():
             lic = next((v for k, v in licences.items() if k in name), "see source")
-            data_lines.append(f"| {name} | {count} | {lic} |")
-        for key in ("train", "validation", "test"):
-            if key in (corpus.get("splits") or {}):
-                data_lines.append(f"| split `{key}` | {corpus['splits'][key]} | |")
+            kind = {"header": "header only (composition + space group)"}.get(kinds.get(name, ""), kinds.get(name, ""))
+            data_lines.append(f"| {name} | {kind} | {count:,} | {lic} |" if isinstance(count, int)
+                              else f"| {name} | {kind} | {count} | {lic} |")
+        for key, value in (corpus.get("splits") or {}).items():
+            if isinstance(value, dict):
+                value = f"{value.get('documents', 0):,} documents, {value.get('tokens', 0):,} tokens"
+            data_lines.append(f"| split `{key}` | | {value} | |")
+        if corpus.get("command"):
+            data_lines += ["", f"Corpus built by `{corpus['command']}`."]
     elif sources:
         data_lines.append(", ".join(map(str, sources)))
     training_data = "\n".join(data_lines) or "Not recorded in the run folder."
@@ -190,7 +198,11 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     learned = []
     if evals:
         for key, value in evals.items():
-            learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
+            if isinstance(value, dict):
+                value = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in value.items())
+            learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float)
+                           else f"- {key.replace('_', ' ')}: {value}")
     if gen.get("prompt_sets"):  # benchmarks/generation/validity.py
         sets = gen["prompt_sets"]
         checks = [c for c in next(iter(sets.values())) if c != "n"]
@@ -232,7 +244,8 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
         n_positions=n_pos,
         n_params=_fmt_params(n_params) if n_params else "?",
         dtype=config.get("dtype") or config.get("torch_dtype") or "float32",
-        tokenizer_name=tok_cfg.get("name_or_path") or train_cfg.get("tokenizer", "crystext"),
+        tokenizer_name=tok_cfg.get("name_or_path") or (corpus.get("config") or {}).get("tokenizer")
+        or train_cfg.get("tokenizer", "crystext"),
         vocab_size=vocab,
         tokenizer_note="`<bos>`/`<eos>`/`<pad>`/`<unk>`; every element, space group and CIF keyword a token",
         max_sites=max(1, (n_pos - 150) // 25) if n_pos else "?",

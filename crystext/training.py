@@ -574,6 +574,9 @@ def pretrain(
             "hardware": _hardware(accelerator),
         }
         (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
+        summary = Path(corpus_info["path"]) / "summary.json" if corpus_info.get("path") else None
+        if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
+            shutil.copyfile(summary, out / "corpus_summary.json")
         held_split = "test" if "test" in held else "validation"
         baseline = unigram_entropy(train_ds, dd[held_split], len(tok), block)
         report = {
