@@ -136,7 +136,9 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     tok_cfg = _read_json(run / "tokenizer_config.json")
     vocab = len(_read_json(run / "tokenizer.json").get("model", {}).get("vocab", {})) or config.get("vocab_size")
     run_name = run.name
-    representation = f"crystext-{run_name}"
+    # the benchmark names a run `crystext-<name>`; a run folder may already carry the prefix
+    short = run_name[len("crystext-"):] if run_name.startswith("crystext-") else run_name
+    representation = f"crystext-{short}"
 
     results = None
     if benchmark is not None:
