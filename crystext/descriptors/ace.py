@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, CrystextError, UnknownElementError
+from .params import ParamsMixin
 from .neighbors import DEFAULT_MIN_DISTANCE, Neighbors, neighbor_list, warn_isolated
 
 __all__ = ["ACE", "gto_orthonormalization", "radial_basis", "cutoff_function"]
@@ -168,7 +169,7 @@ def _table_weights(table, n_components: int | None) -> tuple[dict[str, np.ndarra
 
 
 # ----------------------------------------------------------------------------- the estimator
-class ACE:
+class ACE(ParamsMixin):
     """ACE invariants of correlation order 1..3 (body order 2..4) for periodic structures.
 
     scikit-learn style: ``fit(structures)`` learns the species (one-hot element channels),
@@ -238,19 +239,6 @@ class ACE:
         self.device = device
         self.max_atoms_per_batch = max_atoms_per_batch
         self.neighbor_backend = neighbor_backend
-
-    # ------------------------------------------------------------------ sklearn protocol
-    def get_params(self, deep: bool = True) -> dict:
-        import inspect
-
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
-
-    def set_params(self, **params) -> "ACE":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ConfigError(f"ACE has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def __repr__(self) -> str:
         default = ACE.__new__(ACE)

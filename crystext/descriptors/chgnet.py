@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import ConfigError, CrystextError
+from .params import ParamsMixin
 
 __all__ = ["CHGNetFeaturizer", "chgnet_available"]
 
@@ -43,7 +44,7 @@ def _load_model(model_name: str, device: str):
         return CHGNet.load(model_name=model_name, use_device=device, verbose=False)
 
 
-class CHGNetFeaturizer:
+class CHGNetFeaturizer(ParamsMixin):
     """CHGNet crystal vectors as features (scikit-learn style).
 
     ``transform(structures) -> (n, 64)``: CHGNet's pooled crystal feature (the input of its
@@ -63,15 +64,6 @@ class CHGNetFeaturizer:
         self.batch_size = batch_size
         self.on_error = on_error
 
-    def get_params(self, deep: bool = True) -> dict:
-        return dict(model_name=self.model_name, device=self.device, batch_size=self.batch_size, on_error=self.on_error)
-
-    def set_params(self, **params) -> "CHGNetFeaturizer":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ConfigError(f"CHGNetFeaturizer has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def fit(self, structures: Iterable[Any] = (), y: Any = None) -> "CHGNetFeaturizer":
         """Load the pretrained model (nothing is learned)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, CrystextError, UnknownElementError
+from .params import ParamsMixin
 from .neighbors import DEFAULT_MIN_DISTANCE, neighbor_list, warn_isolated
 
 __all__ = ["CrystalGraph", "Graph", "GraphBatch", "GraphEncoder", "onehot_element_table", "resolve_element_table"]
@@ -168,7 +169,7 @@ def envelope(d: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- featuriser
-class CrystalGraph:
+class CrystalGraph(ParamsMixin):
     """Crystal-graph featuriser.
 
     Args:
@@ -208,17 +209,6 @@ class CrystalGraph:
         self.on_error = on_error
         self.neighbor_backend = neighbor_backend
 
-    def get_params(self, deep: bool = True) -> dict:
-        import inspect
-
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
-
-    def set_params(self, **params) -> "CrystalGraph":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ConfigError(f"CrystalGraph has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def fit(self, structures: Iterable[Any] = (), y: Any = None) -> "CrystalGraph":
         """Resolve the element table (and check it covers the species of ``structures``)."""
