@@ -132,6 +132,50 @@ def test_two_runs_write_identical_results(toy, tmp_path):
     np.testing.assert_allclose(back["value"], a.results["value"], rtol=1e-5)
 
 
+def test_mlp_seeds_trained_together_equal_each_seed_alone():
+    """The MLP's seeds share one stacked model but not gradients, batch order or early stopping:
+    seed 1 of (0, 1, 2) gives what seed 1 trained alone gives (float rounding aside)."""
+    import dataclasses
+
+    from crystext.benchmark import ProtocolConfig, fit_predict, fit_predict_seeds
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6))
+    y = np.sin(x[:, 0]) + x[:, 1] ** 2
+    cfg = dataclasses.replace(ProtocolConfig(), mlp_hidden=(16,), mlp_max_epochs=6, mlp_batch_size=64)
+    together = fit_predict_seeds("mlp", x[:300], y[:300], x[300:400], y[300:400], x[400:], (0, 1, 2), cfg)
+    alone = fit_predict("mlp", x[:300], y[:300], x[300:400], y[300:400], x[400:], 1, cfg)
+    np.testing.assert_allclose(together[1][0], alone[0], rtol=1e-4, atol=1e-5)
+    assert together[1][1]["epochs"] == alone[1]["epochs"]
+    assert not np.allclose(together[0][0], together[1][0])  # the seeds differ
+    # a seed that stops early (patience 1) keeps its best epoch while the others go on
+    short = dataclasses.replace(cfg, mlp_patience=1, mlp_max_epochs=40)
+    both = fit_predict_seeds("mlp", x[:300], y[:300], x[300:400], y[300:400], x[400:], (0, 1), short)
+    for seed, (pred, info) in zip((0, 1), both):
+        solo_pred, solo_info = fit_predict("mlp", x[:300], y[:300], x[300:400], y[300:400], x[400:], seed, short)
+        assert info["epochs"] == solo_info["epochs"]
+        np.testing.assert_allclose(pred, solo_pred, rtol=1e-3, atol=1e-4)
+
+
+def test_cap_zero_uses_every_row_and_caps_subsample(toy):
+    whole = run_benchmark(data=toy, out=None, tables={"informative": informative_table()},
+                          **dict(FAST, regressors=("ridge",), max_train=0, max_val=0, max_test=0))
+    assert list(whole.coverage["used"]) == [160, 40, 60]
+    capped = run_benchmark(data=toy, out=None, tables={"informative": informative_table()},
+                           **dict(FAST, regressors=("ridge",), max_train=50, max_val=20, max_test=0))
+    assert list(capped.coverage["rows"]) == [50, 20, 60]
+
+
+def test_lm_precision_is_checked():
+    from crystext.benchmark.representations import resolve_precision
+    from crystext.errors import ConfigError
+
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("auto") in ("float32", "bfloat16")
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision("fp8")
+
+
 # --------------------------------------------------------------------------- missing elements
 
 

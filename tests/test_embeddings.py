@@ -184,6 +184,17 @@ def test_several_views_from_one_pass_equal_separate_passes(run, mixed):
         np.testing.assert_allclose(joint[:, j * d:(j + 1) * d], alone, atol=1e-6, rtol=0)
 
 
+def test_bf16_autocast_vectors_are_float32_and_close_to_float32_ones(run, mixed):
+    full = StructureEmbedder(run, views=[(-1, "mean"), (1, "mean")]).embed(mixed)
+    half = StructureEmbedder(run, views=[(-1, "mean"), (1, "mean")], autocast="bfloat16").embed(mixed)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    cos = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cos.min() > 0.999
+    assert not np.array_equal(full, half)  # the forward pass really ran in bf16
+    with pytest.raises(ConfigError, match="autocast"):
+        StructureEmbedder(run, autocast="int8")
+
+
 def test_iterator_and_text_input_match_the_array(run, mixed):
     array = structure_embeddings(mixed, run, batch_size=4)
     streamed = np.stack(list(iter_structure_embeddings(iter(mixed), run, batch_size=4)))

@@ -12,7 +12,7 @@ agreement, periodic-table nearest neighbours), :mod:`.report` (CSV, Markdown, pl
 from __future__ import annotations
 
 from .intrinsic import periodic_nn_accuracy, similarity_agreement
-from .protocol import QUICK, REGRESSORS, ProtocolConfig, fit_predict
+from .protocol import QUICK, REGRESSORS, ProtocolConfig, fit_predict, fit_predict_seeds
 from .representations import Run
 from .runner import RESULT_COLUMNS, BenchmarkResult, run_benchmark
 from .tasks import STRUCTURE_TARGETS, Task, discover_tasks, load_splits
@@ -28,6 +28,7 @@ __all__ = [
     "Task",
     "discover_tasks",
     "fit_predict",
+    "fit_predict_seeds",
     "load_splits",
     "periodic_nn_accuracy",
     "run_benchmark",

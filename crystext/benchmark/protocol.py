@@ -13,7 +13,8 @@ tuning / early stopping only, never for fitting; the test split only for the rep
 * ``mlp``: a small torch MLP (``d -> 256 -> 128 -> 1``, ReLU) on standardised features and target,
   L1 loss, AdamW, mini-batches; the weights of the epoch with the lowest validation MAE are kept
   (patience :attr:`ProtocolConfig.mlp_patience`). Seeded (initialisation and batch order):
-  the only regressor whose result depends on the seed.
+  the only regressor whose result depends on the seed. The seeds train side by side as one
+  stacked model, independent of each other.
 
 Everything runs on one thread (``threadpoolctl`` / ``torch.set_num_threads``) so results do not
 depend on the machine's core count; parallelism is across work units (``n_jobs``).
@@ -46,7 +47,7 @@ class ProtocolConfig:
     mlp_hidden: tuple[int, ...] = (256, 128)
     mlp_lr: float = 1e-3
     mlp_weight_decay: float = 1e-4
-    mlp_batch_size: int = 128
+    mlp_batch_size: int = 256
     mlp_max_epochs: int = 150
     mlp_patience: int = 12
 
@@ -104,80 +105,152 @@ def fit_hgb(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seed: int = 0):
     return model.predict(xte), {"n_iter": int(model.n_iter_), "val_mae": mae(yva, model.predict(xva))}
 
 
-def fit_mlp(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seed: int = 0):
-    """Small MLP, L1 loss, best-validation-epoch weights kept (early stopping)."""
+def _init_mlp(width: int, hidden: Sequence[int], seed: int) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+    """(weight [in, out], bias [out]) per layer, initialised as ``torch.nn.Linear`` does under ``seed``."""
     import torch
 
+    torch.manual_seed(seed)
+    layers = []
+    for h in (*hidden, 1):
+        lin = torch.nn.Linear(width, h)
+        layers.append((lin.weight.detach().T.contiguous(), lin.bias.detach().clone()))
+        width = h
+    return layers
+
+
+def fit_mlp_seeds(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seeds: Sequence[int]) -> list[tuple[np.ndarray, dict]]:
+    """Small MLP, L1 loss, best-validation-epoch weights kept (early stopping), one per seed.
+
+    The seeds are trained side by side as one stacked model (batched matmuls), which costs about
+    as much as one seed on small inputs. Each seed keeps its own initialisation, batch order,
+    AdamW state and early stopping; the loss is a sum over seeds, so their gradients do not mix
+    and each result is what training that seed alone gives (up to float rounding). A seed whose
+    patience runs out is dropped from the stack.
+    """
+    import torch
+
+    seeds = [int(s) for s in seeds]
     mean, std = _scaler(xtr)
     ym, ys = float(ytr.mean()), float(ytr.std()) or 1.0
     tr, va, te = (torch.from_numpy(((x - mean) / std).astype(np.float32)) for x in (xtr, xva, xte))
     ytr_t = torch.from_numpy(((ytr - ym) / ys).astype(np.float32))
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[torch.nn.Module] = []
-    width = tr.shape[1]
-    for h in config.mlp_hidden:
-        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
-        width = h
-    layers.append(torch.nn.Linear(width, 1))
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.mlp_lr, weight_decay=config.mlp_weight_decay)
-    best, best_state, best_epoch, wait = np.inf, None, 0, 0
-    n = tr.shape[0]
+    inits = [_init_mlp(tr.shape[1], config.mlp_hidden, s) for s in seeds]
+    n_layers = len(inits[0])
+    # flat = [W_0 [S, in, out], b_0 [S, 1, out], W_1, b_1, ...] for the seeds still training
+    flat = [t for l in range(n_layers)
+            for t in (torch.stack([i[l][0] for i in inits]), torch.stack([i[l][1] for i in inits]).unsqueeze(1))]
+    m1 = [torch.zeros_like(t) for t in flat]
+    m2 = [torch.zeros_like(t) for t in flat]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    beta1, beta2, eps, lr, wd = 0.9, 0.999, 1e-8, config.mlp_lr, config.mlp_weight_decay
+
+    def forward(ps, x):  # x: [S, B, d] or [B, d] shared by every seed
+        h = x
+        for i, (w, b) in enumerate(ps):
+            h = torch.baddbmm(b, h, w) if h.dim() == 3 else torch.matmul(h, w) + b
+            if i < len(ps) - 1:
+                h = torch.relu(h)
+        return h.squeeze(-1)
+
+    active = list(range(len(seeds)))  # positions (into seeds) of the stacked rows
+    best = {k: np.inf for k in active}
+    best_state: dict[int, list] = {}
+    best_epoch = {k: 0 for k in active}
+    wait = {k: 0 for k in active}
+    n, step = tr.shape[0], 0
     for epoch in range(config.mlp_max_epochs):
-        net.train()
-        order = torch.randperm(n, generator=gen)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
         for start in range(0, n, config.mlp_batch_size):
-            idx = order[start : start + config.mlp_batch_size]
-            opt.zero_grad()
-            loss = torch.nn.functional.l1_loss(net(tr[idx]).squeeze(-1), ytr_t[idx])
-            loss.backward()
-            opt.step()
-        net.eval()
+            idx = orders[:, start : start + config.mlp_batch_size]
+            for t in flat:
+                t.requires_grad_(True)
+            pred = forward([(flat[2 * i], flat[2 * i + 1]) for i in range(n_layers)], tr[idx])
+            # per-seed mean L1, summed over seeds: each seed's gradient is its own loss's
+            loss = (pred - ytr_t[idx]).abs().mean(dim=1).sum()
+            grads = torch.autograd.grad(loss, flat)
+            step += 1
+            with torch.no_grad():  # AdamW, as torch.optim.AdamW (decoupled decay, bias-corrected)
+                c1, c2 = 1 - beta1**step, 1 - beta2**step
+                for t, g, a, b2 in zip(flat, grads, m1, m2):
+                    t.requires_grad_(False)
+                    t.mul_(1 - lr * wd)
+                    a.mul_(beta1).add_(g, alpha=1 - beta1)
+                    b2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    t.addcdiv_(a, (b2 / c2).sqrt_().add_(eps), value=-lr / c1)
         with torch.no_grad():
-            val = mae(yva, net(va).squeeze(-1).numpy() * ys + ym)
-        if val < best - 1e-12:
-            best, best_epoch, wait = val, epoch + 1, 0
-            best_state = {k: p.detach().clone() for k, p in net.state_dict().items()}
-        else:
-            wait += 1
-            if wait >= config.mlp_patience:
+            ps = [(flat[2 * i], flat[2 * i + 1]) for i in range(n_layers)]
+            val_pred = forward(ps, va).numpy() * ys + ym  # [S, n_val]
+        keep = []
+        for row, k in enumerate(active):
+            val = mae(yva, val_pred[row])
+            if val < best[k] - 1e-12:
+                best[k], best_epoch[k], wait[k] = val, epoch + 1, 0
+                best_state[k] = [t[row].clone() for t in flat]
+            else:
+                wait[k] += 1
+            if wait[k] < config.mlp_patience:
+                keep.append(row)
+        if len(keep) < len(active):
+            if not keep:
                 break
-    net.load_state_dict(best_state)
-    net.eval()
+            rows = torch.tensor(keep)
+            flat, m1, m2 = ([t[rows].clone() for t in ts] for ts in (flat, m1, m2))
+            gens = [gens[r] for r in keep]
+            active = [active[r] for r in keep]
+    out = []
     with torch.no_grad():
-        pred = net(te).squeeze(-1).numpy().astype(np.float64) * ys + ym
-    return pred, {"epochs": best_epoch, "val_mae": best}
+        for k in range(len(seeds)):
+            state = best_state[k]
+            ps = [(state[2 * i], state[2 * i + 1]) for i in range(n_layers)]
+            pred = forward(ps, te).numpy().astype(np.float64) * ys + ym
+            out.append((pred, {"epochs": best_epoch[k], "val_mae": best[k]}))
+    return out
 
 
-def fit_predict(regressor: str, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
-                xte: np.ndarray, seed: int = 0, config: ProtocolConfig | None = None) -> tuple[np.ndarray, dict]:
-    """Fit ``regressor`` (one of :data:`REGRESSORS`) under the protocol; test predictions and fit info.
+def fit_mlp(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seed: int = 0):
+    """Small MLP for one seed (see :func:`fit_mlp_seeds`)."""
+    return fit_mlp_seeds(xtr, ytr, xva, yva, xte, config, [seed])[0]
 
-    Runs single-threaded (BLAS, OpenMP and torch) so the numbers are the same on any machine.
+
+def fit_predict_seeds(regressor: str, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
+                      xte: np.ndarray, seeds: Sequence[int] = (0,),
+                      config: ProtocolConfig | None = None) -> list[tuple[np.ndarray, dict]]:
+    """Fit ``regressor`` (one of :data:`REGRESSORS`) once per seed; test predictions and fit info per seed.
+
+    Runs single-threaded (BLAS, OpenMP and torch) so the numbers are the same on any machine. The
+    MLP's seeds are trained together (:func:`fit_mlp_seeds`); ridge and HGB once per seed.
     """
     from threadpoolctl import threadpool_limits
 
     config = config or ProtocolConfig()
     if regressor not in REGRESSORS:
         raise ConfigError(f"regressor must be one of {REGRESSORS}, not {regressor!r}")
+    if not len(seeds):
+        raise ConfigError("at least one seed is needed")
     xtr, xva, xte = (np.ascontiguousarray(x, dtype=np.float64) for x in (xtr, xva, xte))
     ytr, yva = np.asarray(ytr, dtype=np.float64), np.asarray(yva, dtype=np.float64)
     if len(ytr) < 2 or len(yva) < 1:
         raise ConfigError(f"too few rows to fit ({len(ytr)} train, {len(yva)} validation)")
     with threadpool_limits(limits=1):
         if regressor == "ridge":
-            return fit_ridge(xtr, ytr, xva, yva, xte, config.ridge_alphas)
+            return [fit_ridge(xtr, ytr, xva, yva, xte, config.ridge_alphas) for _ in seeds]
         if regressor == "hgb":
-            return fit_hgb(xtr, ytr, xva, yva, xte, config, seed)
+            return [fit_hgb(xtr, ytr, xva, yva, xte, config, int(s)) for s in seeds]
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return fit_mlp(xtr, ytr, xva, yva, xte, config, seed)
+            return fit_mlp_seeds(xtr, ytr, xva, yva, xte, config, seeds)
         finally:
             torch.set_num_threads(threads)
 
 
-__all__ = ["DETERMINISTIC", "QUICK", "REGRESSORS", "ProtocolConfig", "fit_predict", "mae"]
+def fit_predict(regressor: str, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,
+                xte: np.ndarray, seed: int = 0, config: ProtocolConfig | None = None) -> tuple[np.ndarray, dict]:
+    """Fit ``regressor`` (one of :data:`REGRESSORS`) under the protocol for one seed (see
+    :func:`fit_predict_seeds`); test predictions and fit info."""
+    return fit_predict_seeds(regressor, xtr, ytr, xva, yva, xte, [seed], config)[0]
+
+
+__all__ = ["DETERMINISTIC", "QUICK", "REGRESSORS", "ProtocolConfig", "fit_predict", "fit_predict_seeds", "mae"]

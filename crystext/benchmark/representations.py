@@ -30,6 +30,27 @@ from ..errors import ConfigError
 PREFIX = "crystext-"
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 matrices natively (AMX or AVX512-BF16; Linux only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` -> ``"bfloat16"`` on a CPU with native bf16 matmuls, else ``"float32"``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"LM precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if cpu_has_bf16() else "float32"
+    return precision
+
+
 def representation_name(run_name: str) -> str:
     """``base`` -> ``crystext-base`` (a name already starting with ``crystext-`` is kept)."""
     return run_name if run_name.startswith(PREFIX) else PREFIX + run_name
@@ -105,25 +126,29 @@ class Run:
         return hashlib.sha1(json.dumps([str(folder.resolve() if folder.exists() else folder), stamp]).encode()).hexdigest()[:12]
 
     def structure_vectors(self, texts: Sequence[str | None], layer: int, pooling: str,
-                          cache_dir: Path | None = None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, Counter]:
+                          cache_dir: Path | None = None, batch_size: int = 32,
+                          precision: str = "float32") -> tuple[np.ndarray, np.ndarray, Counter]:
         """Vectors of crystal texts (``None`` = a structure that had no text): ``(vectors, ok, skipped)``.
 
         ``vectors`` is (n, d) float32 with NaN rows where ``ok`` is False (no text, or the text
         could not be embedded: too long for the context, unknown tokens); ``skipped`` counts why.
+        ``precision``: ``"float32"``, or ``"bfloat16"`` for the forward pass under bf16 autocast.
         """
-        return self.structure_views(texts, [(layer, pooling)], cache_dir, batch_size)[(layer, pooling)]
+        return self.structure_views(texts, [(layer, pooling)], cache_dir, batch_size, precision)[(layer, pooling)]
 
     def structure_views(self, texts: Sequence[str | None], views: Sequence[tuple[int, str]],
-                        cache_dir: Path | None = None, batch_size: int = 32) -> dict:
+                        cache_dir: Path | None = None, batch_size: int = 32, precision: str = "float32") -> dict:
         """:meth:`structure_vectors` for several ``(layer, pooling)`` views: the views not cached
         yet come from one forward pass per batch. Returns ``{(layer, pooling): (vectors, ok, skipped)}``."""
+        precision = resolve_precision(precision)
+        tag = "" if precision == "float32" else "-bf16"
         key = self.cache_key()
         paths: dict = {}
         out: dict = {}
         if cache_dir is not None and key is not None:
             digest = hashlib.sha1("\n\x00".join(t or "" for t in texts).encode()).hexdigest()[:16]
             for layer, pooling in views:
-                path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}-{digest}.npz"
+                path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}{tag}-{digest}.npz"
                 paths[(layer, pooling)] = path
                 if path.is_file():
                     with np.load(path, allow_pickle=False) as z:
@@ -133,7 +158,8 @@ class Run:
             return out
         from ..embeddings import StructureEmbedder
 
-        embedder = StructureEmbedder(self.load(), views=todo, batch_size=batch_size)
+        embedder = StructureEmbedder(self.load(), views=todo, batch_size=batch_size,
+                                     autocast=None if precision == "float32" else precision)
         d = embedder.dim // len(todo)
         records = ((i, t if t is not None else ValueError("no text")) for i, t in enumerate(texts))
         vectors = np.full((len(texts), d * len(todo)), np.nan, dtype=np.float32)

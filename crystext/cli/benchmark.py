@@ -33,14 +33,17 @@ def register(subparsers) -> None:
     p.add_argument("--regressors", nargs="+", default=None, choices=["ridge", "hgb", "mlp"])
     p.add_argument("--poolings", nargs="+", default=None, choices=["mean", "sum", "max", "min", "std", "stats4"],
                    help="composition poolings (default mean stats4)")
-    p.add_argument("--max-train", type=int, default=None, help="training rows cap (default 5000; quick 300)")
-    p.add_argument("--max-val", type=int, default=None, help="validation rows cap (default 2000; quick 100)")
-    p.add_argument("--max-test", type=int, default=None, help="test rows cap (default none; quick 300)")
+    p.add_argument("--max-train", type=int, default=None, help="training rows cap (default 2000; quick 300; 0: no cap)")
+    p.add_argument("--max-val", type=int, default=None, help="validation rows cap (default 1000; quick 100; 0: no cap)")
+    p.add_argument("--max-test", type=int, default=None, help="test rows cap (default none; quick 300; 0: no cap)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                    help="structure-vector layers of our runs: ints, middle, last (default middle last)")
     p.add_argument("--structure-poolings", nargs="+", default=None, choices=["mean", "last"])
     p.add_argument("--n-jobs", type=int, default=1, help="parallel work units (results do not depend on it)")
     p.add_argument("--cache-dir", default=None, help="cache of structure texts/vectors (default ~/.cache/crystext)")
+    p.add_argument("--lm-precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="our runs' structure forward pass (default auto: bf16 autocast on CPUs with native "
+                   "bf16 matmuls, else float32)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.set_defaults(func=_benchmark)
 
@@ -66,7 +69,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, runs=args.runs, tables=tables, baselines=args.baselines, tasks=args.tasks,
         quick=args.quick, seeds=args.seeds, regressors=tuple(args.regressors or REGRESSORS),
         max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, n_jobs=args.n_jobs,
-        cache_dir=args.cache_dir, plots=not args.no_plots,
+        cache_dir=args.cache_dir, plots=not args.no_plots, lm_precision=args.lm_precision,
         command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else None,
         **kwargs,
     )
