@@ -359,3 +359,62 @@ def test_cli_benchmark_quick(toy, tmp_path, capsys):
                "--baselines", "magpie"])
     assert rc == 2
     assert "not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- our runs
+
+
+def _tiny_run(path: Path, seed: int) -> Path:
+    from crystext.modeling import build_model
+    from crystext.tokenization import load_tokenizer
+
+    tok = load_tokenizer("crystext-cif")
+    build_model("tiny", tok, seed=seed).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _perovskite_rows(n: int, seed: int) -> pd.DataFrame:
+    """Cubic ABX3 perovskites with a target that depends on the lattice (not only composition)."""
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        a_el, b_el = rng.choice(["Sr", "Ba", "Ca", "K"]), rng.choice(["Ti", "Zr", "Nb", "Fe"])
+        a = float(rng.uniform(3.7, 4.3))
+        s = Structure(Lattice.cubic(a), [a_el, b_el, "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        rows.append({"cif": s.to(fmt="cif"), "formula": s.composition.reduced_formula,
+                     "heat_all": a - 4.0 + 0.1 * VALUE.get(b_el, 1.0), "dir_gap": float(rng.uniform())})
+    return pd.DataFrame(rows)
+
+
+def test_two_runs_are_benchmarked_and_compared_on_structure_tasks(tmp_path):
+    """Our runs enter as element sets everywhere and as structure vectors (every layer/pooling
+    view) on structure tasks; the report compares the runs; bf16 and float32 vectors are cached
+    apart; a second run reads the cache and gives the same CSV."""
+    folder = tmp_path / "data" / "perov_5"
+    folder.mkdir(parents=True)
+    _perovskite_rows(40, 0).to_csv(folder / "val.csv")
+    _perovskite_rows(12, 1).to_csv(folder / "test.csv")
+    runs = [f"a={_tiny_run(tmp_path / 'run-a', 0)}", f"b={_tiny_run(tmp_path / 'run-b', 1)}"]
+    kwargs = dict(FAST, runs=runs, regressors=("ridge",), structure_layers=("middle", "last"),
+                  structure_poolings=("mean", "last"), cache_dir=tmp_path / "cache", lm_precision="float32")
+    res = run_benchmark(data=tmp_path / "data", out=tmp_path / "out", **kwargs)
+    got = res.results
+    assert set(got["task"]) == {"perov_5/heat_all", "perov_5/dir_gap"}
+    assert set(got["representation"]) == {"crystext-a", "crystext-b"}
+    views = {p for p in got["pooling"] if p.startswith("structure-")}
+    assert views == {"structure-mean-L1", "structure-mean-L2", "structure-last-L1", "structure-last-L2"}
+    assert len(got) == 2 * 2 * (1 + 4)  # tasks x runs x (mean pooling + 4 views)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Our runs compared" in report and "crystext-b structure" in report
+    assert "float32 forward pass" in report
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
+    again = run_benchmark(data=tmp_path / "data", out=tmp_path / "out2", **kwargs)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.npz")) == cached
+    assert (tmp_path / "out" / "results.csv").read_text() == (tmp_path / "out2" / "results.csv").read_text()
+    bf16 = run_benchmark(data=tmp_path / "data", out=None, **dict(kwargs, lm_precision="bfloat16"))
+    assert any("-bf16-" in p.name for p in (tmp_path / "cache").rglob("*.npz"))
+    assert len(bf16.results) == len(got)

@@ -144,6 +144,32 @@ def fixed_protocol_table(summary: pd.DataFrame, pooling: str = "mean", regressor
     return _md_table(["representation"] + tasks, rows)
 
 
+def run_comparison_table(summary: pd.DataFrame, runs: list[str]) -> tuple[str, str]:
+    """Our runs side by side: per task, each run's best element-vector MAE and (structure tasks)
+    best structure-vector MAE, the better run in bold; and a one-line tally of who wins."""
+    rows, wins = [], {r: [0, 0] for r in runs}
+    for task in dict.fromkeys(summary["task"]):
+        sub = summary[(summary["task"] == task) & summary["representation"].isin(runs)]
+        if sub.empty:
+            continue
+        is_struct = sub["pooling"].str.startswith("structure-")
+        cells = []
+        for kind, part in ((0, sub[~is_struct]), (1, sub[is_struct])):
+            best = {r: part.loc[part["representation"] == r, "mean"].min() for r in runs}
+            finite = {r: v for r, v in best.items() if np.isfinite(v)}
+            top = min(finite, key=finite.get) if len(finite) == len(runs) else None
+            if top is not None:
+                wins[top][kind] += 1
+            for r in runs:
+                text = _fmt(best[r]) if np.isfinite(best[r]) else ""
+                cells.append(f"**{text}**" if r == top else text)
+        rows.append([task] + cells)
+    header = (["task"] + [f"{r} element" for r in runs] + [f"{r} structure" for r in runs])
+    tally = "; ".join(f"{r}: best element vectors on {w[0]} task(s), best structure vectors on {w[1]}"
+                      for r, w in wins.items())
+    return _md_table(header, rows), tally
+
+
 def references_table(tasks: list[str]) -> str:
     rows = [[t, m, f"{v:g}", src] for t, m, v, src in REFERENCES if task_group(t) in tasks or t in tasks]
     return _md_table(["task", "model", "test MAE", "source"], rows) if rows else ""
@@ -177,13 +203,21 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
         "Compositions are pooled from element vectors by fractional mean (`mean`) or by "
         "`stats4` = [mean, weighted std, max, min]. Matbench-style folds are averaged over folds "
         "(± is the std over folds and seeds). Rows whose formula holds an element missing from any "
-        "compared vector set are dropped for every set (see Coverage).",
+        "compared vector set are dropped for every set (see Coverage)."
+        + (f" Our runs' structure vectors come from a {info['lm_precision']} forward pass."
+           if info.get("lm_precision") else ""),
         "",
     ]
     if not best.empty:
         lines += ["## Rank per task", "",
                   "Best test MAE of each representation over poolings and regressors (rank in the task); "
                   "best per task in bold.", "", rank_table(best), ""]
+    runs = [r for r in (info.get("runs") or {}) if r in set(summary["representation"])]
+    if len(runs) > 1:
+        table, tally = run_comparison_table(summary, runs)
+        lines += ["## Our runs compared", "",
+                  "Best test MAE of each run's element vectors (composition pooling) and structure vectors "
+                  "(any layer / pooling), over regressors; the better run in bold. " + tally + ".", "", table, ""]
     fixed = fixed_protocol_table(summary)
     if fixed:
         lines += ["## Fixed protocol: mean pooling + HistGradientBoosting", "", fixed, ""]
