@@ -119,6 +119,20 @@ def benchmark_tables(results: pd.DataFrame, representation: str) -> tuple[str, l
     return "\n".join(lines), index
 
 
+def _train_time(train_cfg: dict) -> tuple[float | None, str]:
+    """Training wall time for the card, and how to label it (a resumed run may know only its
+    last session's time)."""
+    total, last = train_cfg.get("train_time_s"), train_cfg.get("train_time_s_this_session")
+    sessions = int(train_cfg.get("sessions") or 0)
+    if total is not None and (sessions > 0 or not train_cfg.get("resumed_from")):
+        return float(total), "training wall time" + (f" ({sessions} sessions)" if sessions > 1 else "")
+    if last is None:
+        return None, ""
+    if train_cfg.get("resumed_from"):
+        return float(last), f"training wall time since the last resume (from {train_cfg['resumed_from']})"
+    return float(last), "training wall time"
+
+
 def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
                 template: str | Path | None = None, license: str = "mit") -> str:
     """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
@@ -187,10 +201,14 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     hyper = {**train_cfg.get("training", {}), **train_cfg}
     for key in ("preset", "steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
                 "min_learning_rate", "warmup_steps", "betas", "weight_decay", "grad_clip", "dropout",
-                "mixed_precision", "seed", "train_time_s_this_session", "hardware"):
+                "mixed_precision", "seed", "train_time_s", "hardware"):
+        if key == "train_time_s":
+            seconds, label = _train_time(train_cfg)
+            if seconds is not None:
+                train_lines.append(f"- {label}: {seconds:.0f} s ({seconds / 60:.0f} min)")
+            continue
         if key in hyper and not isinstance(hyper[key], dict):
-            label = "training wall time (s)" if key == "train_time_s_this_session" else key.replace("_", " ")
-            train_lines.append(f"- {label}: {hyper[key]}")
+            train_lines.append(f"- {key.replace('_', ' ')}: {hyper[key]}")
     if train_cfg.get("versions"):
         train_lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in train_cfg["versions"].items()))
     if (run / "loss.png").is_file():

@@ -193,6 +193,10 @@ class TrainState:
     tokens: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    #: wall time of the training loop summed over every session of the run (resumes included),
+    #: and the number of sessions; checkpoints written before these existed load as 0
+    train_seconds: float = 0.0
+    sessions: int = 0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -476,6 +480,8 @@ def pretrain(
     # -- train
     model.train()
     start_step, t_start = state.step, time.time()
+    seconds_before = state.train_seconds
+    state.sessions += 1
     stop = min(cfg["max_steps"], stop_at if stop_at is not None else cfg["max_steps"])
     bar = tqdm(total=cfg["max_steps"], initial=start_step, disable=not (progress and main),
                desc=f"pretrain {preset['name']}", unit="step", dynamic_ncols=True)
@@ -530,11 +536,13 @@ def pretrain(
                             **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
             win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
         if state.step % cfg["checkpoint_interval"] == 0 or done:
+            state.train_seconds = seconds_before + time.time() - t_start
             _save_checkpoint(accelerator, out, state.step, keep_checkpoints)
         if done:
             break
     bar.close()
     train_time = time.time() - t_start
+    state.train_seconds = seconds_before + train_time
 
     # -- final files
     from accelerate.utils import gather_object
@@ -568,6 +576,10 @@ def pretrain(
             "mixed_precision": accelerator.mixed_precision,
             "resumed_from": None if resume_from is None else resume_from.name,
             "train_time_s_this_session": round(train_time, 1),
+            # sessions counted since checkpoints recorded them (0 before that: train_time_s is then
+            # only the time since the last resume of an older run)
+            "train_time_s": round(state.train_seconds, 1),
+            "sessions": state.sessions,
             "parameters": sum(p.numel() for p in unwrapped.parameters()),
             "rank_param_sha256": digests,
             "versions": _versions(),

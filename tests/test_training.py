@@ -100,7 +100,16 @@ def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     np.testing.assert_allclose(a.lr, b.lr, rtol=1e-12)
     assert a.tokens.tolist() == b.tokens.tolist()
     assert _max_diff(_weights(full), _weights(part)) < 1e-6
-    assert json.loads((part / "training_config.json").read_text())["resumed_from"] == "step-0000003"
+    info = json.loads((part / "training_config.json").read_text())
+    assert info["resumed_from"] == "step-0000003"
+    # the wall time adds up over both sessions, and the card says so
+    assert info["sessions"] == 2
+    assert info["train_time_s"] > info["train_time_s_this_session"] > 0
+    assert json.loads((full / "training_config.json").read_text())["sessions"] == 1
+    from crystext.hub import _train_time
+
+    seconds, label = _train_time(info)
+    assert seconds == info["train_time_s"] and "2 sessions" in label
 
 
 def test_resume_true_needs_a_checkpoint(corpus, tmp_path):
