@@ -80,6 +80,8 @@ def time_texts(cifs: list[str]) -> tuple[list[str], float]:
     from crystext.inputs import to_structure
     from crystext.text import structure_to_text
 
+    for c in cifs[:8]:  # warm-up: imports, spglib and space-group tables load on first use
+        structure_to_text(to_structure(c))
     t = time.perf_counter()
     texts = [structure_to_text(to_structure(c)) for c in cifs]
     return texts, len(cifs) / (time.perf_counter() - t)
