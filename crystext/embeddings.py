@@ -23,7 +23,6 @@ does not depend on what it is batched with (equal to one-at-a-time within float3
 from __future__ import annotations
 
 import contextlib
-
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence

@@ -124,7 +124,9 @@ def _train_time(train_cfg: dict) -> tuple[float | None, str]:
     last session's time)."""
     total, last = train_cfg.get("train_time_s"), train_cfg.get("train_time_s_this_session")
     sessions = int(train_cfg.get("sessions") or 0)
-    if total is not None and (sessions > 0 or not train_cfg.get("resumed_from")):
+    # a resumed run that counts 1 session resumed a checkpoint from before sessions were recorded:
+    # its total is then only the last session's time
+    if total is not None and (sessions > 1 or not train_cfg.get("resumed_from")):
         return float(total), "training wall time" + (f" ({sessions} sessions)" if sessions > 1 else "")
     if last is None:
         return None, ""

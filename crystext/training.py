@@ -576,8 +576,8 @@ def pretrain(
             "mixed_precision": accelerator.mixed_precision,
             "resumed_from": None if resume_from is None else resume_from.name,
             "train_time_s_this_session": round(train_time, 1),
-            # sessions counted since checkpoints recorded them (0 before that: train_time_s is then
-            # only the time since the last resume of an older run)
+            # summed over the sessions the checkpoints recorded; a checkpoint from before they were
+            # recorded loads as 0 s and 0 sessions (the card then says "since the last resume")
             "train_time_s": round(state.train_seconds, 1),
             "sessions": state.sessions,
             "parameters": sum(p.numel() for p in unwrapped.parameters()),

@@ -137,18 +137,19 @@ def fit_mlp_seeds(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seeds: Sequen
     inits = [_init_mlp(tr.shape[1], config.mlp_hidden, s) for s in seeds]
     n_layers = len(inits[0])
     # flat = [W_0 [S, in, out], b_0 [S, 1, out], W_1, b_1, ...] for the seeds still training
-    flat = [t for l in range(n_layers)
+    flat = [t.requires_grad_() for l in range(n_layers)
             for t in (torch.stack([i[l][0] for i in inits]), torch.stack([i[l][1] for i in inits]).unsqueeze(1))]
     m1 = [torch.zeros_like(t) for t in flat]
     m2 = [torch.zeros_like(t) for t in flat]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     beta1, beta2, eps, lr, wd = 0.9, 0.999, 1e-8, config.mlp_lr, config.mlp_weight_decay
 
-    def forward(ps, x):  # x: [S, B, d] or [B, d] shared by every seed
+    def forward(ts, x):  # ts laid out like flat; x: [S, B, d], or [B, d] shared by every seed
         h = x
-        for i, (w, b) in enumerate(ps):
+        for i in range(n_layers):
+            w, b = ts[2 * i], ts[2 * i + 1]
             h = torch.baddbmm(b, h, w) if h.dim() == 3 else torch.matmul(h, w) + b
-            if i < len(ps) - 1:
+            if i < n_layers - 1:
                 h = torch.relu(h)
         return h.squeeze(-1)
 
@@ -162,9 +163,7 @@ def fit_mlp_seeds(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seeds: Sequen
         orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
         for start in range(0, n, config.mlp_batch_size):
             idx = orders[:, start : start + config.mlp_batch_size]
-            for t in flat:
-                t.requires_grad_(True)
-            pred = forward([(flat[2 * i], flat[2 * i + 1]) for i in range(n_layers)], tr[idx])
+            pred = forward(flat, tr[idx])
             # per-seed mean L1, summed over seeds: each seed's gradient is its own loss's
             loss = (pred - ytr_t[idx]).abs().mean(dim=1).sum()
             grads = torch.autograd.grad(loss, flat)
@@ -172,20 +171,18 @@ def fit_mlp_seeds(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seeds: Sequen
             with torch.no_grad():  # AdamW, as torch.optim.AdamW (decoupled decay, bias-corrected)
                 c1, c2 = 1 - beta1**step, 1 - beta2**step
                 for t, g, a, b2 in zip(flat, grads, m1, m2):
-                    t.requires_grad_(False)
                     t.mul_(1 - lr * wd)
                     a.mul_(beta1).add_(g, alpha=1 - beta1)
                     b2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     t.addcdiv_(a, (b2 / c2).sqrt_().add_(eps), value=-lr / c1)
         with torch.no_grad():
-            ps = [(flat[2 * i], flat[2 * i + 1]) for i in range(n_layers)]
-            val_pred = forward(ps, va).numpy() * ys + ym  # [S, n_val]
+            val_pred = forward(flat, va).numpy() * ys + ym  # [S, n_val]
         keep = []
         for row, k in enumerate(active):
             val = mae(yva, val_pred[row])
             if val < best[k] - 1e-12:
                 best[k], best_epoch[k], wait[k] = val, epoch + 1, 0
-                best_state[k] = [t[row].clone() for t in flat]
+                best_state[k] = [t[row].detach().clone() for t in flat]
             else:
                 wait[k] += 1
             if wait[k] < config.mlp_patience:
@@ -194,22 +191,16 @@ def fit_mlp_seeds(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seeds: Sequen
             if not keep:
                 break
             rows = torch.tensor(keep)
-            flat, m1, m2 = ([t[rows].clone() for t in ts] for ts in (flat, m1, m2))
+            flat = [t[rows].detach().requires_grad_() for t in flat]
+            m1, m2 = ([t[rows] for t in ts] for ts in (m1, m2))
             gens = [gens[r] for r in keep]
             active = [active[r] for r in keep]
     out = []
     with torch.no_grad():
         for k in range(len(seeds)):
-            state = best_state[k]
-            ps = [(state[2 * i], state[2 * i + 1]) for i in range(n_layers)]
-            pred = forward(ps, te).numpy().astype(np.float64) * ys + ym
+            pred = forward(best_state[k], te).numpy().astype(np.float64) * ys + ym
             out.append((pred, {"epochs": best_epoch[k], "val_mae": best[k]}))
     return out
-
-
-def fit_mlp(xtr, ytr, xva, yva, xte, config: ProtocolConfig, seed: int = 0):
-    """Small MLP for one seed (see :func:`fit_mlp_seeds`)."""
-    return fit_mlp_seeds(xtr, ytr, xva, yva, xte, config, [seed])[0]
 
 
 def fit_predict_seeds(regressor: str, xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray,

@@ -64,7 +64,6 @@ class CHGNetFeaturizer(ParamsMixin):
         self.batch_size = batch_size
         self.on_error = on_error
 
-
     def fit(self, structures: Iterable[Any] = (), y: Any = None) -> "CHGNetFeaturizer":
         """Load the pretrained model (nothing is learned)."""
         if self.on_error not in ("raise", "nan"):

@@ -209,7 +209,6 @@ class CrystalGraph(ParamsMixin):
         self.on_error = on_error
         self.neighbor_backend = neighbor_backend
 
-
     def fit(self, structures: Iterable[Any] = (), y: Any = None) -> "CrystalGraph":
         """Resolve the element table (and check it covers the species of ``structures``)."""
         if self.on_error not in ("raise", "skip"):
