@@ -41,3 +41,15 @@ class ConfigError(CrystextError, ValueError):
 
 class DataNotFoundError(CrystextError, FileNotFoundError):
     """A data folder or file that a command needs is absent."""
+
+
+class StructureTooLargeError(CrystextError, ValueError):
+    """A structure has more atoms than the configured limit (``max_atoms``)."""
+
+
+class RecordTimeoutError(CrystextError, TimeoutError):
+    """Work on one record (text conversion, disorder ordering) ran past its time limit."""
+
+
+class DocumentTooLongError(TokenizerError):
+    """A tokenised document is longer than the model's context; it is never cut silently."""
