@@ -12,6 +12,7 @@ Names accepted: ``auto``; ``bfloat16``/``bf16``; ``float16``/``fp16``; ``float32
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from functools import lru_cache
@@ -24,6 +25,9 @@ _ALIASES = {
     "half": "float16", "fp32": "float32", "float32": "float32", "no": "float32", "none": "float32",
     "false": "float32",
 }
+#: Environment override of the verdict: ``0`` makes ``auto`` pick float32 (as on an AVX2-only CPU),
+#: ``1`` makes it pick bf16 without timing. Unset: measure.
+BF16_ENV = "CRYSTEXT_BF16"
 #: bf16 must be at least this much faster than float32 on the timed matmul to be chosen.
 MIN_SPEEDUP = 1.2
 
@@ -68,6 +72,11 @@ def bf16_speed(device_type: str = "cpu") -> dict:
     """
     import torch
 
+    forced = os.environ.get(BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        fast = forced == "1"
+        return {"device": device_type, "supported": fast, "fp32_ms": None, "bf16_ms": None, "fast": fast,
+                "reason": f"set by {BF16_ENV}={forced}"}
     if device_type == "cuda":
         ok = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         return {"device": "cuda", "supported": ok, "fp32_ms": None, "bf16_ms": None, "fast": ok,
