@@ -27,9 +27,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataNotFoundError
+from .errors import ConfigError, CrystextError, DataNotFoundError
 
-__all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "train_heads"]
+__all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "TrainingDivergedError", "train_heads"]
 
 KNOWN_BRANCHES = ("lm", "composition", "graph", "ace", "chgnet")
 CONFIG_NAME = "config.json"
@@ -248,6 +248,29 @@ def composition_features(formulas: Sequence[str], table, pooling: str = "stats4"
     return np.array(out)
 
 
+class TrainingDivergedError(CrystextError, RuntimeError):
+    """Training produced no epoch with a finite validation error."""
+
+
+def _branch_statistics(x: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Standardisation (mean, scale) of a vector branch and, when it is wider than ``reduce_dim``,
+    a PCA projection (d, k) to unit-variance components. ``k`` is at most the numerical rank of
+    the centred data (<= n - 1): a component with (near) zero training variance would be scaled
+    up by ~1/0 and blow up held-out rows."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, std = x.mean(0), x.std(0, ddof=1) if len(x) > 1 else np.zeros(x.shape[1])
+    scale = np.where(std > 1e-8 * max(float(std.max(initial=0.0)), 1e-30), std, 1.0)
+    if x.shape[1] <= reduce_dim:
+        return mean, scale, None
+    z = (x - mean) / scale
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    rank = int(np.sum(s > s[0] * max(z.shape) * np.finfo(np.float64).eps * 10)) if s.size and s[0] > 0 else 0
+    k = max(1, min(reduce_dim, rank, len(x) - 1))
+    comp = vt[:k].T
+    sd = (z @ comp).std(0, ddof=1) if len(x) > 1 else np.ones(k)
+    return mean, scale, comp / np.where(sd > 0, sd, 1.0)
+
+
 # ----------------------------------------------------------------------------- the network
 def _torch():
     import torch
@@ -312,13 +335,17 @@ def _build_net(config: dict):
         def forward(self, feats: dict, graph_batch=None, return_aux: bool = False):
             hs = [self.branches[n](graph_batch if n == "graph" else feats[n]) for n in self.names]
             aux = [self.aux[n](h).squeeze(-1) for n, h in zip(self.names, hs)] if (return_aux and self.aux is not None) else None
+            keep = None
             if self.training and self.branch_dropout > 0 and len(hs) > 1:
                 keep = torch.rand(hs[0].shape[0], len(hs), device=hs[0].device) >= self.branch_dropout
                 keep[torch.arange(len(keep)), torch.randint(len(hs), (len(keep),), device=keep.device)] |= ~keep.any(1)
                 hs = [h * keep[:, k : k + 1].to(h.dtype) for k, h in enumerate(hs)]
             if self.fusion == "gated":
                 h = torch.stack(hs, 1)  # (B, n_branches, w)
-                alpha = torch.softmax(self.gate(h).squeeze(-1), dim=1)
+                logits = self.gate(h).squeeze(-1)
+                if keep is not None:  # a dropped branch is left out of the softmax, not just zeroed
+                    logits = logits.masked_fill(~keep, float("-inf"))
+                alpha = torch.softmax(logits, dim=1)
                 fused = (alpha[:, :, None] * h).sum(1)
             else:
                 alpha = None
@@ -464,12 +491,12 @@ class MultiScaleRegressor:
             raise ConfigError(f"too few usable training rows ({len(y)}) or validation rows ({len(y_val)})")
 
         torch.manual_seed(self.seed)
-        dims, reduced = {}, {}
+        dims, reduced, stats = {}, {}, {}
         for n in self.branches:
             if n != "graph":
                 dims[n] = int(inputs.features[n].shape[1])
-                # PCA keeps at most as many components as training rows
-                reduced[n] = dims[n] if dims[n] <= self.reduce_dim else min(self.reduce_dim, len(y))
+                stats[n] = _branch_statistics(inputs.features[n], self.reduce_dim)
+                reduced[n] = dims[n] if stats[n][2] is None else int(stats[n][2].shape[1])
         enc = {}
         if "graph" in self.branches:
             g0 = inputs.graphs[0]
@@ -480,18 +507,12 @@ class MultiScaleRegressor:
         # data statistics: standardisation, PCA, target scale
         with torch.no_grad():
             for n in dims:
-                x = torch.as_tensor(inputs.features[n], dtype=torch.float64)
-                mean, std = x.mean(0), x.std(0)
-                scale = torch.where(std > 1e-8 * std.max().clamp(min=1e-30), std, torch.ones_like(std))
+                mean, scale, comp = stats[n]
                 br = net.branches[n]
-                br.mean.copy_(mean.float())
-                br.scale.copy_(scale.float())
-                if reduced[n] < dims[n]:
-                    z = (x - mean) / scale
-                    _, _, v = torch.linalg.svd(z, full_matrices=False)
-                    comp = v[: reduced[n]].T  # (d, k)
-                    comp = comp / (z @ comp).std(0).clamp(min=1e-12)  # unit-variance components
-                    br.proj.copy_(comp.float())
+                br.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+                br.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+                if comp is not None:
+                    br.proj.copy_(torch.as_tensor(comp, dtype=torch.float32))
             net.y_mean.fill_(float(y.mean()))
             net.y_scale.fill_(float(y.std()) if y.std() > 0 else 1.0)
         net.to(self.device)
@@ -535,6 +556,12 @@ class MultiScaleRegressor:
                 bad_epochs += 1
                 if bad_epochs >= self.patience:
                     break
+        if best_state is None:
+            raise TrainingDivergedError(
+                f"the validation MAE was not finite in any of {len(self.history_)} epochs (training diverged, "
+                f"or the features/targets hold inf or huge values): nothing to keep; try a lower lr (now {self.lr}) "
+                "or check the inputs"
+            )
         net.load_state_dict(best_state)
         self.best_val_mae_ = best
         self.n_epochs_ = len(self.history_)
@@ -584,11 +611,24 @@ class MultiScaleRegressor:
         return {n: float(v) for n, v in zip(self.branches, alpha.mean(0))}
 
     def score(self, inputs: BranchInputs, y: Sequence[float]) -> float:
-        """Mean absolute error over rows with a prediction."""
+        """Coefficient of determination R^2 over rows with a prediction (higher is better, as for
+        scikit-learn regressors, so model selection picks the best model). See :meth:`mae`."""
+        p, y = self._scored(inputs, y)
+        ss_res, ss_tot = float(np.sum((y - p) ** 2)), float(np.sum((y - y.mean()) ** 2))
+        return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+
+    def mae(self, inputs: BranchInputs, y: Sequence[float]) -> float:
+        """Mean absolute error over rows with a prediction (lower is better)."""
+        p, y = self._scored(inputs, y)
+        return float(np.mean(np.abs(p - y)))
+
+    def _scored(self, inputs: BranchInputs, y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         p = self.predict(inputs)
         y = np.asarray(y, dtype=np.float64)
         ok = np.isfinite(p) & np.isfinite(y)
-        return float(np.mean(np.abs(p[ok] - y[ok])))
+        if not ok.any():
+            raise ConfigError("no row has both a prediction and a finite target")
+        return p[ok], y[ok]
 
     # -------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | os.PathLike, featurizer: BranchFeaturizer | None = None) -> Path:
@@ -712,7 +752,7 @@ def train_heads(
                   epochs=model.n_epochs_, dropped=model.dropped_)
     if test is not None:
         x_test = feat.transform(s_test, progress=True)
-        result.update(test_mae=model.score(x_test, y_test), n_test=len(y_test),
+        result.update(test_mae=model.mae(x_test, y_test), n_test=len(y_test),
                       dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))),
                       branch_weights=model.branch_weights(x_test))
     if out is not None:

@@ -79,7 +79,9 @@ def test_ace_not_fitted_and_bad_params():
     with pytest.raises(ConfigError, match="correlation_order"):
         ACE(correlation_order=4).fit([random_structure(1)])
     with pytest.raises(ConfigError, match="features"):  # one-hot nu=3 over many elements explodes
-        ACE(species=[f"{e}" for e in "H Li Be B C N O F Na Mg Al Si P S Cl K Ca Ti Fe Cu".split()], n_radial=8).fit()
+        ACE(species=[f"{e}" for e in "H Li Be B C N O F Na Mg Al Si P S Cl K Ca Ti Fe Cu".split()], n_radial=8, species_table=None).fit()
+    with pytest.raises(ConfigError, match="species_table"):
+        ACE(species_table="magpie").fit([random_structure(1)])
 
 
 # ----------------------------------------------------------------------------- ACE: invariances
@@ -399,3 +401,32 @@ def test_chgnet_branch(structures):
     lonely = Structure(Lattice.cubic(20.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     out = feat.transform([lonely, structures[0]])
     assert np.isnan(out[0]).all() and np.isfinite(out[1]).all() and feat.skipped_[0][0] == 0
+
+
+# ----------------------------------------------------------------------------- defaults on many elements (issue 14)
+def many_element_set():
+    """Ten rock-salt-like binaries over ten elements."""
+    pairs = [("Li", "F"), ("Na", "Cl"), ("K", "Br"), ("Mg", "O"), ("Ca", "S"), ("Li", "Cl"), ("Na", "F"), ("Mg", "S"), ("K", "F"), ("Ca", "O")]
+    return [Structure(Lattice.cubic(4.2 + 0.1 * k), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]) for k, (a, b) in enumerate(pairs)]
+
+
+def test_ace_defaults_work_on_a_ten_element_set():
+    structures = many_element_set()
+    ace = ACE().fit(structures)
+    assert len(ace.species_) == 10
+    X = ace.transform(structures)
+    assert X.shape == (10, ace.n_features_) and np.all(np.isfinite(X)) and ace.n_features_ < 500_000
+    # the channels do not grow with the number of elements
+    assert len(ace.channels_) <= 4
+    # still rotation invariant and element-sensitive
+    np.testing.assert_allclose(ace.transform([rotated(structures[1], random_rotation(3))]), X[1:2], atol=1e-9 * np.abs(X).max())
+    assert not np.allclose(X[1], X[6])  # NaCl vs NaF at different a: differ
+
+
+def test_graph_defaults_work_on_a_ten_element_set():
+    structures = many_element_set()
+    graph = CrystalGraph().fit(structures)
+    X = graph.transform(structures)
+    assert np.all(np.isfinite(X)) and X.shape[0] == 10
+    enc = graph.encoder(hidden=8, n_layers=1, out_dim=4)
+    assert enc(graph.batch(structures)).shape == (10, 4)

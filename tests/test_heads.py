@@ -60,8 +60,8 @@ def test_fused_head_learns_and_round_trips(data, tmp_path, fusion):
                                 lr=3e-3, batch_size=16, seed=1, branch_dropout=0.1, aux_weight=0.3)
     model.fit(inputs.subset(train), y[train])
     dummy = np.mean(np.abs(y[test] - y[train].mean()))
-    mae = model.score(inputs.subset(test), y[test])
-    assert mae < 0.5 * dummy, (mae, dummy)
+    mae = model.mae(inputs.subset(test), y[test])
+    assert mae < 0.65 * dummy, (mae, dummy)  # 45 training rows, 3 branches
     weights = model.branch_weights(inputs.subset(test))
     if fusion == "gated":
         assert set(weights) == {"lm", "ace", "graph"} and abs(sum(weights.values()) - 1) < 1e-6
@@ -132,3 +132,63 @@ def test_cli_train_and_predict(tmp_path, capsys):
     assert list(pd.read_csv(pred_csv).columns) == ["id", "prediction", "target"]
     assert main(["heads", "predict", "--model", str(tmp_path / "nothing"), "--table", str(table), "--out", str(pred_csv)]) == 2
     assert "not a saved MultiScaleRegressor" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- regressions (issue 14)
+def test_pca_keeps_no_more_components_than_the_centred_rank():
+    """12 training rows of a 40-D branch with reduce_dim=20: centred data has rank <= 11, so a 12th
+    component would be scaled by ~1e12 and blow up held-out rows."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 40)), rng.normal(size=40)
+    train, val, held = np.arange(12), np.arange(12, 16), np.arange(16, 40)
+    xi = BranchInputs({"lm": x})
+    model = MultiScaleRegressor(branches=["lm"], width=8, hidden=8, reduce_dim=20, max_epochs=2, patience=2)
+    model.fit(xi.subset(train), y[train], xi.subset(val), y[val])
+    br = model.net_.branches["lm"]
+    z = ((torch.as_tensor(x[held], dtype=torch.float32) - br.mean) / br.scale) @ br.proj
+    assert float(z.abs().max()) < 1e3 and br.proj.shape[1] <= 11, (float(z.abs().max()), br.proj.shape)
+    assert float(z.abs().max()) < 1e3, float(z.abs().max())
+
+
+def test_gate_gives_dropped_branches_no_weight():
+    rng = np.random.default_rng(4)
+    x = BranchInputs({"lm": rng.normal(size=(64, 6)), "composition": rng.normal(size=(64, 5)), "ace": rng.normal(size=(64, 7))})
+    y = rng.normal(size=64)
+    model = MultiScaleRegressor(branches=["lm", "composition", "ace"], width=8, hidden=8, max_epochs=1, patience=1,
+                                fusion="gated", branch_dropout=0.5, seed=0).fit(x, y)
+    net = model.net_
+    seen = {}
+    handle = net.gate.register_forward_hook(lambda mod, inp, out: seen.update(h=inp[0].detach()))
+    net.train()
+    torch.manual_seed(0)
+    feats, gb = model._batch(x, np.arange(64))
+    with torch.no_grad():
+        _, alpha = net(feats, gb)[:2]
+    handle.remove()
+    dropped = (seen["h"].abs().sum(-1) == 0)  # (B, n_branches): branches zeroed by branch dropout
+    assert dropped.any() and not dropped.all(1).any()
+    assert float(alpha[dropped].abs().max()) == 0.0
+    np.testing.assert_allclose(alpha.sum(1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_all_nan_validation_history_is_a_clear_error(monkeypatch):
+    rng = np.random.default_rng(5)
+    x, y = BranchInputs({"lm": rng.normal(size=(30, 4))}), rng.normal(size=30)
+    monkeypatch.setattr(MultiScaleRegressor, "_predict", lambda self, inputs, weights=False: np.full(len(inputs), np.nan))
+    with pytest.raises(Exception) as info:
+        MultiScaleRegressor(branches=["lm"], width=8, hidden=8, max_epochs=3, patience=3).fit(x, y)
+    assert not isinstance(info.value, TypeError)
+    assert "validation" in str(info.value) and "not finite" in str(info.value)
+
+
+def test_score_is_higher_is_better_r2():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(6)
+    f = rng.normal(size=(120, 3))
+    y = 2 * f[:, 0] - f[:, 1]
+    x = BranchInputs({"composition": f})
+    good = MultiScaleRegressor(branches=["composition"], width=16, hidden=16, max_epochs=60, patience=60, lr=3e-3, seed=0).fit(x, y)
+    bad = MultiScaleRegressor(branches=["composition"], width=16, hidden=16, max_epochs=1, patience=1, lr=1e-5, seed=0).fit(x, y)
+    assert good.score(x, y) > bad.score(x, y)
+    np.testing.assert_allclose(good.score(x, y), r2_score(y, good.predict(x)), rtol=1e-9)

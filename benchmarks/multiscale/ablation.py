@@ -332,7 +332,7 @@ def main(argv=None) -> int:
                                             graph_encoder=dict(cutoff=args.graph_cutoff, hidden=args.graph_hidden,
                                                                n_layers=args.graph_layers))
                 model.fit(x_train, y_train)
-                mae = model.score(x_test, y_test)
+                mae = model.mae(x_test, y_test)
                 weights = model.branch_weights(x_test) if len(combo) > 1 else None
                 rows.append(dict(dataset=name, branches=label, seed=seed, mae=mae, val_mae=model.best_val_mae_,
                                  epochs=model.n_epochs_, seconds=round(time.perf_counter() - t, 1),

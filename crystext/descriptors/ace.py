@@ -43,6 +43,9 @@ from .neighbors import DEFAULT_MIN_DISTANCE, Neighbors, neighbor_list, warn_isol
 __all__ = ["ACE", "gto_orthonormalization", "radial_basis", "cutoff_function"]
 
 _MAX_FEATURES = 5_000_000
+#: ``species_table="auto"``: one-hot channels up to this many elements, else property channels
+AUTO_ONEHOT_MAX_SPECIES = 3
+AUTO_COMPONENTS = 3
 
 
 # ----------------------------------------------------------------------------- radial parts
@@ -185,10 +188,15 @@ class ACE(ParamsMixin):
         radial: ``"gto"`` (orthonormal GTOs, featomic-compatible) or ``"bessel"``.
         cutoff_width: width (Å) of the shifted-cosine switch ending at ``cutoff``.
         species: fixed element list (symbols); ``None`` learns it in ``fit``.
-        species_table: optional element-vector table (DataFrame indexed by symbol): neighbour
-            channels become its (standardised) columns instead of one-hot elements, which keeps
-            nu = 3 affordable for many-element data sets.
-        species_components: PCA-reduce ``species_table`` to this many channels.
+        species_table: element channels. ``"auto"`` (default): one-hot elements when the fitted
+            set has at most ``AUTO_ONEHOT_MAX_SPECIES`` (3) elements (featomic's layout), else the
+            built-in element-property table (:func:`crystext.descriptors.elements.element_property_table`)
+            PCA-reduced to ``species_components`` (default 3) channels, so the number of features
+            does not grow with the number of elements (a 10-element set with one-hot channels would
+            need ~15 million). ``None``: always one-hot. A DataFrame indexed by symbol: neighbour
+            channels become its (standardised) columns.
+        species_components: PCA-reduce the species table to this many channels (``None``: all
+            columns of a given table; 3 for the ``"auto"`` table).
         center_split: per-structure features keep one block per centre element (one-hot case)
             or per table channel plus an "all" block (table case); False averages all atoms.
         pooling: ``"mean"`` or ``"sum"`` over atoms for per-structure features.
@@ -209,7 +217,7 @@ class ACE(ParamsMixin):
         radial: str = "gto",
         cutoff_width: float = 0.5,
         species: Sequence[str] | None = None,
-        species_table: Any = None,
+        species_table: Any = "auto",
         species_components: int | None = None,
         center_split: bool = True,
         pooling: str = "mean",
@@ -244,7 +252,7 @@ class ACE(ParamsMixin):
         default = ACE.__new__(ACE)
         ACE.__init__(default)
         changed = {k: v for k, v in self.get_params().items() if not _same(v, getattr(default, k))}
-        return "ACE(" + ", ".join(f"{k}={v!r}" if k != "species_table" else f"{k}=<table>" for k, v in changed.items()) + ")"
+        return "ACE(" + ", ".join(f"{k}={v!r}" if not hasattr(v, "columns") else f"{k}=<table>" for k, v in changed.items()) + ")"
 
     def _check_params(self) -> None:
         if self.correlation_order not in (1, 2, 3):
@@ -277,8 +285,19 @@ class ACE(ParamsMixin):
 
         for i, sym in enumerate(species):
             self._z_index[Element(sym).Z] = i
-        if self.species_table is not None:
-            self._table, self.channels_ = _table_weights(self.species_table, self.species_components)
+        table, components = self.species_table, self.species_components
+        if isinstance(table, str):
+            if table != "auto":
+                raise ConfigError(f"species_table must be 'auto', None or a DataFrame, got {table!r}")
+            if len(species) <= AUTO_ONEHOT_MAX_SPECIES:
+                table = None
+            else:
+                from .elements import element_property_table
+
+                table, components = element_property_table(), components or AUTO_COMPONENTS
+        self.species_mode_ = "onehot" if table is None else ("auto-table" if isinstance(self.species_table, str) else "table")
+        if table is not None:
+            self._table, self.channels_ = _table_weights(table, components)
             self.center_channels_ = ["all"] + list(self.channels_) if self.center_split else ["all"]
         else:
             self._table = None
@@ -307,8 +326,8 @@ class ACE(ParamsMixin):
         if n * len(self.center_channels_) > _MAX_FEATURES:
             raise ConfigError(
                 f"ACE would produce {n * len(self.center_channels_):,} features ({len(self.channels_)} element "
-                f"channels x {self.n_radial} radial, max_angular={self.max_angular}); pass species_table= with "
-                "species_components=, fewer n_radial/max_angular, or correlation_order=2"
+                f"channels x {self.n_radial} radial, max_angular={self.max_angular}); use species_table='auto' or a "
+                "table with species_components=, fewer n_radial/max_angular, or correlation_order=2"
             )
         self._pairs = np.stack(np.meshgrid(np.arange(q), np.arange(q), indexing="ij"), -1).reshape(-1, 2) if self.redundant else _unique_pairs(q)
         self._triples = {ls: _triple_index(q, ls, self.redundant) for ls in self.l_triples_}
