@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ..limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
+
 
 def _q(items) -> str:
     return " ".join(shlex.quote(str(a)) for a in items)
@@ -14,7 +16,9 @@ def _build_command(args) -> str:
     """The command line, rebuilt from the parsed arguments (with every default spelled out)."""
     parts = ["crystext corpus build", _q(args.sources), f"--out {_q([args.out])}", f"--tokenizer {_q([args.tokenizer])}",
              f"--num-proc {args.num_proc}", f"--dedupe {args.dedupe}", f"--split {_q(args.split)}",
-             f"--split-by {args.split_by}", f"--seed {args.seed}", f"--symprec {args.symprec}", f"--disorder {args.disorder}"]
+             f"--split-by {args.split_by}", f"--seed {args.seed}", f"--symprec {args.symprec}", f"--disorder {args.disorder}",
+             f"--max-atoms {args.max_atoms}", f"--time-limit {args.time_limit:g}", f"--max-tokens {args.max_tokens}",
+             f"--shard-size {args.shard_size}"]
     if args.properties:
         parts.append("--properties")
     if args.limit is not None:
@@ -38,7 +42,7 @@ def _build(args) -> int:
     from ..corpus import build_corpus
 
     dedupe = None if args.dedupe == "none" else args.dedupe
-    build_corpus(
+    corpus = build_corpus(
         args.sources,
         out=args.out,
         tokenizer=args.tokenizer,
@@ -53,7 +57,15 @@ def _build(args) -> int:
         limit=args.limit,
         progress=not args.quiet,
         command=_build_command(args),
+        max_atoms=args.max_atoms or None,
+        time_limit=args.time_limit or None,
+        max_tokens=args.max_tokens or None,
+        shard_size=args.shard_size,
+        fresh=args.fresh,
+        keep_shards=not args.drop_shards,
     )
+    if corpus is None:  # pragma: no cover - only with max_new_shards, which the CLI does not set
+        return 1
     print(f"corpus written to {args.out}")
     return 0
 
@@ -101,9 +113,11 @@ def register(sub) -> None:
     b = verbs.add_parser(
         "build",
         help="build a corpus folder from sources",
-        description="Convert every record to crystal text (bad records are skipped and counted), "
-        "deduplicate, split by a seed and tokenize; writes DatasetDict splits, summary.json, "
-        "skipped.csv and tokenizer/ into --out.",
+        description="Convert every record to crystal text over --num-proc processes (bad records are skipped "
+        "and counted by reason), tokenize, write Arrow shards as it goes (--out/_build), then deduplicate "
+        "and split by a seeded hash; writes DatasetDict splits, summary.json, skipped.csv and tokenizer/ "
+        "into --out. Memory does not grow with the number of records. Killed, it resumes: rerun the same "
+        "command and the finished shards are kept.",
     )
     b.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a CIF folder, a .csv/.parquet/.jsonl table with a cif column, pymatgen .json, "
@@ -111,9 +125,9 @@ def register(sub) -> None:
     b.add_argument("--out", required=True, metavar="DIR", help="output corpus folder")
     b.add_argument("--tokenizer", default="crystext-cif", help="tokenizer name, folder or Hub id (default: crystext-cif)")
     b.add_argument("--num-proc", type=int, default=1, help="worker processes (default: 1)")
-    b.add_argument("--dedupe", choices=["formula-spacegroup", "structure", "none"], default="formula-spacegroup",
-                   help="one document per formula+space group, StructureMatcher duplicates, or none "
-                   "(default: formula-spacegroup)")
+    b.add_argument("--dedupe", choices=["formula-spacegroup", "structure", "text", "none"], default="formula-spacegroup",
+                   help="one document per formula+space group, StructureMatcher duplicates within formula+space "
+                   "group, identical canonical text only, or none (default: formula-spacegroup)")
     b.add_argument("--split", type=float, nargs=3, default=[0.9, 0.05, 0.05], metavar=("TRAIN", "VAL", "TEST"),
                    help="split fractions (default: 0.9 0.05 0.05)")
     b.add_argument("--split-by", choices=["random", "composition"], default="random",
@@ -124,6 +138,21 @@ def register(sub) -> None:
     b.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
                    help="partially occupied sites: skip the record (raise), keep the majority species, or order")
     b.add_argument("--limit", type=int, default=None, help="at most N records per source")
+    b.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,
+                   help=f"skip (and count) structures with more atoms; 0: no limit (default: {DEFAULT_MAX_ATOMS})")
+    b.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                   help=f"skip (and count) records whose conversion takes longer, in seconds; 0: no limit "
+                   f"(default: {DEFAULT_TIME_LIMIT:g})")
+    b.add_argument("--max-tokens", type=int, default=1024,
+                   help="exclude (and count) documents of more tokens, <bos>/<eos> included; they are never cut; "
+                   "0: no limit (default: 1024, the context of the released models)")
+    b.add_argument("--shard-size", type=int, default=2000,
+                   help="records per conversion shard, the unit of restart (default: 2000)")
+    b.add_argument("--fresh", action="store_true",
+                   help="discard conversion shards of a different earlier build in --out (else refused)")
+    b.add_argument("--drop-shards", action="store_true",
+                   help="remove the conversion shards (--out/_build) once the corpus is written; by default they "
+                   "are kept so a rerun with another --split/--seed/--dedupe converts nothing")
     b.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
     b.set_defaults(func=_build)
 
