@@ -90,7 +90,7 @@ def test_protocol_recovers_a_known_answer_and_random_vectors_do_not(toy, tmp_pat
     # HGB is not exact but the informative set still wins clearly
     assert got[("toy", "informative", "mean", "hgb", 0)] < 0.5 * got[("toy", "random", "mean", "hgb", 0)]
     # the fit info records the tuned alpha and validation MAE
-    assert len(res.fits) == len(res.results)
+    assert len(res.fits) == int((res.results["metric"] == "mae").sum())
     assert res.fits["fit_info"].str.contains("val_mae").all()
 
 
@@ -104,7 +104,13 @@ def test_validation_split_only_tunes_test_split_only_scores(toy, tmp_path):
     test.to_csv(toy / "toy" / "test.csv", index=False)
     shifted = run_benchmark(data=toy, out=None, tables=tables, **FAST)
     assert list(shifted.fits["fit_info"]) == list(base.fits["fit_info"])
-    assert (shifted.results["value"] > base.results["value"] + 50).all()
+    test_rows = base.results["metric"] == "mae"
+    assert (shifted.results["value"][test_rows] > base.results["value"][test_rows] + 50).all()
+    # validation MAEs, and so the settings picked on them, do not move
+    assert (shifted.results["value"][~test_rows] == base.results["value"][~test_rows]).all()
+    cols = ["task", "representation", "pooling", "regressor", "val_mae"]
+    key = lambda df: df[cols].sort_values("representation").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(key(shifted.selected), key(base.selected))
 
 
 # --------------------------------------------------------------------------- determinism
@@ -118,9 +124,9 @@ def test_two_runs_write_identical_results(toy, tmp_path):
     text_a = (tmp_path / "a" / "results.csv").read_text()
     assert text_a == (tmp_path / "b" / "results.csv").read_text()
     pd.testing.assert_frame_equal(a.results, b.results)
-    # 2 sets x 2 poolings x (ridge + hgb once, mlp per seed)
-    assert len(a.results) == 2 * 2 * (1 + 1 + 2)
-    mlp = a.results[a.results["regressor"] == "mlp"]
+    # 2 sets x 2 poolings x (ridge + hgb once, mlp per seed) x (test, validation MAE)
+    assert len(a.results) == 2 * 2 * (1 + 1 + 2) * 2
+    mlp = a.results[(a.results["regressor"] == "mlp") & (a.results["metric"] == "mae")]
     assert sorted(set(mlp["seed"])) == [0, 1]
     assert set(a.results.loc[a.results["regressor"] != "mlp", "seed"]) == {0}
     assert np.isfinite(a.results["value"]).all()
@@ -222,8 +228,8 @@ def test_missing_element_rows_are_dropped_for_every_set_and_counted(tmp_path):
     alone = run_benchmark(data=tmp_path / "dirty", out=None, tables={"informative": informative_table()}, **FAST)
     assert list(alone.coverage["dropped"]) == [0, 0, 1]  # splits in order train, val, test
     assert list(alone.coverage["split"]) == ["train", "val", "test"]
-    both = res.results.set_index(["representation", "regressor"])["value"]
-    solo = alone.results.set_index(["representation", "regressor"])["value"]
+    both = res.results[res.results["metric"] == "mae"].set_index(["representation", "regressor"])["value"]
+    solo = alone.results[alone.results["metric"] == "mae"].set_index(["representation", "regressor"])["value"]
     assert solo[("informative", "hgb")] != both[("informative", "hgb")]
 
 
@@ -242,8 +248,11 @@ def test_nan_formula_is_sodium_nitride_and_missing_targets_are_skipped(tmp_path)
     np.testing.assert_array_equal(splits["train"].rows, [0, 3, 4])
     table = informative_table(ELEMENTS)
     res = run_benchmark(data=tmp_path, out=None, tables={"informative": table}, **dict(FAST, regressors=("ridge",)))
-    assert list(res.coverage["used"]) == [3, 2, 2] and list(res.coverage["dropped"]) == [0, 0, 0]
-    assert len(res.results) == 1
+    assert list(res.coverage["used"]) == [3, 2, 2] and list(res.coverage["dropped"]) == [2, 0, 0]
+    assert list(res.coverage["rows"]) == [5, 2, 2]
+    why = res.coverage["reasons"][0]
+    assert "missing target: 2" in why and "train.csv row 2: missing target" in why and "train.csv row 3" in why
+    assert len(res.results) == 2  # test and validation MAE of the one fit
 
 
 # --------------------------------------------------------------------------- folds
@@ -277,10 +286,11 @@ def test_matbench_folds_are_discovered_and_each_reported(tmp_path):
                         **dict(FAST, plots=True))
     assert sorted(set(res.results["task"])) == ["mb/fold0", "mb/fold1"]
     per_fold = res.results.groupby("task").size()
-    assert (per_fold == 2 * 2).all()  # 2 sets x (ridge, hgb)
+    assert (per_fold == 2 * 2 * 2).all()  # 2 sets x (ridge, hgb) x (test, validation MAE)
     assert sorted(set(res.coverage["task"])) == ["mb/fold0", "mb/fold1"]
     assert (res.coverage.groupby("task").size() == 3).all()
-    by_fold = res.results.pivot_table(index=["representation", "regressor"], columns="task", values="value")
+    by_fold = res.results[res.results["metric"] == "mae"].pivot_table(
+        index=["representation", "regressor"], columns="task", values="value")
     assert (by_fold["mb/fold0"] != by_fold["mb/fold1"]).all()  # two folds, two different answers
 
     # each fold is scored on its own files: the same numbers as the fold's files as plain tasks
@@ -312,13 +322,13 @@ def test_results_layout_and_report(toy, tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert list(df.columns) == ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
     assert list(res.results.columns) == RESULT_COLUMNS == list(df.columns)
-    assert set(df["metric"]) == {"mae"}
+    assert set(df["metric"]) == {"mae", "val_mae"}
     assert set(df["task"]) == {"toy"}
     assert set(df["representation"]) == {"informative", "random"}
     assert set(df["pooling"]) == {"mean", "stats4"}
     assert set(df["regressor"]) == {"ridge", "hgb"}
     assert set(df["seed"]) == {0}
-    assert len(df) == 2 * 2 * 2 and not df.duplicated(RESULT_COLUMNS[:5]).any()
+    assert len(df) == 2 * 2 * 2 * 2 and not df.duplicated(RESULT_COLUMNS[:6]).any()
     assert (df["value"] >= 0).all()
     for name in ("coverage.csv", "intrinsic_similarity.csv", "intrinsic_nn.csv", "run_info.json", "report.md",
                  "plots/toy.png", "plots/similarity_spearman.png"):
@@ -328,10 +338,11 @@ def test_results_layout_and_report(toy, tmp_path):
                     "## Intrinsic element metrics", "## Coverage"):
         assert heading in report, heading
     assert "![toy](plots/toy.png)" in report
-    # the best cell (informative, ridge) is in bold in the task table
-    best = df.loc[df["value"].idxmin()]
-    assert best["representation"] == "informative"
-    assert f"**{best['value']:.4g}**" in report
+    # the setting picked on validation is in bold, and it is informative + ridge
+    sel = pd.read_csv(out / "selected.csv").set_index("representation")
+    assert sel.loc["informative", "regressor"] == "ridge" and sel.loc["informative", "rank"] == 1
+    assert f"**{sel.loc['informative', 'test_mae']:.4g}**" in report
+    assert "Wins and ties" in report
 
 
 def test_cli_benchmark_quick(toy, tmp_path, capsys):
@@ -346,11 +357,11 @@ def test_cli_benchmark_quick(toy, tmp_path, capsys):
     df = pd.read_csv(out / "results.csv")
     assert list(df.columns) == RESULT_COLUMNS
     assert set(df["representation"]) == {"magpie", "informative"}
-    assert set(df["metric"]) == {"mae"}
-    assert len(df) == 2 * 2  # 2 sets x (ridge, hgb), mean pooling
+    assert set(df["metric"]) == {"mae", "val_mae"}
+    assert len(df) == 2 * 2 * 2  # 2 sets x (ridge, hgb), mean pooling, test + validation MAE
     assert (out / "report.md").is_file() and (out / "plots" / "toy.png").is_file()
     assert "magpie" in (out / "report.md").read_text()
-    ridge = df[df["regressor"] == "ridge"].set_index("representation")["value"]
+    ridge = df[(df["regressor"] == "ridge") & (df["metric"] == "mae")].set_index("representation")["value"]
     assert ridge["informative"] < ridge["magpie"]
 
     # a bad data folder is a clean error (exit code 2), not a traceback
@@ -400,14 +411,15 @@ def test_two_runs_are_benchmarked_and_compared_on_structure_tasks(tmp_path):
     _perovskite_rows(12, 1).to_csv(folder / "test.csv")
     runs = [f"a={_tiny_run(tmp_path / 'run-a', 0)}", f"b={_tiny_run(tmp_path / 'run-b', 1)}"]
     kwargs = dict(FAST, runs=runs, regressors=("ridge",), structure_layers=("middle", "last"),
-                  structure_poolings=("mean", "last"), cache_dir=tmp_path / "cache", lm_precision="float32")
+                  structure_poolings=("mean", "last"), cache_dir=tmp_path / "cache", lm_precision="float32",
+                  structure_baselines=())
     res = run_benchmark(data=tmp_path / "data", out=tmp_path / "out", **kwargs)
     got = res.results
     assert set(got["task"]) == {"perov_5/heat_all", "perov_5/dir_gap"}
     assert set(got["representation"]) == {"crystext-a", "crystext-b"}
     views = {p for p in got["pooling"] if p.startswith("structure-")}
     assert views == {"structure-mean-L1", "structure-mean-L2", "structure-last-L1", "structure-last-L2"}
-    assert len(got) == 2 * 2 * (1 + 4)  # tasks x runs x (mean pooling + 4 views)
+    assert len(got) == 2 * 2 * (1 + 4) * 2  # tasks x runs x (mean pooling + 4 views) x (test, val)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Our runs compared" in report and "crystext-b structure" in report
     assert "float32 forward pass" in report
@@ -418,3 +430,164 @@ def test_two_runs_are_benchmarked_and_compared_on_structure_tasks(tmp_path):
     bf16 = run_benchmark(data=tmp_path / "data", out=None, **dict(kwargs, lm_precision="bfloat16"))
     assert any("-bf16-" in p.name for p in (tmp_path / "cache").rglob("*.npz"))
     assert len(bf16.results) == len(got)
+
+
+# --------------------------------------------------------------------------- issue 12: honest picking
+
+
+def test_exploding_fit_is_tamed_by_clipping_to_the_training_range():
+    """The Magpie stats4 failure in small: a column that is 0 in all but two training rows (std
+    ~1e-6) and one test row where it is 1. Unclipped, ridge and the MLP put that row millions of
+    standard deviations out and predict absurd values; clipped features and predictions keep the
+    test error near the validation error."""
+    from crystext.benchmark import fit_predict_seeds
+    from crystext.benchmark.protocol import QUICK
+
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        x = rng.normal(size=(n, 3))
+        return np.column_stack([x, np.zeros(n)]), x @ [1.0, -2.0, 0.5]
+
+    xtr, ytr = rows(200)
+    xva, yva = rows(50)
+    xte, yte = rows(50)
+    xtr[:2, 3] = [1e-5, 2e-5]
+    ytr[:2] += [3.0, 6.0]  # the rare column "explains" two training targets
+    xte[0, 3] = 1.0  # a test composition with a value never seen in training
+    z = (1.0 - xtr[:, 3].mean()) / xtr[:, 3].std()
+    assert z > 1e4  # the failure mode: a test feature far outside the training range
+    for regressor, seeds in (("ridge", [0]), ("mlp", [0, 1])):
+        for pred, info in fit_predict_seeds(regressor, xtr, ytr, xva, yva, xte, seeds, QUICK):
+            assert ytr.min() <= pred.min() and pred.max() <= ytr.max()
+            test = float(np.mean(np.abs(pred - yte)))
+            assert test < 3 * info["val_mae"] + 0.5, (regressor, test, info)
+
+
+def test_settings_are_picked_on_validation_and_ties_are_reported():
+    """A setting with the best test MAE but a poor validation MAE is not the one reported; ranks
+    treat a difference inside the paired bootstrap interval as a tie."""
+    from crystext.benchmark.selection import blowups, selected_settings
+
+    rows, errors = [], {}
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.5, 400)
+    spec = {  # rep: {(pooling, regressor): (val MAE, per-row test errors)}
+        "a": {("mean", "ridge"): (1.0, base), ("mean", "hgb"): (2.0, base * 0.5)},  # hgb best on test, worse on val
+        "b": {("mean", "ridge"): (1.1, base + (lambda e: e - e.mean() + 0.001)(rng.normal(0, 0.05, 400)))},  # noise
+        "c": {("mean", "ridge"): (0.2, base * 3.0)},  # far worse on test than on validation
+    }
+    for rep, settings in spec.items():
+        for (pool, reg), (val, err) in settings.items():
+            common = dict(task="t/fold0", representation=rep, pooling=pool, regressor=reg, seed=0)
+            rows += [dict(common, metric="mae", value=float(err.mean())), dict(common, metric="val_mae", value=val)]
+            errors[("t/fold0", rep, pool, reg, 0)] = err
+    results = pd.DataFrame(rows)
+    sel = selected_settings(results, errors).set_index("representation")
+    assert sel.loc["a", "regressor"] == "ridge"  # picked on validation, not on its better test MAE
+    assert sel.loc["a", "test_mae"] == pytest.approx(base.mean())
+    assert set(sel["task"]) == {"t"}  # folds are reported under their group
+    assert sel.loc["a", "rank"] == 1 and sel.loc["b", "rank"] == 1 and sel.loc["b", "tied_with_best"]
+    assert sel.loc["c", "rank"] == 3 and not sel.loc["c", "tied_with_best"]
+    assert sel.loc["b", "diff_lo"] < 0 < sel.loc["b", "diff_hi"]
+    # without per-row errors the seed-noise fallback still picks on validation
+    assert selected_settings(results).set_index("representation").loc["a", "regressor"] == "ridge"
+    flagged = blowups(results)
+    assert list(flagged["representation"]) == ["c"] and flagged["ratio"].iloc[0] > 3
+    with pytest.raises(ValueError, match="val_mae"):
+        selected_settings(results[results["metric"] == "mae"])
+
+
+def _structure_task(folder: Path, n_train: int, n_test: int, folds: int = 0) -> None:
+    folder.mkdir(parents=True)
+    table = _perovskite_rows(n_train + n_test, 7).rename(columns={"heat_all": "target"})[["cif", "target"]]
+    table.insert(0, "material_id", [f"mp-{i}" for i in range(len(table))])
+    if folds:
+        for k in range(folds):
+            test = table.iloc[k::folds]
+            table.drop(test.index).to_csv(folder / f"train{k}.csv", index=False)
+            test.to_csv(folder / f"test{k}.csv", index=False)
+    else:
+        table.iloc[:n_train].to_csv(folder / "train.csv", index=False)
+        table.iloc[n_train:].to_csv(folder / "test.csv", index=False)
+
+
+def test_any_cif_folder_is_a_structure_task_with_baselines(tmp_path):
+    """A folder whose CSVs have a cif column is a structure task (train/test or folds, target
+    column 'target'); ACE and the trained graph network run under the same protocol, their
+    vectors are cached per structure, and the report lists the picked settings."""
+    _structure_task(tmp_path / "data" / "mp_toy", 40, 14)
+    _structure_task(tmp_path / "data" / "mp_folds", 30, 10, folds=2)
+    tasks = discover_tasks(tmp_path / "data")
+    assert [(t.name, t.kind, t.target) for t in tasks] == [
+        ("mp_folds/fold0", "structure", "target"), ("mp_folds/fold1", "structure", "target"),
+        ("mp_toy", "structure", "target")]
+    s = load_splits(tasks[0])
+    assert s["train"].cifs and s["train"].formulas[0]  # the formula comes from the CIF
+    kwargs = dict(FAST, tables={"informative": informative_table()}, regressors=("ridge",), tasks=["mp_toy"],
+                  structure_baselines=("ace", "cgcnn"), cache_dir=tmp_path / "cache", seeds=(0,))
+    res = run_benchmark(data=tmp_path / "data", out=tmp_path / "out", **kwargs)
+    got = res.results[res.results["metric"] == "mae"]
+    assert set(got["representation"]) == {"informative", "ace", "cgcnn"}
+    assert set(got.loc[got["representation"] == "cgcnn", "regressor"]) == {"trained"}
+    assert np.isfinite(got["value"]).all()
+    cache = list((tmp_path / "cache" / "structure-vectors").rglob("*.npz"))
+    assert len(cache) == 1 and "ace" in str(cache[0])
+    with np.load(cache[0]) as z:
+        # every structure used once (train, carved validation, test; rows with Ba/Nb, absent from
+        # the informative table, were dropped before featurising)
+        assert len(z["keys"]) == res.coverage["used"].sum() > 20
+    again = run_benchmark(data=tmp_path / "data", out=None, **kwargs)
+    ace = lambda r: r.results[r.results["representation"] == "ace"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(ace(again), ace(res))  # read back from the cache
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "picked (pooling / regressor)" in report and "`cgcnn`" in report
+
+
+def test_bad_task_folders_give_clear_errors_or_counted_skips(tmp_path):
+    from crystext.errors import DataNotFoundError
+
+    # no target column
+    bad = tmp_path / "a" / "notarget"
+    write_task(bad, {k: v.rename(columns={"target": "y"}) for k, v in toy_splits(n=(10, 5, 5)).items()})
+    with pytest.raises(DataNotFoundError, match=r"notarget.*\.csv: no column 'target'"):
+        discover_tasks(tmp_path / "a")
+    # a structure table without a target column
+    s = tmp_path / "s" / "mp_x"
+    s.mkdir(parents=True)
+    (s / "train.csv").write_text('material_id,cif,energy\nmp-1,"data_x",1\n')
+    (s / "test.csv").write_text('material_id,cif,energy\nmp-2,"data_y",1\n')
+    with pytest.raises(DataNotFoundError, match=r"mp_x.*test.csv.*'target'"):
+        discover_tasks(tmp_path / "s")
+    # mismatched folds
+    f = tmp_path / "f" / "mb"
+    parts = toy_splits(n=(10, 5, 5))
+    write_task(f, {"train0": parts["train"], "test0": parts["test"], "train1": parts["train"]})
+    with pytest.raises(DataNotFoundError, match=r"fold 1 is incomplete.*test1.csv"):
+        discover_tasks(tmp_path / "f")
+    # an unparsable file names the file
+    u = tmp_path / "u" / "broken"
+    write_task(u, toy_splits(n=(10, 5, 5)))
+    (u / "val.csv").write_text('formula,target\n"Fe2O3,1\nLi,2,3,4\n')
+    (task,) = discover_tasks(tmp_path / "u")
+    with pytest.raises(DataNotFoundError, match=r"val.csv"):
+        load_splits(task)
+    # unparsable rows are counted, naming file and row; a bad CIF is a counted skip too
+    _structure_task(tmp_path / "r" / "mp_rows", 20, 8)
+    train = pd.read_csv(tmp_path / "r" / "mp_rows" / "train.csv", dtype={"target": str})
+    train.loc[3, "target"] = "oops"
+    train.loc[5, "cif"] = "data_broken\n_cell_length_a 3\n"
+    train.loc[7, "cif"] = "data_half\n_chemical_formula_sum 'Sr1 Ti1 O3'\n"  # a formula but no structure
+    train.to_csv(tmp_path / "r" / "mp_rows" / "train.csv", index=False)
+    (task,) = discover_tasks(tmp_path / "r")
+    split = load_splits(task)["train"]
+    assert split.skipped == {"non-numeric target": 1, "CIF without _chemical_formula_sum": 1}
+    assert split.skipped_examples == ["train.csv row 4: non-numeric target 'oops'",
+                                      "train.csv row 6: CIF without _chemical_formula_sum"]
+    res = run_benchmark(data=tmp_path / "r", out=None, **dict(FAST, tables={"informative": informative_table()},
+                                                              structure_baselines=("ace",), regressors=("ridge",),
+                                                              cache_dir=tmp_path / "cache"))
+    why = " ".join(res.coverage["reasons"])
+    assert "non-numeric target: 1" in why and "train.csv row 4" in why
+    assert "CIF without _chemical_formula_sum: 1" in why
+    assert "unreadable CIF" in why  # counted, not fatal

@@ -6,7 +6,8 @@
 Modules: :mod:`.tasks` (task discovery, splits), :mod:`.protocol` (ridge / HGB / MLP),
 :mod:`.representations` (baselines, extra tables, our runs), :mod:`.intrinsic` (similarity
 agreement, periodic-table nearest neighbours), :mod:`.report` (CSV, Markdown, plots),
-:mod:`.runner` (:func:`run_benchmark`).
+:mod:`.runner` (:func:`run_benchmark`), :mod:`.selection` (settings picked on validation, tie-aware
+ranks), :mod:`.structures` (ACE / CHGNet / CGCNN structure baselines, vector cache).
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ from .intrinsic import periodic_nn_accuracy, similarity_agreement
 from .protocol import QUICK, REGRESSORS, ProtocolConfig, fit_predict, fit_predict_seeds
 from .representations import Run
 from .runner import RESULT_COLUMNS, BenchmarkResult, run_benchmark
+from .selection import blowups, select_settings, selected_settings
+from .structures import STRUCTURE_BASELINES, StructureConfig
 from .tasks import STRUCTURE_TARGETS, Task, discover_tasks, load_splits
 
 __all__ = [
     "QUICK",
     "REGRESSORS",
     "RESULT_COLUMNS",
+    "STRUCTURE_BASELINES",
     "STRUCTURE_TARGETS",
+    "StructureConfig",
+    "blowups",
+    "select_settings",
+    "selected_settings",
     "BenchmarkResult",
     "ProtocolConfig",
     "Run",

@@ -2,8 +2,11 @@
 
 Tables aggregate the test MAE over seeds (and over folds for Matbench-style tasks: a task
 ``name/fold<k>`` is reported under ``name``, as the Matbench leaderboard does) as mean ± std.
-The rank of a representation in a task is the rank of its best (lowest mean MAE) pooling and
-regressor; the *fixed-protocol* table (mean pooling, HGB) is the setting the issue quotes.
+Every representation is reported at the setting (pooling x regressor [x layer]) picked on
+validation MAE (:mod:`crystext.benchmark.selection`); ranks count differences within the noise
+(paired bootstrap over test rows) as ties. The *fixed-protocol* table (mean pooling, HGB) is one
+fixed setting for all. ``selected.csv`` holds the picked settings; ``results.csv`` every fit's test
+(``mae``) and validation (``val_mae``) MAE.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .selection import BLOWUP_RATIO, blowups, selected_settings, task_group
+from .structures import TRAINED_ON_TARGET
 
 #: published test MAEs on the same splits, for context (from the issue and the shared data README;
 #: CrabNet's metrics table, the Matbench leaderboard, and a fixed-protocol measurement quoted in the issue)
@@ -45,10 +51,24 @@ REFERENCES: list[tuple[str, str, float, str]] = [
 
 _FOLD = re.compile(r"/fold\d+$")
 
-
-def task_group(task: str) -> str:
-    """``matbench_expt_gap/fold3`` -> ``matbench_expt_gap``; other names unchanged."""
-    return _FOLD.sub("", task)
+#: published references of the structure tasks (shared data README): different, larger splits,
+#: shown as separate labelled rows for scale only
+STRUCTURE_REFERENCES: list[tuple[str, str, float, str]] = [
+    ("mp_e_form", "CGCNN", 0.039, "Xie & Grossman 2018, 46k MP structures (different split)"),
+    ("mp_e_form", "MEGNet", 0.028, "Chen et al. 2019, 60k MP structures (different split)"),
+    ("mp_dielectric_n", "MODNet", 0.271, "Matbench v0.1 matbench_dielectric, 4.7k structures"),
+    ("mp_dielectric_n", "RF-SCM/Magpie", 0.420, "Matbench v0.1 matbench_dielectric"),
+    ("mp_dielectric_n", "Dummy", 0.809, "Matbench v0.1 matbench_dielectric"),
+    ("mp_log_kvrh", "coNGN", 0.049, "Matbench v0.1 matbench_log_kvrh, 11k structures"),
+    ("mp_log_kvrh", "ALIGNN", 0.057, "Matbench v0.1 matbench_log_kvrh"),
+    ("mp_log_kvrh", "RF-SCM/Magpie", 0.082, "Matbench v0.1 matbench_log_kvrh"),
+    ("mp_log_kvrh", "Dummy", 0.290, "Matbench v0.1 matbench_log_kvrh"),
+    ("mp_log_kvrh", "MatText (text LMs)", 0.11, "MatText 2024, about 0.10-0.12"),
+    ("mp_log_gvrh", "coNGN", 0.067, "Matbench v0.1 matbench_log_gvrh, 11k structures"),
+    ("mp_log_gvrh", "RF-SCM/Magpie", 0.104, "Matbench v0.1 matbench_log_gvrh"),
+    ("mp_log_gvrh", "Dummy", 0.293, "Matbench v0.1 matbench_log_gvrh"),
+    ("mp_log_gvrh", "MatText (text LMs)", 0.11, "MatText 2024, about 0.10-0.12"),
+]
 
 
 def summarise(results: pd.DataFrame, by_group: bool = True) -> pd.DataFrame:
@@ -62,11 +82,10 @@ def summarise(results: pd.DataFrame, by_group: bool = True) -> pd.DataFrame:
     return out
 
 
-def best_per_representation(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, representation): the best (lowest mean) pooling/regressor and its rank in the task."""
-    best = summary.loc[summary.groupby(["task", "representation"], sort=False)["mean"].idxmin()].copy()
-    best["rank"] = best.groupby("task")["mean"].rank(method="min").astype(int)
-    return best.sort_values(["task", "rank", "representation"]).reset_index(drop=True)
+def best_per_representation(results: pd.DataFrame, errors=None) -> pd.DataFrame:
+    """Per (task group, representation): the setting picked on validation MAE, its test MAE and its
+    tie-aware rank (:func:`crystext.benchmark.selection.selected_settings`)."""
+    return selected_settings(results, errors)
 
 
 def _fmt(mean: float, std: float = 0.0, count: int = 1) -> str:
@@ -82,10 +101,17 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def task_table(summary: pd.DataFrame, task: str, regressors: list[str]) -> str:
-    """Rows (representation, pooling), columns regressors; the task's best cell in bold."""
+def task_table(summary: pd.DataFrame, task: str, regressors: list[str], picked: pd.DataFrame | None = None) -> str:
+    """Rows (representation, pooling), columns regressors: test MAE of every setting, for
+    transparency; the setting each representation picked on validation in bold (for fold
+    tasks, a setting picked on some folds only is bold too)."""
     sub = summary[summary["task"] == task]
-    best = sub["mean"].min()
+    chosen = set()
+    if picked is not None:
+        for r in picked[picked["task"] == task].itertuples():
+            for pool in r.pooling.split("|"):
+                for reg in r.regressor.split("|"):
+                    chosen.add((r.representation, pool, reg))
     rows = []
     for (rep, pooling), g in sub.groupby(["representation", "pooling"], sort=False):
         cells = []
@@ -96,30 +122,63 @@ def task_table(summary: pd.DataFrame, task: str, regressors: list[str]) -> str:
                 continue
             r = hit.iloc[0]
             text = _fmt(r["mean"], r["std"], int(r["count"]))
-            cells.append(f"**{text}**" if r["mean"] == best else text)
+            cells.append(f"**{text}**" if (rep, pooling, reg) in chosen else text)
         rows.append([rep, pooling] + cells)
     return _md_table(["representation", "pooling"] + regressors, rows)
 
 
-def rank_table(best: pd.DataFrame) -> str:
-    """Representations x tasks: best MAE (rank); the best per task in bold; mean rank last."""
-    tasks = list(dict.fromkeys(best["task"]))
-    reps = list(dict.fromkeys(best.sort_values("representation", kind="stable")["representation"]))
-    mean_rank = best.groupby("representation")["rank"].mean()
-    reps.sort(key=lambda r: (mean_rank.get(r, np.inf), r))
+def rank_table(selected: pd.DataFrame) -> str:
+    """Representations x tasks: test MAE ± std of the setting picked on validation (tie-aware rank);
+    rank-1 cells (the best and everything within noise of it) in bold; mean rank last."""
+    tasks = list(dict.fromkeys(selected["task"]))
+    mean_rank = selected.groupby("representation")["rank"].mean()
+    reps = sorted(set(selected["representation"]), key=lambda r: (mean_rank.get(r, np.inf), r))
     rows = []
     for rep in reps:
         cells = []
         for task in tasks:
-            hit = best[(best["task"] == task) & (best["representation"] == rep)]
+            hit = selected[(selected["task"] == task) & (selected["representation"] == rep)]
             if hit.empty:
                 cells.append("")
                 continue
             r = hit.iloc[0]
-            text = f"{r['mean']:.4g} ({int(r['rank'])})"
+            text = f"{_fmt(r['test_mae'], r['test_std'], int(r['n']))} ({int(r['rank'])})"
             cells.append(f"**{text}**" if r["rank"] == 1 else text)
         rows.append([rep] + cells + [f"{mean_rank.get(rep, np.nan):.2f}"])
     return _md_table(["representation"] + tasks + ["mean rank"], rows)
+
+
+def noise_summary(selected: pd.DataFrame) -> list[str]:
+    """One line per task: the lowest test MAE, and which others are within noise of it."""
+    lines = []
+    for task in dict.fromkeys(selected["task"]):
+        sub = selected[selected["task"] == task].sort_values("test_mae")
+        best = sub.iloc[0]
+        tied = sub[(sub["representation"] != best["representation"]) & sub["tied_with_best"]]
+        if len(sub) < 2:
+            continue
+        if tied.empty:
+            lines.append(f"- {task}: {best['representation']} ({best['test_mae']:.4g}) wins beyond the noise.")
+        else:
+            lines.append(f"- {task}: {best['representation']} ({best['test_mae']:.4g}) has the lowest MAE, but "
+                         f"within noise of {', '.join(f'{r.representation} ({r.test_mae:.4g})' for r in tied.itertuples())}"
+                         ": not a win.")
+    return lines
+
+
+def selected_table(selected: pd.DataFrame, task: str) -> str:
+    """The picked setting of every representation in one task: validation and test MAE, interval
+    of the difference to the best, and test/validation ratio (flagged above the blow-up ratio)."""
+    sub = selected[selected["task"] == task]
+    rows = []
+    for r in sub.itertuples():
+        diff = "" if not np.isfinite(r.diff_lo) else f"[{r.diff_lo:+.3g}, {r.diff_hi:+.3g}]"
+        note = TRAINED_ON_TARGET.get((r.representation, task), "")
+        ratio = f"{r.ratio:.2f}" + (" ⚠" if r.ratio > BLOWUP_RATIO else "")
+        rows.append([r.representation + (" †" if note else ""), f"{r.pooling} / {r.regressor}", f"{r.val_mae:.4g}",
+                     _fmt(r.test_mae, r.test_std, int(r.n)), str(int(r.rank)), diff, ratio])
+    return _md_table(["representation", "picked (pooling / regressor)", "val MAE", "test MAE", "rank",
+                      "Δ test MAE vs best, 95% CI", "test/val"], rows)
 
 
 def fixed_protocol_table(summary: pd.DataFrame, pooling: str = "mean", regressor: str = "hgb") -> str:
@@ -144,95 +203,144 @@ def fixed_protocol_table(summary: pd.DataFrame, pooling: str = "mean", regressor
     return _md_table(["representation"] + tasks, rows)
 
 
-def run_comparison_table(summary: pd.DataFrame, runs: list[str]) -> tuple[str, str]:
-    """Our runs side by side: per task, each run's best element-vector MAE and (structure tasks)
-    best structure-vector MAE, the better run in bold; and a one-line tally of who wins."""
+def run_comparison_table(results: pd.DataFrame, runs: list[str]) -> tuple[str, str]:
+    """Our runs side by side: per task, each run's element-vector and (structure tasks)
+    structure-vector test MAE, each at the setting picked on validation; the better run in bold
+    (a tie within seed noise is no win); and a one-line tally."""
+    from .selection import select_settings
+
     rows, wins = [], {r: [0, 0] for r in runs}
-    for task in dict.fromkeys(summary["task"]):
-        sub = summary[(summary["task"] == task) & summary["representation"].isin(runs)]
-        if sub.empty:
-            continue
-        is_struct = sub["pooling"].str.startswith("structure-")
+    sub_all = results[results["representation"].isin(runs)]
+    if sub_all.empty:
+        return "", ""
+    is_struct = sub_all["pooling"].str.startswith("structure-")
+    for task in dict.fromkeys(sub_all["task"].map(task_group)):
         cells = []
-        for kind, part in ((0, sub[~is_struct]), (1, sub[is_struct])):
-            best = {r: part.loc[part["representation"] == r, "mean"].min() for r in runs}
-            finite = {r: v for r, v in best.items() if np.isfinite(v)}
-            top = min(finite, key=finite.get) if len(finite) == len(runs) else None
-            if top is not None:
-                wins[top][kind] += 1
+        for kind, part in ((0, sub_all[~is_struct]), (1, sub_all[is_struct])):
+            part = part[part["task"].map(task_group) == task]
+            picked = select_settings(part) if not part.empty else part
+            best = {}
             for r in runs:
-                text = _fmt(best[r]) if np.isfinite(best[r]) else ""
+                p = picked[picked["representation"] == r] if not picked.empty else picked
+                best[r] = (float(p["test_mae"].mean()), float(p["test_std"].max())) if len(p) else (np.nan, 0.0)
+            finite = {r: v for r, v in best.items() if np.isfinite(v[0])}
+            top = min(finite, key=lambda r: finite[r][0]) if len(finite) == len(runs) else None
+            if top is not None and all(finite[top][0] < v[0] - max(v[1], finite[top][1]) for r, v in finite.items() if r != top):
+                wins[top][kind] += 1
+            else:
+                top = None
+            for r in runs:
+                text = _fmt(best[r][0]) if np.isfinite(best[r][0]) else ""
                 cells.append(f"**{text}**" if r == top else text)
         rows.append([task] + cells)
     header = (["task"] + [f"{r} element" for r in runs] + [f"{r} structure" for r in runs])
-    tally = "; ".join(f"{r}: best element vectors on {w[0]} task(s), best structure vectors on {w[1]}"
-                      for r, w in wins.items())
+    tally = "; ".join(f"{r}: better element vectors on {w[0]} task(s), better structure vectors on {w[1]} "
+                      "(beyond seed noise)" for r, w in wins.items())
     return _md_table(header, rows), tally
 
 
 def references_table(tasks: list[str]) -> str:
-    rows = [[t, m, f"{v:g}", src] for t, m, v, src in REFERENCES if task_group(t) in tasks or t in tasks]
+    rows = [[t, m, f"{v:g}", src] for t, m, v, src in REFERENCES + STRUCTURE_REFERENCES
+            if task_group(t) in tasks or t in tasks]
     return _md_table(["task", "model", "test MAE", "source"], rows) if rows else ""
 
 
 def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Path]) -> Path:
     results = result.results
     summary = summarise(results)
-    regressors = [r for r in ("ridge", "hgb", "mlp") if r in set(results["regressor"])]
-    best = best_per_representation(summary) if not summary.empty else summary
+    regressors = [r for r in ("ridge", "hgb", "mlp", "trained") if r in set(results["regressor"])]
+    selected = result.selected if getattr(result, "selected", None) is not None else (
+        selected_settings(results) if not results.empty else None)
     groups = list(dict.fromkeys(summary["task"]))
     lines = ["# Embedding benchmark", ""]
     if info.get("command"):
         lines += ["Command:", "", "```", info["command"], "```", ""]
     caps = info.get("caps", {})
+    proto = info.get("protocol", {})
     lines += [
         f"Run time: {info.get('seconds', 0):.0f} s on {info.get('cpus')} CPUs "
         f"(load average at the end {', '.join(f'{x:.1f}' for x in info.get('load_average') or [])}; "
         f"n_jobs {info.get('n_jobs')}). Data: `{info.get('data')}`.",
         "",
         "Protocol (the same for every representation): fit on the training split, tune / early-stop "
-        "on the validation split, report test MAE. `ridge`: standardised features, alpha tuned on "
+        "on the validation split, report test MAE. **Each representation's setting (pooling x "
+        "regressor x layer) is picked by validation MAE** (mean over seeds; per fold on the fold's "
+        "inner validation split, carved from its training rows, seeded, where the fold has none); the "
+        "test MAE of that setting alone enters the ranks. Ranks are tie-aware: a representation's rank "
+        "is 1 + the number of representations better than it beyond a 95 % paired bootstrap interval "
+        "over test rows. `ridge`: standardised features, alpha tuned on "
         "validation MAE; `hgb`: HistGradientBoosting (squared loss, lr "
-        f"{info.get('protocol', {}).get('hgb_learning_rate')}, {info.get('protocol', {}).get('hgb_max_bins')} bins), "
+        f"{proto.get('hgb_learning_rate')}, {proto.get('hgb_max_bins')} bins), "
         "early stopping on validation; `mlp`: "
-        f"{'-'.join(str(h) for h in info.get('protocol', {}).get('mlp_hidden', []))} ReLU MLP, L1 loss, AdamW, "
-        "best validation epoch kept. Ridge and HGB are deterministic (one fit, seed "
-        f"{(info.get('seeds') or [0])[0]}); the MLP runs with seeds {info.get('seeds')}. "
+        f"{'-'.join(str(h) for h in proto.get('mlp_hidden', []))} ReLU MLP, L1 loss, AdamW, "
+        "best validation epoch kept. Validation and test features are clipped to the training range "
+        "and predictions to the training target range (no extrapolation blow-ups). Ridge and HGB are "
+        f"deterministic (one fit, seed {(info.get('seeds') or [0])[0]}); the MLP (and the trained graph "
+        f"network) run with seeds {info.get('seeds')}. "
         f"Training / validation / test splits capped at {caps.get('train')} / {caps.get('val')} / "
         f"{caps.get('test') or 'all'} rows (seeded subsample, the same rows for every representation). "
         "Compositions are pooled from element vectors by fractional mean (`mean`) or by "
-        "`stats4` = [mean, weighted std, max, min]. Matbench-style folds are averaged over folds "
+        "`stats4` = [mean, weighted std, max, min]. Folds are averaged over folds "
         "(± is the std over folds and seeds). Rows whose formula holds an element missing from any "
-        "compared vector set are dropped for every set (see Coverage)."
+        "compared vector set, or whose structure any structure representation cannot featurise, are "
+        "dropped for every set (see Coverage)."
         + (f" Our runs' structure vectors come from a {info['lm_precision']} forward pass."
            if info.get("lm_precision") else ""),
         "",
     ]
-    if not best.empty:
+    if info.get("structure_baselines"):
+        lines += ["Structure baselines on structure tasks: " + ", ".join(f"`{b}`" for b in info["structure_baselines"])
+                  + " (`ace`: ACE invariants + the protocol; `chgnet`: CHGNet 0.3.0 64-D crystal vectors + the "
+                  "protocol; `cgcnn`: a CGCNN-style graph network trained on the task, regressor `trained`). "
+                  "† CHGNet was trained on Materials Project energies: on `mp_e_form` its vectors have seen "
+                  "the answers." + ("" if not info.get("notes") else " " + "; ".join(info["notes"]) + "."), ""]
+    if selected is not None and not selected.empty:
         lines += ["## Rank per task", "",
-                  "Best test MAE of each representation over poolings and regressors (rank in the task); "
-                  "best per task in bold.", "", rank_table(best), ""]
+                  "Test MAE (mean ± std over seeds and folds) of each representation's setting picked on "
+                  "validation, with its tie-aware rank; rank 1 in bold (several in a task = tied within noise).",
+                  "", rank_table(selected), "", "Wins and ties:", ""] + noise_summary(selected) + [""]
     runs = [r for r in (info.get("runs") or {}) if r in set(summary["representation"])]
     if len(runs) > 1:
-        table, tally = run_comparison_table(summary, runs)
+        table, tally = run_comparison_table(results, runs)
         lines += ["## Our runs compared", "",
-                  "Best test MAE of each run's element vectors (composition pooling) and structure vectors "
-                  "(any layer / pooling), over regressors; the better run in bold. " + tally + ".", "", table, ""]
+                  "Test MAE of each run's element vectors (composition pooling) and structure vectors "
+                  "(layer / pooling), each at the setting picked on validation; the better run in bold when "
+                  "beyond seed noise. " + tally + ".", "", table, ""]
+    flagged = blowups(results)
+    if not flagged.empty:
+        lines += ["## Fits whose test error is far above their validation error", "",
+                  f"{len(flagged)} setting(s) with test MAE > {BLOWUP_RATIO:g} x validation MAE (mean over seeds):", "",
+                  _md_table(["task", "representation", "pooling", "regressor", "val MAE", "test MAE", "ratio"],
+                            [[r.task, r.representation, r.pooling, r.regressor, f"{r.val_mae:.4g}", f"{r.test_mae:.4g}",
+                              f"{r.ratio:.1f}"] for r in flagged.head(30).itertuples()]), ""]
+    else:
+        lines += [f"No fit has a test MAE above {BLOWUP_RATIO:g} x its validation MAE.", ""]
     fixed = fixed_protocol_table(summary)
     if fixed:
-        lines += ["## Fixed protocol: mean pooling + HistGradientBoosting", "", fixed, ""]
+        lines += ["## Fixed protocol: mean pooling + HistGradientBoosting", "",
+                  "One fixed setting for every representation (no picking); best per task in bold.", "", fixed, ""]
     fold_tasks = sorted({t for t in results["task"] if _FOLD.search(t)})
     if fold_tasks:
         first = summarise(results[results["task"] == fold_tasks[0]], by_group=False)
         tab = fixed_protocol_table(first)
         if tab:
             lines += [f"Fold `{fold_tasks[0]}` alone (fixed protocol):", "", tab, ""]
-            mlp = fixed_protocol_table(first, "mean", "mlp")
-            if mlp:
-                lines += [f"Fold `{fold_tasks[0]}`, mean pooling + MLP:", "", mlp, ""]
-    lines += ["## Test MAE per task", "", "Mean ± std over seeds (and folds); the best cell of each task in bold.", ""]
+    leak = getattr(result, "leakage", None)
+    if leak is not None and not leak.empty:
+        lines += ["## Leakage: test rows seen in pretraining", "",
+                  "Per run and task: test structures whose canonical text (or structure match) and test "
+                  "compositions whose reduced formula occur in the run's pretraining corpus.", "",
+                  _md_table(list(leak.columns), [[str(v) for v in row] for row in leak.itertuples(index=False)]), ""]
+    lines += ["## Test MAE per task", "",
+              "Per task: the picked setting of each representation (validation MAE, test MAE, interval of the "
+              "difference to the best, test/validation ratio; ⚠ above "
+              f"{BLOWUP_RATIO:g}), then the test MAE of every setting for transparency (mean ± std over "
+              "seeds and folds; the picked settings in bold).", ""]
     for task in groups:
-        lines += [f"### {task}", "", task_table(summary, task, regressors), ""]
+        lines += [f"### {task}", ""]
+        if selected is not None and task in set(selected["task"]):
+            lines += [selected_table(selected, task), ""]
+        lines += [task_table(summary, task, regressors, selected), ""]
         png = [p for p in plot_files if p.stem == _safe(task)]
         if png:
             lines += [f"![{task}](plots/{png[0].name})", ""]
@@ -263,8 +371,8 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
     ref = references_table(groups + sorted(set(results["task"])))
     if ref:
         lines += ["## Published reference numbers (context)", "",
-                  "Not produced by this run; full training sets and different models, so only the "
-                  "order of magnitude is comparable where this run caps the training rows.", "", ref, ""]
+                  "Not produced by this run; full training sets, different models and, for the structure "
+                  "tasks, different (larger) splits: for scale only, never ranked.", "", ref, ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -354,6 +462,12 @@ def write_outputs(result, out: Path, info: dict[str, Any], report: bool = True, 
     if result.fits is not None:
         result.fits.to_csv(out / "fits.csv", index=False, float_format="%.4g")
         files.append(out / "fits.csv")
+    if getattr(result, "selected", None) is not None:
+        result.selected.to_csv(out / "selected.csv", index=False, float_format="%.6g")
+        files.append(out / "selected.csv")
+    if getattr(result, "leakage", None) is not None:
+        result.leakage.to_csv(out / "leakage.csv", index=False)
+        files.append(out / "leakage.csv")
     (out / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
     files += [out / n for n in ("results.csv", "coverage.csv", "intrinsic_similarity.csv", "intrinsic_nn.csv", "run_info.json")]
     plot_files: list[Path] = []

@@ -33,6 +33,8 @@ from ..errors import ConfigError
 from ..settings import data_dir
 from .protocol import DETERMINISTIC, QUICK, REGRESSORS, ProtocolConfig, fit_predict_seeds, mae
 from .representations import Run, element_sets, resolve_precision, structure_texts
+from .structures import (QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig, crystal_graphs, fit_cgcnn_seeds,
+                         parse_structures, structure_vectors)
 from .tasks import Split, Task, discover_tasks, load_splits
 
 RESULT_COLUMNS = ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
@@ -58,6 +60,9 @@ class BenchmarkResult:
     #: per fit: task, representation, pooling, regressor, seed, seconds, features, fit_info (chosen
     #: alpha, HGB iterations, MLP epochs, validation MAE); written as fits.csv (timings vary run to run)
     fits: pd.DataFrame | None = None
+    #: per (task group, representation): the setting picked on validation, its test MAE mean ±
+    #: std, tie-aware rank (see :mod:`crystext.benchmark.selection`); written as selected.csv
+    selected: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -66,17 +71,34 @@ def _default_data() -> Path:
     return root
 
 
+def _coverage_reasons(split: Split) -> Counter:
+    """Rows skipped while reading a split file, with the first few named by file and row."""
+    reasons: Counter = Counter()
+    for reason, n in split.skipped.items():
+        reasons[reason] += n
+    if split.skipped_examples:
+        reasons["(e.g. " + "; ".join(split.skipped_examples) + ")"] = 0
+    return reasons
+
+
 def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[Run], caps: tuple,
                   structure_layers: Sequence[Any], structure_poolings: Sequence[str], cache_dir: Path | None,
-                  log, lm_precision: str = "float32") -> tuple[dict[str, Split], dict[str, list], dict[str, dict[str, np.ndarray]], list[dict]]:
-    """Clean splits + parsed formulas + (structure tasks) run vectors, and coverage rows."""
+                  log, lm_precision: str = "float32", structure_baselines: Sequence[str] = (),
+                  structure_config: StructureConfig | None = None):
+    """Clean splits + parsed formulas + (structure tasks) structure vectors and graphs, and coverage rows.
+
+    Returns ``(splits, parsed, struct, graphs, coverage)``: ``struct[split]["name|pooling"]``
+    vectors, ``graphs[split]`` the CGCNN graphs (when ``cgcnn`` is a baseline).
+    """
     splits = load_splits(task, *caps)
     common = set.intersection(*(set(t.index) for t in sets.values()))
+    structure_config = structure_config or StructureConfig()
     parsed: dict[str, list] = {}
     struct: dict[str, dict[str, np.ndarray]] = {}
+    graphs: dict[str, list] = {}
     coverage = []
     for name, split in splits.items():
-        reasons: Counter = Counter()
+        reasons: Counter = _coverage_reasons(split)
         missing: Counter = Counter()
         keep = np.ones(len(split), dtype=bool)
         comps = []
@@ -94,67 +116,120 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                 reasons["element missing from a vector set"] += 1
                 missing.update(lacking)
             comps.append(amounts)
-        if task.kind == "structure" and runs:
+        if task.kind == "structure" and (runs or structure_baselines):
             kept = np.flatnonzero(keep)
-            texts, bad = structure_texts([split.cifs[i] for i in kept], cache_dir)
-            for reason, n in bad.items():
-                reasons[f"no canonical text ({reason})"] += n
-            has_text = np.array([t is not None for t in texts], dtype=bool)
-            texts = [t for t in texts if t is not None]
-            ok_all = np.ones(len(texts), dtype=bool)
-            vecs = {}
-            for run in runs:
-                views = [(layer, pooling) for layer in run.resolve_layers(structure_layers)
-                         for pooling in structure_poolings]
-                log(f"  {task.name} {name}: {run.name} layers/poolings {views} ({len(texts)} structures)")
-                for (layer, pooling), (v, ok, skipped) in run.structure_views(texts, views, cache_dir,
-                                                                                   precision=lm_precision).items():
-                    for reason, n in skipped.items():  # the same texts fail at every layer: count once
-                        key = f"{run.name} cannot embed ({reason})"
-                        reasons[key] = max(reasons[key], int(n))
-                    ok_all &= ok
-                    vecs[f"{run.name}|structure-{pooling}-L{layer}"] = v
-            keep[kept[~has_text]] = False
-            keep[kept[has_text][~ok_all]] = False
+            cifs = [split.cifs[i] for i in kept]
+            ok_all = np.ones(len(kept), dtype=bool)
+            vecs: dict[str, np.ndarray] = {}
+            if runs:
+                texts, bad = structure_texts(cifs, cache_dir)
+                for reason, n in bad.items():
+                    reasons[f"no canonical text ({reason})"] += n
+                has_text = np.array([t is not None for t in texts], dtype=bool)
+                ok_all &= has_text
+                good_texts = [t for t in texts if t is not None]
+                ok_runs = np.ones(len(good_texts), dtype=bool)
+                for run in runs:
+                    views = [(layer, pooling) for layer in run.resolve_layers(structure_layers)
+                             for pooling in structure_poolings]
+                    log(f"  {task.name} {name}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
+                    for (layer, pooling), (v, ok, skipped) in run.structure_views(good_texts, views, cache_dir,
+                                                                                       precision=lm_precision).items():
+                        for reason, n in skipped.items():  # the same texts fail at every layer: count once
+                            key = f"{run.name} cannot embed ({reason})"
+                            reasons[key] = max(reasons[key], int(n))
+                        ok_runs &= ok
+                        full = np.full((len(kept), v.shape[1]), np.nan, dtype=np.float32)
+                        full[has_text] = v
+                        vecs[f"{run.name}|structure-{pooling}-L{layer}"] = full
+                ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
+            if structure_baselines:
+                structures, bad = parse_structures(cifs)
+                for reason, n in bad.items():
+                    reasons[f"unreadable CIF ({reason})"] += n
+                ok_all &= np.array([s is not None for s in structures], dtype=bool)
+                for base in structure_baselines:
+                    if base == "cgcnn":
+                        g = crystal_graphs(structures, structure_config)
+                        fail = np.array([x is None for x in g], dtype=bool) & np.array([s is not None for s in structures])
+                        if fail.any():
+                            reasons["cgcnn cannot build the graph"] += int(fail.sum())
+                        ok_all &= ~np.array([x is None for x in g], dtype=bool)
+                        graphs[name] = g
+                        continue
+                    log(f"  {task.name} {name}: {base} vectors ({len(cifs)} structures)")
+                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.group)
+                    finite = np.isfinite(v).all(axis=1) if v.shape[1] else np.zeros(len(cifs), dtype=bool)
+                    fail = ~finite & np.array([s is not None for s in structures])
+                    if fail.any():
+                        reasons[f"{base} cannot featurise"] += int(fail.sum())
+                    ok_all &= finite
+                    vecs[f"{base}|structure"] = v
+            keep[kept[~ok_all]] = False
             struct[name] = {k: v[ok_all] for k, v in vecs.items()}
+            if name in graphs:
+                graphs[name] = [g for g, ok in zip(graphs[name], ok_all) if ok]
+        rows_read = len(keep) + sum(split.skipped.values())
         splits[name] = split.take(keep)
         parsed[name] = [c for c, k in zip(comps, keep) if k]
-        coverage.append({"task": task.name, "split": name, "rows": len(keep), "used": int(keep.sum()),
-                         "dropped": int((~keep).sum()),
-                         "reasons": "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())),
+        coverage.append({"task": task.name, "split": name, "rows": rows_read, "used": int(keep.sum()),
+                         "dropped": rows_read - int(keep.sum()),
+                         "reasons": "; ".join(f"{k}: {v}" if v else k for k, v in sorted(reasons.items(), key=lambda kv: (kv[1] == 0, kv[0]))),
                          "missing_elements": " ".join(f"{e}({n})" for e, n in sorted(missing.items()))})
-    return splits, parsed, struct, coverage
+    return splits, parsed, struct, graphs, coverage
+
+
+def _rows_of_fits(task: str, representation: str, pooling: str, regressor: str, fitted, y, seconds: float,
+                  cpu: float, features: int) -> tuple[list[dict], dict]:
+    rows, errors = [], {}
+    for seed, (pred, info) in fitted:
+        common = {"task": task, "representation": representation, "pooling": pooling, "regressor": regressor,
+                  "seed": int(seed), "_seconds": seconds, "_cpu": cpu, "_features": features,
+                  "_info": json.dumps(info, sort_keys=True)}
+        rows.append({**common, "metric": "mae", "value": mae(y["test"], pred)})
+        rows.append({**common, "metric": "val_mae", "value": float(info["val_mae"])})
+        errors[(task, representation, pooling, regressor, int(seed))] = np.abs(y["test"] - pred).astype(np.float32)
+    return rows, errors
 
 
 def _fit_unit(task: str, representation: str, pooling: str, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-              regressors: Sequence[str], seeds: Sequence[int], config: ProtocolConfig) -> list[dict]:
-    rows = []
+              regressors: Sequence[str], seeds: Sequence[int], config: ProtocolConfig) -> tuple[list[dict], dict]:
+    rows, errors = [], {}
     for regressor in regressors:
         fit_seeds = seeds[:1] if regressor in DETERMINISTIC else seeds
         t0, c0 = time.perf_counter(), time.process_time()
         fitted = fit_predict_seeds(regressor, x["train"], y["train"], x["val"], y["val"], x["test"], fit_seeds, config)
         # the MLP's seeds train together: each row gets an equal share of the time
         seconds, cpu = (time.perf_counter() - t0) / len(fit_seeds), (time.process_time() - c0) / len(fit_seeds)
-        for seed, (pred, info) in zip(fit_seeds, fitted):
-            rows.append({"task": task, "representation": representation, "pooling": pooling,
-                         "regressor": regressor, "seed": int(seed), "metric": "mae", "value": mae(y["test"], pred),
-                         "_seconds": seconds, "_cpu": cpu, "_features": x["train"].shape[1],
-                         "_info": json.dumps(info, sort_keys=True)})
-    return rows
+        r, e = _rows_of_fits(task, representation, pooling, regressor, zip(fit_seeds, fitted), y, seconds, cpu,
+                             x["train"].shape[1])
+        rows += r
+        errors.update(e)
+    return rows, errors
 
 
-def _units(task: Task, sets, poolings, splits, parsed, struct, regressors, seeds, config):
-    """(args for _fit_unit) per representation and pooling of one task, features built lazily."""
+def _fit_graph_unit(task: str, graphs: dict[str, list], y: dict[str, np.ndarray], seeds: Sequence[int],
+                    config: StructureConfig) -> tuple[list[dict], dict]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fitted = fit_cgcnn_seeds(graphs, y, seeds, config)
+    seconds, cpu = (time.perf_counter() - t0) / len(seeds), (time.process_time() - c0) / len(seeds)
+    return _rows_of_fits(task, "cgcnn", "graph", "trained", zip(seeds, fitted), y, seconds, cpu, 0)
+
+
+def _units(task: Task, sets, poolings, splits, parsed, struct, graphs, regressors, seeds, config, structure_config):
+    """(function, args) per work unit of one task, features built lazily."""
     y = {k: s.y for k, s in splits.items()}
     for name, table in sets.items():
         for pooling in poolings:
             x = {k: composition_embeddings(parsed[k], table, pooling) for k in splits}
-            yield (task.name, name, pooling, x, y, regressors, seeds, config)
+            yield _fit_unit, (task.name, name, pooling, x, y, regressors, seeds, config)
     if struct:
         for key in struct["train"]:
             name, pooling = key.split("|", 1)
             x = {k: struct[k][key].astype(np.float64) for k in splits}
-            yield (task.name, name, pooling, x, y, regressors, seeds, config)
+            yield _fit_unit, (task.name, name, pooling, x, y, regressors, seeds, config)
+    if graphs:
+        yield _fit_graph_unit, (task.name, graphs, y, seeds, structure_config)
 
 
 def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike | None = "benchmark-results",
@@ -165,7 +240,8 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                   max_train: int | None = None, max_val: int | None = None, max_test: int | None = None,
                   structure_layers: Sequence[Any] = ("middle", "last"), structure_poolings: Sequence[str] = ("mean", "last"),
                   config: ProtocolConfig | None = None, n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
-                  lm_precision: str = "auto",
+                  lm_precision: str = "auto", structure_baselines: Sequence[str] | None = None,
+                  structure_config: StructureConfig | None = None, n_boot: int | None = None,
                   intrinsic: bool = True, report: bool = True, plots: bool = True, progress: bool = True,
                   command: str | None = None) -> BenchmarkResult:
     """Benchmark element-vector sets (and our runs' structure vectors) on every task under ``data``.
@@ -197,6 +273,13 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         lm_precision: our runs' structure forward pass: ``"float32"``, ``"bfloat16"`` (autocast) or
             ``"auto"`` (bf16 on a CPU with native bf16 matmuls, ~3x faster there, vectors within ~1e-5
             cosine of float32; float32 elsewhere). The choice is recorded in ``run_info.json``.
+        structure_baselines: on structure tasks, any of ``ace``, ``chgnet``, ``cgcnn`` (default all
+            three; ``chgnet`` is left out, and said so, when the optional package is missing); see
+            :mod:`crystext.benchmark.structures`.
+        structure_config: their settings (default :class:`StructureConfig`, quick
+            :data:`QUICK_STRUCTURE`).
+        n_boot: paired-bootstrap resamples for the tie-aware ranks (default
+            :data:`crystext.benchmark.selection.N_BOOT`; quick 200).
         intrinsic, report, plots: compute intrinsic metrics / write report.md / draw plots.
         command: the command line to quote in the report.
 
@@ -225,6 +308,18 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     cache_dir = Path(cache_dir)
 
     lm_precision = resolve_precision(lm_precision)
+    structure_config = structure_config or (QUICK_STRUCTURE if quick else StructureConfig())
+    notes: list[str] = []
+    if structure_baselines is None:
+        from ..descriptors import chgnet_available
+
+        structure_baselines = tuple(b for b in STRUCTURE_BASELINES if b != "chgnet" or chgnet_available())
+        if "chgnet" not in structure_baselines:
+            notes.append("chgnet left out: the optional package `chgnet` is not installed")
+    structure_baselines = tuple(structure_baselines)
+    unknown = [b for b in structure_baselines if b not in STRUCTURE_BASELINES]
+    if unknown:
+        raise ConfigError(f"structure baselines must be among {STRUCTURE_BASELINES}, not {', '.join(unknown)}")
     task_list = discover_tasks(data, tasks)
     run_list = [Run.parse(r) for r in runs]
     sets = element_sets(BASELINES if baselines is None else baselines, tables, run_list)
@@ -232,31 +327,36 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         f"regressors {', '.join(regressors)}, seeds {seeds}")
 
     rows: list[dict] = []
+    errors: dict = {}
     coverage: list[dict] = []
+    task_seconds: dict[str, float] = {}
     for task in task_list:
         t0 = time.perf_counter()
-        splits, parsed, struct, cov = _prepare_task(task, sets, run_list, caps, structure_layers,
-                                                    structure_poolings, cache_dir, log, lm_precision)
+        splits, parsed, struct, graphs, cov = _prepare_task(
+            task, sets, run_list, caps, structure_layers, structure_poolings, cache_dir, log, lm_precision,
+            structure_baselines if task.kind == "structure" else (), structure_config)
         coverage += cov
         if min(len(s) for s in splits.values()) < 2:
             log(f"{task.name}: skipped, too few usable rows ({', '.join(f'{k} {len(s)}' for k, s in splits.items())})")
             continue
-        units = _units(task, sets, poolings, splits, parsed, struct, regressors, seeds, config)
+        units = _units(task, sets, poolings, splits, parsed, struct, graphs, regressors, seeds, config, structure_config)
         if n_jobs == 1:
-            for args in units:
-                rows += _fit_unit(*args)
+            parts = [fn(*args) for fn, args in units]
         else:
             from joblib import Parallel, delayed
 
-            for part in Parallel(n_jobs=n_jobs)(delayed(_fit_unit)(*args) for args in units):
-                rows += part
+            parts = Parallel(n_jobs=n_jobs)(delayed(fn)(*args) for fn, args in units)
+        for r, e in parts:
+            rows += r
+            errors.update(e)
+        task_seconds[task.name] = round(time.perf_counter() - t0, 1)
         log(f"{task.name}: {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} rows, "
-            f"{time.perf_counter() - t0:.0f} s")
+            f"{task_seconds[task.name]:.0f} s")
 
     everything = pd.DataFrame(rows, columns=RESULT_COLUMNS + ["_seconds", "_cpu", "_features", "_info"])
-    everything = everything.sort_values(RESULT_COLUMNS[:5], kind="stable").reset_index(drop=True)
+    everything = everything.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
     results = everything[RESULT_COLUMNS].copy()
-    fits = everything.drop(columns=["metric", "value"]).rename(
+    fits = everything[everything["metric"] == "mae"].drop(columns=["metric", "value"]).rename(
         columns={"_seconds": "seconds", "_cpu": "cpu_seconds", "_features": "features", "_info": "fit_info"})
     coverage_df = pd.DataFrame(coverage, columns=["task", "split", "rows", "used", "dropped", "reasons", "missing_elements"])
     if intrinsic and len(sets) > 1:
@@ -268,8 +368,11 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         similarity = pd.DataFrame(columns=["set_a", "set_b", "n_elements", "pearson", "spearman"])
         nn = pd.DataFrame(columns=["representation", "n_elements", "group_accuracy", "block_accuracy"])
     seconds = time.perf_counter() - start
+    from .selection import N_BOOT, selected_settings
+
+    selected = selected_settings(results, errors, n_boot=n_boot or (200 if quick else N_BOOT)) if not results.empty else None
     result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
-                             fits=fits)
+                             fits=fits, selected=selected)
     if out is not None:
         from .report import write_outputs
 
@@ -278,6 +381,8 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                 "seeds": list(seeds), "regressors": list(regressors), "poolings": list(poolings),
                 "caps": {"train": caps[0], "val": caps[1], "test": caps[2]}, "quick": quick, "n_jobs": n_jobs,
                 "lm_precision": lm_precision if run_list else None,
+                "structure_baselines": list(structure_baselines), "structure_config": structure_config.as_dict(),
+                "notes": notes, "task_seconds": task_seconds,
                 "protocol": config.as_dict(), "data": str(data), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
         result.files = write_outputs(result, Path(out), info, report=report, plots=plots)

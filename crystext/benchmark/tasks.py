@@ -5,14 +5,20 @@ Layouts recognised (each folder is one task, named after the folder):
 * ``<task>/{train,val,test}.csv`` with columns ``formula,target`` (CrabNet's benchmark splits);
 * ``<task>/{train,test}{k}.csv`` (+ optional ``val{k}.csv``), Matbench-style folds: one task per
   fold, named ``<task>/fold<k>``;
-* structure tasks, a folder with ``{val,test}.csv`` (or ``{train,test}.csv``) holding a ``cif``
-  column and the target columns listed in :data:`STRUCTURE_TARGETS` (``perov_5``: ``heat_all``,
-  ``dir_gap``; ``carbon_24``: ``energy_per_atom``): one task per target, named
-  ``<folder>/<target>``. As in the shared data, the ``val`` file is the training split when no
-  ``train`` file exists.
+* structure tasks: any of these layouts whose CSVs hold a ``cif`` column. The target column is
+  ``target`` (``mp_e_form``: ``train/val/test.csv``; ``mp_log_kvrh``, ``mp_log_gvrh``,
+  ``mp_dielectric_n``: 5 folds ``train{k}.csv/test{k}.csv``), except the sets listed in
+  :data:`STRUCTURE_TARGETS` (``perov_5``: ``heat_all``, ``dir_gap``; ``carbon_24``:
+  ``energy_per_atom``): one task per target, named ``<folder>/<target>``. As in the shared
+  data, the ``val`` file is the training split when no ``train`` file exists.
 
-A task without a validation file gets one carved from its training split
-(:data:`CARVED_VAL_FRACTION`, seeded), so tuning and early stopping never see the test split.
+A folder with a task layout but a file lacking the target column, or fold files that do not pair
+up, raises :class:`~crystext.errors.DataNotFoundError` naming the file; rows with a missing or
+non-numeric target are skipped and counted (:attr:`Split.skipped`), naming file and row.
+
+A task without a validation file (the folds of the structure tasks) gets one carved from its
+training split (:data:`CARVED_VAL_FRACTION`, seeded): an inner validation split of each training
+fold, so tuning, early stopping and the choice of setting never see the test split.
 :func:`discover_tasks` looks in the folder itself, its sub-folders and their sub-folders
 (``DATA/composition/<task>``, ``DATA/perov_5``), so both the shared data root and its
 ``composition/`` folder work.
@@ -21,7 +27,8 @@ A task without a validation file gets one carved from its training split
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +74,9 @@ class Split:
     y: np.ndarray
     cifs: list[str] | None = None
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row numbers in the file
+    #: rows left out while reading: reason -> count, and the first few as "file row N: why"
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -75,12 +85,17 @@ class Split:
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         return Split([self.formulas[i] for i in idx], self.y[idx],
-                     None if self.cifs is None else [self.cifs[i] for i in idx], self.rows[idx])
+                     None if self.cifs is None else [self.cifs[i] for i in idx], self.rows[idx],
+                     Counter(self.skipped), list(self.skipped_examples))
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     # keep_default_na=False: "NaN" (sodium nitride) and "NA" are formulas here, not missing values
-    return pd.read_csv(path, keep_default_na=False, dtype={"formula": str}, na_values={"target": ["", "nan", "NaN"]})
+    try:
+        return pd.read_csv(path, keep_default_na=False, dtype={"formula": str},
+                           na_values={"target": ["", "nan", "NaN"]})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataNotFoundError(f"{path}: cannot be read as a CSV table: {exc}") from exc
 
 
 def _header(path: Path) -> list[str]:
@@ -88,23 +103,50 @@ def _header(path: Path) -> list[str]:
         return [c.strip() for c in handle.readline().strip().split(",")]
 
 
+def _target_columns(folder: Path, path: Path, cols: list[str]) -> tuple[str, ...]:
+    """Target columns of a structure table: the known sets' columns, else ``target``."""
+    targets = STRUCTURE_TARGETS.get(folder.name, ("target",))
+    absent = [t for t in targets if t not in cols]
+    if absent:
+        raise DataNotFoundError(f"{path}: structure table (it has a 'cif' column) without the target "
+                                f"column(s) {', '.join(map(repr, absent))}; columns: {', '.join(cols)}")
+    return targets
+
+
+def _check_columns(path: Path, cols: list[str], needed: Sequence[str]) -> None:
+    absent = [c for c in needed if c not in cols]
+    if absent:
+        raise DataNotFoundError(f"{path}: no column {', '.join(map(repr, absent))} (columns: {', '.join(cols)})")
+
+
 def _folder_tasks(folder: Path) -> list[Task]:
+    """The tasks of one folder ([] when it holds no task layout).
+
+    Raises:
+        DataNotFoundError: a task layout with a file lacking the target (or formula / cif) column,
+            or fold files that do not pair up (``train3.csv`` without ``test3.csv``).
+    """
     files = {p.name: p for p in folder.glob("*.csv")}
     tasks: list[Task] = []
     if "test.csv" in files and ("train.csv" in files or "val.csv" in files):
         cols = _header(files["test.csv"])
         if "cif" in cols:
-            targets = STRUCTURE_TARGETS.get(folder.name)
-            if targets is None:
-                return []  # an unknown structure set: its target columns are not known
+            targets = _target_columns(folder, files["test.csv"], cols)
             train = files.get("train.csv", files.get("val.csv"))
             val = files.get("val.csv") if "train.csv" in files else None
+            for other in (train, val):
+                if other is not None:
+                    _check_columns(other, _header(other), ("cif",) + tuple(targets))
             for t in targets:
-                if t not in cols:
-                    raise DataNotFoundError(f"{files['test.csv']}: target column {t!r} absent")
-                tasks.append(Task(f"{folder.name}/{t}", "structure", train, files["test.csv"], val, target=t))
+                name = f"{folder.name}/{t}" if folder.name in STRUCTURE_TARGETS else folder.name
+                tasks.append(Task(name, "structure", train, files["test.csv"], val, target=t))
             return tasks
-        if "formula" in cols and "target" in cols and "train.csv" in files:
+        if "train.csv" in files:
+            if "formula" not in cols and "target" not in cols:
+                return []  # some other table
+            for path in (files["train.csv"], files["test.csv"], files.get("val.csv")):
+                if path is not None:
+                    _check_columns(path, _header(path), ("formula", "target"))
             return [Task(folder.name, "composition", files["train.csv"], files["test.csv"], files.get("val.csv"))]
     folds: dict[int, dict[str, Path]] = {}
     for name, path in files.items():
@@ -113,11 +155,16 @@ def _folder_tasks(folder: Path) -> list[Task]:
             folds.setdefault(int(m.group(2)), {})[m.group(1)] = path
     for k in sorted(folds):
         parts = folds[k]
-        if "train" in parts and "test" in parts:
-            cols = _header(parts["test"])
-            if "formula" in cols and "target" in cols:
-                tasks.append(Task(f"{folder.name}/fold{k}", "composition", parts["train"], parts["test"],
-                                  parts.get("val"), fold=k))
+        if "train" not in parts or "test" not in parts:
+            have = ", ".join(p.name for p in parts.values())
+            raise DataNotFoundError(f"{folder}: fold {k} is incomplete ({have}); a fold needs train{k}.csv "
+                                    f"and test{k}.csv (val{k}.csv optional)")
+        cols = _header(parts["test"])
+        kind = "structure" if "cif" in cols else "composition"
+        needed = ("cif", "target") if kind == "structure" else ("formula", "target")
+        for path in parts.values():
+            _check_columns(path, _header(path), needed)
+        tasks.append(Task(f"{folder.name}/fold{k}", kind, parts["train"], parts["test"], parts.get("val"), fold=k))
     return tasks
 
 
@@ -162,12 +209,25 @@ def formula_of_cif(cif: str) -> str:
     return m.group(1).strip().strip("'\"") if m else ""
 
 
+#: how many skipped rows a split names by file and row
+MAX_EXAMPLES = 5
+
+
 def read_split(path: Path, task: Task) -> Split:
-    """Read one split file: formulas as text, numeric targets (rows with a non-numeric target dropped)."""
+    """Read one split file: formulas as text, numeric targets, CIF texts for structure tasks.
+
+    Rows with a missing or non-numeric target, an empty formula / CIF are skipped and counted in
+    :attr:`Split.skipped` (the first :data:`MAX_EXAMPLES` named as ``file row N`` in
+    :attr:`Split.skipped_examples`, N counting data rows from 1).
+
+    Raises:
+        DataNotFoundError: the file cannot be parsed, or lacks the target (formula / cif) column.
+    """
     df = _read_csv(path)
-    if task.target not in df.columns:
-        raise DataNotFoundError(f"{path}: no column {task.target!r}")
-    y = pd.to_numeric(df[task.target], errors="coerce").to_numpy(dtype=np.float64)
+    needed = (task.target, "cif") if task.kind == "structure" else (task.target, "formula")
+    _check_columns(path, [str(c) for c in df.columns], needed)
+    raw = df[task.target]
+    y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     if task.kind == "structure":
         cifs = df["cif"].astype(str).tolist()
         formulas = (df["formula"].astype(str).tolist() if "formula" in df.columns
@@ -176,7 +236,23 @@ def read_split(path: Path, task: Task) -> Split:
         cifs = None
         formulas = df["formula"].astype(str).tolist()
     split = Split(formulas, y, cifs, np.arange(len(df)))
-    return split.take(np.isfinite(y))
+    keep = np.isfinite(y)
+    reasons = {}
+    for i in np.flatnonzero(~keep):
+        text = str(raw.iloc[i]).strip()
+        reasons[i] = "missing target" if text in ("", "nan", "NaN") else f"non-numeric target {text[:20]!r}"
+    for i, f in enumerate(formulas):
+        if keep[i] and not f.strip():
+            keep[i] = False
+            if task.kind == "structure":
+                reasons[i] = "empty CIF" if not cifs[i].strip() else "CIF without _chemical_formula_sum"
+            else:
+                reasons[i] = "empty formula"
+    for i in sorted(reasons):
+        split.skipped[reasons[i].split(" '")[0]] += 1
+        if len(split.skipped_examples) < MAX_EXAMPLES:
+            split.skipped_examples.append(f"{path.name} row {i + 1}: {reasons[i]}")
+    return split.take(keep)
 
 
 def subsample(split: Split, n_max: int | None, seed: int = DATA_SEED) -> Split:

@@ -12,10 +12,13 @@ def register(subparsers) -> None:
         "benchmark",
         help="benchmark element/structure vectors against Magpie, Mat2Vec, ... (results.csv, report.md, plots)",
         description="Run every task under DATA (composition tasks <task>/{train,val,test}.csv or "
-        "{train,test}<k>.csv folds; structure tasks perov_5, carbon_24) with every vector set "
-        "(ElementEmbeddings baselines, our runs), pooled by mean and stats4, fitted with ridge, "
-        "HistGradientBoosting and a small MLP under one protocol; write OUT/results.csv "
-        "(task,representation,pooling,regressor,seed,metric,value), OUT/report.md and OUT/plots/.",
+        "{train,test}<k>.csv folds; structure tasks: any such folder whose CSVs have a cif column) with "
+        "every vector set (ElementEmbeddings baselines, our runs; on structure tasks also ACE, CHGNet "
+        "vectors, a trained CGCNN-style network and our runs' structure vectors), fitted with ridge, "
+        "HistGradientBoosting and a small MLP under one protocol; each representation's setting is "
+        "picked on validation MAE. Writes OUT/results.csv (task,representation,pooling,regressor,seed,"
+        "metric,value with metric mae = test, val_mae = validation), OUT/selected.csv (picked settings, "
+        "tie-aware ranks), OUT/report.md and OUT/plots/.",
     )
     p.add_argument("--data", default=None, help="task folder (default: the shared data folder, $CRYSTEXT_DATA)")
     p.add_argument("--out", required=True, help="output folder")
@@ -44,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--lm-precision", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="our runs' structure forward pass (default auto: bf16 autocast on CPUs with native "
                    "bf16 matmuls, else float32)")
+    p.add_argument("--structure-baselines", nargs="*", default=None, choices=["ace", "chgnet", "cgcnn"],
+                   help="structure baselines on structure tasks (default: ace chgnet cgcnn; chgnet only when the "
+                   "optional package is installed; give none to skip them)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.set_defaults(func=_benchmark)
 
@@ -70,6 +76,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         quick=args.quick, seeds=args.seeds, regressors=tuple(args.regressors or REGRESSORS),
         max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, n_jobs=args.n_jobs,
         cache_dir=args.cache_dir, plots=not args.no_plots, lm_precision=args.lm_precision,
+        structure_baselines=args.structure_baselines,
         command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else None,
         **kwargs,
     )
