@@ -1,0 +1,131 @@
+"""Fine-tuning benchmark: head / LoRA / full fine-tuning of a crystext run on the structure tasks.
+
+Protocol (as the representation benchmark): the learning rate of each (task, mode) is picked on
+the *validation* MAE of seed 0 from a small grid; the other seeds rerun the picked setting; test
+MAE is reported for the picked setting only. Fold tasks (mp_dielectric_n, mp_log_kvrh,
+mp_log_gvrh) run every fold with an inner validation split of the training fold; their rows carry
+the fold number (average over folds for the task's figure). One CSV row per finished run, appended
+as it finishes, so an interrupted benchmark resumes (finished runs are skipped; a run cut mid-way
+continues from its checkpoint through ``crystext.finetune``).
+
+Full run (hours on 2 CPU cores; minutes per task on one GPU):
+
+    python benchmarks/finetune/run.py --run models/crystext-base --out runs/finetune-bench
+
+Small run of the README:
+
+    python benchmarks/finetune/run.py --run models/crystext-base --tasks perov_5 --seeds 0 \
+        --max-train 2000 --max-test 1000 --epochs 3 --no-grid --out runs/finetune-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TASKS = {  # task -> (folder, target column or None, folds)
+    "perov_5": ("perov_5", "heat_all", None),
+    "carbon_24": ("carbon_24", "energy_per_atom", None),
+    "mp_e_form": ("mp_e_form", None, None),
+    "mp_dielectric_n": ("mp_dielectric_n", None, 5),
+    "mp_log_kvrh": ("mp_log_kvrh", None, 5),
+    "mp_log_gvrh": ("mp_log_gvrh", None, 5),
+}
+LR_GRID = {"head": (1e-3, 3e-3, 1e-2), "lora": (5e-4, 1e-3, 2e-3), "full": (1e-4, 2e-4, 5e-4)}
+FIELDS = ["task", "fold", "mode", "seed", "lr", "mae", "val_mae", "rmse", "r2", "best_epoch", "epochs",
+          "s_per_epoch", "feature_s", "train_s", "n_train", "n_val", "n_test", "skipped", "precision", "run",
+          "picked_on", "out"]
+
+
+def done_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k) for k in FIELDS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default="models/crystext-base")
+    p.add_argument("--data", default=None, help="shared data folder (default crystext.settings.data_dir())")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--modes", nargs="+", default=["head", "lora", "full"], choices=["head", "lora", "full"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="folds of the fold tasks (default all 5)")
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs of lora/full (default per mode); head mode keeps its own default "
+                   "(its epochs run over cached <eos> states and cost milliseconds)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-grid", action="store_true", help="the per-mode default learning rate only")
+    p.add_argument("--num-proc", type=int, default=1, help="processes for CIF -> text conversion")
+    p.add_argument("--out", default="runs/finetune-bench", help="folder of the fine-tuned models")
+    p.add_argument("--results", default=str(HERE / "results.csv"))
+    p.add_argument("--keep-models", action="store_true", help="keep every model folder (default: picked ones)")
+    args = p.parse_args(argv)
+
+    from crystext.finetune import MODE_DEFAULTS, finetune
+    from crystext.settings import data_dir
+
+    data = Path(args.data) if args.data else data_dir(required=True)
+    results = Path(args.results)
+    finished = {(r["task"], r["fold"], r["mode"], r["seed"], r["lr"]): r for r in done_rows(results)}
+    run_name = Path(args.run).name
+
+    def one(task: str, fold: int | None, mode: str, seed: int, lr: float, picked_on: str) -> dict:
+        key = (task, "" if fold is None else str(fold), mode, str(seed), f"{lr:g}")
+        if key in finished:
+            return finished[key]
+        folder, target, _ = TASKS[task]
+        out = Path(args.out) / run_name / task / (f"fold{fold}" if fold is not None else "all") / f"{mode}-lr{lr:g}-s{seed}"
+        t0 = time.time()
+        s = finetune(args.run, data / folder, out, mode=mode, target=target, fold=fold, seed=seed, lr=lr,
+                     epochs=None if mode == "head" else args.epochs, batch_size=args.batch_size, max_train=args.max_train,
+                     max_test=args.max_test, precision=args.precision, device=args.device,
+                     num_proc=args.num_proc, progress=sys.stderr.isatty(),
+                     command="python benchmarks/finetune/run.py " + " ".join(sys.argv[1:]))
+        row = {"task": task, "fold": "" if fold is None else fold, "mode": mode, "seed": seed, "lr": f"{lr:g}",
+               "mae": s["test"]["mae"], "val_mae": s["val"]["mae"], "rmse": s["test"]["rmse"], "r2": s["test"]["r2"],
+               "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "s_per_epoch": s["s_per_epoch"],
+               "feature_s": s["feature_s"], "train_s": s["train_s"], "n_train": s["rows"]["train"],
+               "n_val": s["rows"]["val"], "n_test": s["rows"]["test"],
+               "skipped": sum(s["skipped"].values()), "precision": s["precision"], "run": run_name,
+               "picked_on": picked_on, "out": str(out)}
+        append(results, row)
+        finished[key] = {k: str(v) for k, v in row.items()}
+        print(f"{task}{'' if fold is None else f'/fold{fold}'} {mode} lr {lr:g} seed {seed}: test MAE "
+              f"{row['mae']:.4g}, val MAE {row['val_mae']:.4g} ({time.time() - t0:.0f} s)", flush=True)
+        return row
+
+    for task in args.tasks:
+        folds = [None] if TASKS[task][2] is None else (args.folds or list(range(TASKS[task][2])))
+        for mode in args.modes:
+            grid = [MODE_DEFAULTS[mode]["lr"]] if args.no_grid else list(LR_GRID[mode])
+            for fold in folds:
+                first = args.seeds[0]
+                rows = [one(task, fold, mode, first, lr, "grid" if len(grid) > 1 else "default") for lr in grid]
+                best = min(rows, key=lambda r: float(r["val_mae"]))  # picked on validation only
+                for seed in args.seeds[1:]:
+                    one(task, fold, mode, seed, float(best["lr"]), f"val of seed {first}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
