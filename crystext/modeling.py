@@ -33,7 +33,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_samples": 512,  # validation sequences used by the periodic evaluation (all at the end)
     "checkpoint_interval": 500,
     "log_interval": 10,
-    "mixed_precision": "bf16",  # "bf16" | "fp16" | "no"
+    "mixed_precision": "auto",  # "auto" (bf16 where fast, see crystext.precision) | "bf16" | "fp16" | "no"
     "seed": 1337,
     "bucket_size": 64,  # length-bucketing window, in global batches
     "save_dtype": "float32",  # dtype of the final model.safetensors

@@ -23,8 +23,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,7 +59,7 @@ def resolve_corpus(corpus, tokenizer=None, cache_dir: str | Path | None = None):
             from .tokenization import load_tokenizer
 
             tokenizer = load_tokenizer(tokenizer or "crystext-cif")
-        return corpus, tokenizer, {"path": None}
+        return corpus, tokenizer, {"path": None, "name": None}
     sources = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
     if len(sources) == 1 and _is_corpus_dir(Path(sources[0])):
         path = Path(sources[0])
@@ -70,10 +73,8 @@ def resolve_corpus(corpus, tokenizer=None, cache_dir: str | Path | None = None):
         path = Path(cache_dir or "runs/corpora") / name
         if not _is_corpus_dir(path):
             build_corpus([str(s) for s in sources], out=path, tokenizer=tok_name)
-    try:
-        from .corpus import load_corpus
-    except ImportError:  # pragma: no cover - corpus module missing
-        load_corpus = datasets.load_from_disk
+    from .corpus import load_corpus
+
     dd = load_corpus(path)
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer
@@ -82,7 +83,7 @@ def resolve_corpus(corpus, tokenizer=None, cache_dir: str | Path | None = None):
         if not tok_dir.is_dir():
             raise DataNotFoundError(f"corpus {path}: no tokenizer/ folder (which tokenizer made input_ids?)")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    return dd, tokenizer, {"path": str(path.resolve())}
+    return dd, tokenizer, {"path": str(path.resolve()), "name": path.name}
 
 
 def _lengths(ds) -> np.ndarray:
@@ -197,6 +198,11 @@ class TrainState:
     #: and the number of sessions; checkpoints written before these existed load as 0
     train_seconds: float = 0.0
     sessions: int = 0
+    #: the batch geometry the checkpoint was trained with (0: a checkpoint from before they were
+    #: recorded); a resume with another geometry would silently change the data order
+    batch_size: int = 0
+    gradient_accumulation_steps: int = 0
+    world_size: int = 0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -301,18 +307,31 @@ def unigram_entropy(train_ds, eval_ds, vocab_size: int, block_size: int) -> floa
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model, accelerator, ds, lengths, kinds, indices, pad_id: int, block_size: int, batch_size: int) -> dict:
-    """Token-weighted mean loss over ``indices`` (split over processes), overall and per ``kind``."""
+def evaluate(model, accelerator, ds, lengths, kinds, indices, pad_id: int, block_size: int, batch_size: int,
+             deadline: float | None = None) -> dict:
+    """Token-weighted mean loss over ``indices`` (split over processes), overall and per ``kind``.
+
+    Batches hold documents of similar length (less padding) and run in a fixed random order, so an
+    evaluation cut short by ``deadline`` (a ``time.time()`` value, checked before every batch) is
+    still a fair sample of the set (each process evaluates one batch at least); ``documents`` and
+    ``complete`` say how much was evaluated.
+    """
     import torch
 
     model.eval()
     ds = ds.select_columns(["input_ids"])
-    order = np.asarray(indices)[np.argsort(lengths[indices], kind="stable")]
+    indices = np.asarray(indices, dtype=np.int64)
+    order = indices[np.argsort(lengths[indices], kind="stable")]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [batches[i] for i in np.random.default_rng(0).permutation(len(batches))]
     names = sorted(set(kinds[order].tolist()))
+    # per kind: loss sum, target count; then documents evaluated, documents skipped (deadline)
     sums = torch.zeros(2 * len(names) + 2, dtype=torch.float64, device=accelerator.device)
     with torch.no_grad():
         for b in batches[accelerator.process_index::accelerator.num_processes]:
+            if deadline is not None and sums[-2] > 0 and time.time() > deadline:  # one batch at least
+                sums[-1] += len(b)
+                continue
             b_kinds = kinds[b]
             for kind in names:  # one forward per kind keeps the per-kind sums exact
                 sel = b[b_kinds == kind]
@@ -323,71 +342,149 @@ def evaluate(model, accelerator, ds, lengths, kinds, indices, pad_id: int, block
                 k = names.index(kind)
                 sums[2 * k] += loss.double()
                 sums[2 * k + 1] += n
+            sums[-2] += len(b)
     model.train()
     sums = accelerator.reduce(sums, reduction="sum")
     total_loss, total_n = float(sums[0:-2:2].sum()), float(sums[1:-2:2].sum())
-    result = {"loss": total_loss / max(1.0, total_n), "tokens": int(total_n)}
+    result = {"loss": total_loss / max(1.0, total_n), "tokens": int(total_n), "documents": int(sums[-2]),
+              "complete": bool(sums[-1] == 0)}
     for k, kind in enumerate(names):
         result[f"loss_{kind}"] = float(sums[2 * k] / max(1.0, float(sums[2 * k + 1])))
     return result
 
 
+# --------------------------------------------------------------------------- time budget
+
+
+class Budget:
+    """The ``max_time`` budget of one ``pretrain`` call (corpus, training, evaluation and save).
+
+    Training stops while there is still time for one more step's worth of slack, the last
+    checkpoint, a final evaluation (at most ``EVAL_SHARE`` of the budget; a seeded sample of the
+    held-out documents when the whole set would not fit) and the write-out (``reserve_s``).
+    Durations are measured as the run goes: step and checkpoint times, and evaluation speed in
+    tokens per second (estimated as 3x the training rate until an evaluation has run).
+    """
+
+    EVAL_SHARE = 0.2
+
+    def __init__(self, t_call: float, max_time: float | None):
+        self.max_time = max_time
+        self.deadline = None if max_time is None else t_call + float(max_time)
+        self.reserve_s = 0.0 if max_time is None else max(10.0, 0.03 * float(max_time))
+        self.step_s: list[float] = []
+        self.checkpoint_s = 3.0
+        self.train_tok_s: float | None = None
+        self.eval_tok_s: float | None = None
+
+    def eval_rate(self) -> float | None:
+        """Forward tokens per second (measured, else 3x the training rate, else unknown)."""
+        if self.eval_tok_s:
+            return self.eval_tok_s
+        return 3.0 * self.train_tok_s if self.train_tok_s else None
+
+    def seconds_for(self, tokens: int) -> float:
+        rate = self.eval_rate()
+        return 0.0 if rate is None else tokens / rate
+
+    def final_eval_s(self, held_tokens: int) -> float:
+        """Seconds set aside for the final evaluation of ``held_tokens`` tokens."""
+        if self.max_time is None:
+            return 0.0
+        return min(self.seconds_for(held_tokens), self.EVAL_SHARE * self.max_time)
+
+    def eval_deadline(self) -> float | None:
+        """The latest time an evaluation may run to, leaving the write-out its reserve."""
+        return None if self.deadline is None else self.deadline - self.reserve_s
+
+    def must_stop(self, held_tokens: int, periodic_tokens: int) -> bool:
+        """Whether another training step would eat into the time the final steps need."""
+        if self.deadline is None:
+            return False
+        recent = max(self.step_s[-3:]) if self.step_s else 0.0
+        needed = (recent + self.checkpoint_s + self.seconds_for(periodic_tokens)
+                  + self.final_eval_s(held_tokens) + self.reserve_s)
+        return time.time() + needed > self.deadline
+
+
 # --------------------------------------------------------------------------- the loop
 
 
-def pretrain(
-    preset_or_config: str | Path | dict | None = "base",
-    corpus: Any = "aflow-prototypes",
-    out: str | Path = "runs/base",
-    *,
-    init: str | Path | None = None,
-    resume: bool | str = "auto",
-    max_steps: int | None = None,
-    stop_at: int | None = None,
-    max_time: float | None = None,
-    overrides: dict | None = None,
-    tokenizer=None,
-    corpus_cache: str | Path | None = None,
-    keep_checkpoints: int = 2,
-    num_threads: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train a causal LM on a corpus and write a run folder; return its path.
+@dataclass
+class _Session:
+    """Everything one ``pretrain`` call works with (built by :func:`_setup`)."""
 
-    Parameters
-    ----------
-    preset_or_config: preset name (``tiny``, ``base``, ``crystallm-small``), preset YAML, HF
-        ``config.json`` or dict (see :func:`crystext.modeling.load_preset`). With ``init`` and no
-        preset, the init run's own hyper-parameters are used.
-    corpus: a corpus folder (``crystext.corpus.build_corpus`` output), a ``DatasetDict`` with an
-        ``input_ids`` column, or source(s) for ``build_corpus`` (built into ``corpus_cache``).
-    out: the run folder: ``config.json``, ``model.safetensors``, tokenizer files,
-        ``training_config.json``, ``log.csv``, ``loss.png``, ``eval.json``, ``tensorboard/``,
-        ``checkpoints/``.
-    init: a run folder to fine-tune from (its weights; the corpus must use its tokenizer).
-    resume: ``"auto"`` continues from the last checkpoint in ``out`` if there is one, ``True``
-        requires one, ``False`` starts afresh (removing ``out``'s old checkpoints).
-    max_steps: overrides the preset's ``max_steps`` (the schedule's length).
-    stop_at: stop after this step (checkpoint and final files written) without changing the
-        schedule, as if the run were interrupted there.
-    max_time: stop (likewise) once this many seconds have passed since the call (corpus
-        building and set-up included), so a time-boxed job ends on time.
-    overrides: training hyper-parameters replacing the preset's (e.g. ``{"batch_size": 8}``).
-    tokenizer: for a corpus built on the fly (a corpus folder brings its own ``tokenizer/``).
-    keep_checkpoints: how many of the latest checkpoints to keep.
-    num_threads: ``torch.set_num_threads`` for CPU training (default: torch's choice).
-    """
+    out: Path
+    preset: dict
+    cfg: dict
+    precision: dict
+    accelerator: Any
+    model: Any
+    train_model: Any
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    plan: BatchPlan
+    dd: Any
+    tok: Any
+    corpus_info: dict
+    train_ds: Any
+    train_len: np.ndarray
+    val_ds: Any
+    val_len: np.ndarray
+    val_kinds: np.ndarray
+    block: int
+    init: Path | None
+    eval_idx: np.ndarray
+    resume_from: Path | None = None
+    log: _Log | None = None
+    t_start: float = 0.0  # when this session's training loop began
+    seconds_before: float = 0.0  # training seconds of earlier sessions (from the checkpoint)
+    keep: int = 2  # checkpoints kept
+
+    @property
+    def micro(self) -> int:
+        return int(self.cfg["batch_size"])
+
+    @property
+    def accum(self) -> int:
+        return int(self.cfg["gradient_accumulation_steps"])
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def eval_batch(self) -> int:
+        return 2 * self.micro
+
+    def evaluate(self, ds, lengths, kinds, indices, deadline: float | None = None) -> dict:
+        return evaluate(self.model, self.accelerator, ds, lengths, kinds, indices, self.tok.pad_token_id,
+                        self.block, self.eval_batch, deadline)
+
+
+def _device_type(torch) -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _setup(preset_or_config, corpus, out: Path, init, max_steps, overrides, tokenizer, corpus_cache,
+           num_threads) -> _Session:
+    """Config, precision, accelerator, data, model, optimiser and schedule of a run."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    t_call = time.time()
+    from .precision import accelerate_mixed_precision, bf16_speed, normalise_precision, resolve_precision
+
     if num_threads:
         torch.set_num_threads(int(num_threads))
     _quiet_padding_warning()
-    out = Path(out)
     if preset_or_config is None:
         if init is None:
             raise ConfigError("pretrain: give a preset/config or an init run")
@@ -403,19 +500,24 @@ def pretrain(
     if cfg["mixed_precision"] in (False, None):  # YAML reads a bare `no` as false
         cfg["mixed_precision"] = "no"
 
+    # precision by capability, decided before the accelerator exists
+    device_type = _device_type(torch)
+    setting = normalise_precision(cfg["mixed_precision"])
+    resolved = resolve_precision(setting, device_type, announce=False)
+    reason = bf16_speed(device_type)["reason"] if setting == "auto" else "set explicitly"
+    precision = {"setting": setting, "resolved": resolved, "device": device_type, "reason": reason}
+    if PartialState().is_main_process:
+        print(f"crystext pretrain: precision {resolved} (setting {setting!r}; {reason})", file=sys.stderr)
+
     # accelerate keeps process-wide state; forget a previous run's precision (notebooks, tests)
     # while keeping the distributed set-up (PartialState).
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
-        mixed_precision=cfg["mixed_precision"], log_with="tensorboard", project_dir=str(out),
+        mixed_precision=accelerate_mixed_precision(resolved), log_with="tensorboard", project_dir=str(out),
         step_scheduler_with_optimizer=False,
         # without an accelerator device, say so: accelerate then runs launched processes as gloo DDP
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        cpu=device_type == "cpu",
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
 
     # -- data
     with accelerator.main_process_first():  # one process builds a missing corpus, the others load it
@@ -429,8 +531,7 @@ def pretrain(
             raise ConfigError(f"init run {init}: its tokenizer differs from the corpus's; rebuild the corpus with "
                               f"tokenizer={str(init)!r}")
     train_ds, val_ds = dd["train"].select_columns(["input_ids"]), dd["validation"]
-    train_len, val_len = _lengths(train_ds), _lengths(val_ds)
-    val_kinds = _column(val_ds, "kind", "structure")
+    val_len = _lengths(val_ds)
 
     # -- model, optimiser, schedule
     set_seed(cfg["seed"])
@@ -453,160 +554,385 @@ def pretrain(
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
 
+    world = accelerator.num_processes
     micro, accum = int(cfg["batch_size"]), int(cfg["gradient_accumulation_steps"])
+    train_len = _lengths(train_ds)
     plan = BatchPlan(train_len, micro * accum * world, cfg["bucket_size"], cfg["seed"], min_batch=accum * world)
+    eval_idx = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(val_ds))[: cfg["eval_samples"]])
+    return _Session(out=out, preset=preset, cfg=cfg, precision=precision, accelerator=accelerator, model=model,
+                    train_model=train_model, optimizer=optimizer, scheduler=scheduler, state=state, plan=plan, dd=dd,
+                    tok=tok, corpus_info=corpus_info, train_ds=train_ds, train_len=train_len, val_ds=val_ds,
+                    val_len=val_len, val_kinds=_column(val_ds, "kind", "structure"), block=block,
+                    init=None if init is None else Path(init), eval_idx=eval_idx)
 
-    # -- resume
+
+def _saved_geometry(checkpoint: Path) -> dict | None:
+    """The TrainState a checkpoint holds (read before loading it), or None if none is found."""
+    import torch
+
+    for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
+        try:
+            data = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception:  # not ours, or unreadable: accelerate's load_state will say so
+            continue
+        if isinstance(data, dict) and "sessions" in data and "step" in data:
+            return data
+    return None
+
+
+def _resume(s: _Session, resume: bool | str, force_resume: bool) -> None:
+    """Load the last checkpoint of ``s.out`` (or clear old ones), refusing a change of batch
+    geometry unless forced; open the log."""
+    acc, out = s.accelerator, s.out
     existing = _checkpoints(out)
     if resume is True and not existing:
         raise DataNotFoundError(f"resume: no checkpoint in {out / CHECKPOINTS}")
-    resume_from = existing[-1] if (resume in (True, "auto") and existing) else None
-    if resume_from is None and existing and main:
+    s.resume_from = existing[-1] if (resume in (True, "auto") and existing) else None
+    if s.resume_from is None and existing and acc.is_main_process:
         shutil.rmtree(out / CHECKPOINTS)
-    accelerator.wait_for_everyone()
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+    acc.wait_for_everyone()
+    now = {"batch_size": s.micro, "gradient_accumulation_steps": s.accum, "world_size": s.world}
+    if s.resume_from is not None:
+        saved = _saved_geometry(s.resume_from) or {}
+        recorded = {k: int(saved.get(k, 0)) for k in now}
+        changed = {k: (recorded[k], now[k]) for k in now if recorded[k] and recorded[k] != now[k]}
+        if changed:
+            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            if not force_resume:
+                raise ConfigError(
+                    f"resume from {s.resume_from}: the checkpoint was trained with another batch geometry ({what}); "
+                    "resuming would change the global batch and the data order from here on. Use the same settings, "
+                    "start afresh (--fresh / resume=False), or force it (--force-resume / force_resume=True)")
+            if acc.is_main_process:
+                print(f"crystext pretrain: resuming with a changed batch geometry ({what}) as forced", file=sys.stderr)
+        acc.load_state(str(s.resume_from))
+    for key, value in now.items():
+        setattr(s.state, key, value)
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out, accelerator, state.step if resume_from is not None else None)
-    accelerator.init_trackers("tensorboard")
+    s.log = _Log(out, acc, s.state.step if s.resume_from is not None else None)
+    acc.init_trackers("tensorboard")
 
-    rng_eval = np.random.default_rng(cfg["seed"])
-    eval_idx = np.sort(rng_eval.permutation(len(val_ds))[: cfg["eval_samples"]])
-    eval_batch = 2 * micro
 
-    def run_eval(indices):
-        return evaluate(model, accelerator, val_ds, val_len, val_kinds, indices, tok.pad_token_id, block, eval_batch)
+def _train_step(s: _Session) -> tuple[float, int, int, float]:
+    """One optimiser step on global batch ``s.state.step``: (mean train loss, targets, tokens, lr)."""
+    import torch
 
-    # -- train
-    model.train()
-    start_step, t_start = state.step, time.time()
-    seconds_before = state.train_seconds
-    state.sessions += 1
-    stop = min(cfg["max_steps"], stop_at if stop_at is not None else cfg["max_steps"])
-    bar = tqdm(total=cfg["max_steps"], initial=start_step, disable=not (progress and main),
-               desc=f"pretrain {preset['name']}", unit="step", dynamic_ncols=True)
+    acc, tok = s.accelerator, s.tok
+    batch = s.plan[s.state.step]
+    parts = [p for p in np.array_split(batch, s.accum * s.world)][acc.process_index::s.world]
+    loaded = [collate(s.train_ds[p.tolist()]["input_ids"], tok.pad_token_id, s.block) for p in parts]
+    n_local = sum(int(m[:, 1:].sum()) for _, m in loaded)
+    n_tokens_local = sum(int(m.sum()) for _, m in loaded)
+    counts = acc.reduce(torch.tensor([n_local, n_tokens_local], device=acc.device), "sum")
+    n_targets, n_tokens = int(counts[0]), int(counts[1])
+    loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+    for k, (ids, mask) in enumerate(loaded):
+        sync = k == len(loaded) - 1
+        with nullcontext() if sync else acc.no_sync(s.model):
+            loss, _ = token_loss_sum(s.train_model, ids.to(acc.device), mask.to(acc.device))
+            # DDP averages gradients over processes; scale so the result is the global token mean
+            acc.backward(loss * s.world / n_targets)
+        loss_sum += loss.detach().double()
+    if s.cfg["grad_clip"]:
+        acc.clip_grad_norm_(s.model.parameters(), s.cfg["grad_clip"])
+    lr = s.scheduler.get_last_lr()[0]
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return float(acc.reduce(loss_sum, "sum")) / n_targets, n_targets, n_tokens, lr
+
+
+def _held_out_splits(s: _Session) -> list[str]:
+    """The splits the final evaluation covers, the reported one (test if there is one) first."""
+    return (["test"] if "test" in s.dd and len(s.dd["test"]) else []) + ["validation"]
+
+
+def _tokens(lengths: np.ndarray, block: int) -> int:
+    return int(np.minimum(lengths, block).sum())
+
+
+def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
+    """Train until step ``stop`` or until the time budget says stop; return why it stopped."""
+    import torch
+    from tqdm.auto import tqdm
+
+    acc, state, cfg = s.accelerator, s.state, s.cfg
+    s.model.train()
+    bar = tqdm(total=cfg["max_steps"], initial=state.step, disable=not (progress and acc.is_main_process),
+               desc=f"pretrain {s.preset['name']}", unit="step", dynamic_ncols=True)
+    held_tokens = sum(_tokens(_lengths(s.dd[sp]), s.block) for sp in _held_out_splits(s))
+    periodic_tokens = _tokens(s.val_len[s.eval_idx], s.block)
     win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
-    truncated = int((train_len > block).sum())
+    reason = "max_steps" if stop >= cfg["max_steps"] else "stop_at"
     while state.step < stop:
-        step = state.step
-        batch = plan[step]
-        parts = [p for p in np.array_split(batch, accum * world)][rank::world]
-        loaded = [collate(train_ds[p.tolist()]["input_ids"], tok.pad_token_id, block) for p in parts]
-        n_local = sum(int(m[:, 1:].sum()) for _, m in loaded)
-        n_tokens_local = sum(int(m.sum()) for _, m in loaded)
-        counts = accelerator.reduce(torch.tensor([n_local, n_tokens_local], device=accelerator.device), "sum")
-        n_targets, n_tokens = int(counts[0]), int(counts[1])
-        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        for k, (ids, mask) in enumerate(loaded):
-            sync = k == len(loaded) - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
-                loss, _ = token_loss_sum(train_model, ids.to(accelerator.device), mask.to(accelerator.device))
-                # DDP averages gradients over processes; scale so the result is the global token mean
-                accelerator.backward(loss * world / n_targets)
-            loss_sum += loss.detach().double()
-        if cfg["grad_clip"]:
-            accelerator.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        train_loss = float(accelerator.reduce(loss_sum, "sum")) / n_targets
+        t_step = time.time()
+        train_loss, n_targets, n_tokens, lr = _train_step(s)
+        budget.step_s.append(time.time() - t_step)
+        budget.train_tok_s = n_tokens / max(1e-9, budget.step_s[-1])
         state.step += 1
         state.tokens += n_tokens
-        state.epoch, state.batch_in_epoch = plan.position(state.step)
+        state.epoch, state.batch_in_epoch = s.plan.position(state.step)
         win_loss += train_loss * n_targets
         win_targets += n_targets
         win_tokens += n_tokens
         bar.update(1)
 
         done = state.step >= stop
-        if max_time is not None and not done:
-            elapsed = torch.tensor([time.time() - t_call], device=accelerator.device)
-            done = float(accelerator.reduce(elapsed, "max")) > max_time
-        is_eval = state.step % cfg["eval_interval"] == 0 or done
-        if state.step % cfg["log_interval"] == 0 or is_eval:
-            eval_loss = run_eval(eval_idx)["loss"] if is_eval else None
+        if budget.deadline is not None and not done:
+            flag = torch.tensor([float(budget.must_stop(held_tokens, periodic_tokens))], device=acc.device)
+            if float(acc.reduce(flag, "max")) > 0:  # every process stops at the same step
+                done, reason = True, "max_time"
+        # a run cut by the clock skips the periodic evaluation: the final one follows at once
+        is_eval = state.step % cfg["eval_interval"] == 0 or (done and reason != "max_time")
+        if state.step % cfg["log_interval"] == 0 or is_eval or done:
+            eval_loss = None
+            if is_eval:
+                t_eval = time.time()
+                result = s.evaluate(s.val_ds, s.val_len, s.val_kinds, s.eval_idx, budget.eval_deadline())
+                budget.eval_tok_s = result["tokens"] / max(1e-9, time.time() - t_eval) if result["tokens"] else None
+                eval_loss = result["loss"] if result["complete"] else None
             dt = max(1e-9, time.time() - win_t0)
             row = {"step": state.step, "tokens": state.tokens, "train_loss": round(win_loss / win_targets, 6),
                    "eval_loss": "" if eval_loss is None else round(eval_loss, 6), "lr": lr,
                    "tokens_per_s": round(win_tokens / dt, 1)}
-            log.write(row)
+            s.log.write(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
                             **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
             win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
         if state.step % cfg["checkpoint_interval"] == 0 or done:
-            state.train_seconds = seconds_before + time.time() - t_start
-            _save_checkpoint(accelerator, out, state.step, keep_checkpoints)
+            state.train_seconds = s.seconds_before + time.time() - s.t_start
+            t_ckpt = time.time()
+            _save_checkpoint(acc, s.out, state.step, s.keep)
+            budget.checkpoint_s = time.time() - t_ckpt
         if done:
             break
     bar.close()
-    train_time = time.time() - t_start
-    state.train_seconds = seconds_before + train_time
+    return reason
 
-    # -- final files
+
+def _final_eval(s: _Session, budget: Budget) -> dict:
+    """Evaluate the held-out splits: all of them, or a seeded sample sized to the time budget.
+
+    Returns ``{split: result}`` with each result's ``indices`` (the documents planned) and ``of``
+    (the split's size)."""
+    import torch
+
+    acc = s.accelerator
+    splits = _held_out_splits(s)
+    data = {sp: s.dd[sp] for sp in splits}
+    lengths = {sp: (s.val_len if sp == "validation" else _lengths(ds)) for sp, ds in data.items()}
+    total = sum(_tokens(v, s.block) for v in lengths.values())
+    fraction = 1.0
+    if budget.deadline is not None and budget.eval_rate():
+        allowed = max(0.0, budget.eval_deadline() - time.time())
+        need = budget.seconds_for(total)
+        if need > allowed:
+            fraction = 0.9 * allowed / need
+    # every process must evaluate the same documents
+    fraction = -float(acc.reduce(torch.tensor([-fraction], dtype=torch.float64, device=acc.device), "max"))
+    held = {}
+    for sp in splits:
+        n = len(data[sp])
+        idx = np.arange(n)
+        if fraction < 1.0:
+            keep = max(1, int(round(fraction * n)))
+            idx = np.sort(np.random.default_rng(s.cfg["seed"]).permutation(n)[:keep])
+        kinds = s.val_kinds if sp == "validation" else _column(data[sp], "kind", "structure")
+        result = s.evaluate(data[sp], lengths[sp], kinds, idx, budget.eval_deadline())
+        held[sp] = {**result, "of": n, "sampled": bool(fraction < 1.0), "indices": idx}
+    return held
+
+
+def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests: list[str]) -> dict:
+    """Write the model, tokenizer, training_config.json, eval.json, corpus_summary.json and
+    loss.png (main process); return the eval report."""
+    import torch
+
+    acc, state, cfg, out = s.accelerator, s.state, s.cfg, s.out
+    held_split = next(iter(held))
+    held_ds = s.dd[held_split]
+    if held[held_split]["sampled"]:
+        held_ds = held_ds.select(held[held_split]["indices"].tolist())
+    baseline = unigram_entropy(s.train_ds, held_ds, len(s.tok), s.block)
+    loss = held[held_split]["loss"]
+    report = {
+        "held_out_split": held_split,
+        "held_out_loss": loss,
+        "unigram_baseline_entropy": baseline,
+        "beats_unigram_baseline": bool(loss < baseline),
+        "units": "nats per target token (every token after <bos>, <eos> included)",
+        "baseline": "cross-entropy of held-out tokens under add-one smoothed training-split unigram frequencies"
+                    + (" (on the same sampled documents)" if held[held_split]["sampled"] else ""),
+        "steps": state.step,
+        "stopped_by": reason,
+        **{split: {k: v for k, v in values.items() if k != "indices"} for split, values in held.items()},
+    }
+    if not acc.is_main_process:
+        return report
+    unwrapped = acc.unwrap_model(s.model)
+    save_dtype = getattr(torch, cfg["save_dtype"])
+    to_save = unwrapped if save_dtype == torch.float32 else _copy_as(unwrapped, save_dtype)
+    to_save.save_pretrained(out, safe_serialization=True)
+    if save_dtype != torch.float32:
+        # weights stored in save_dtype, but loaded as float32 by default (from_pretrained reads the
+        # config's dtype): embeddings and fine-tuning want float32
+        config_path = out / "config.json"
+        config = json.loads(config_path.read_text())
+        config["dtype"] = "float32"
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    s.tok.save_pretrained(out)
+    split_counts = {sp: {"documents": len(s.dd[sp]), **_kind_counts(s.dd[sp])} for sp in s.dd}
+    info = {
+        "preset": s.preset["name"],
+        "model": dict(s.preset["model"]) if s.init is None else {"init": s.init.name},
+        "training": cfg,
+        "init": None if s.init is None else s.init.name,
+        "corpus": {"path": portable_path(s.corpus_info.get("path"), out), "name": s.corpus_info.get("name"),
+                   "splits": split_counts, "truncated_train_documents": int((s.train_len > s.block).sum()),
+                   "block_size": s.block},
+        "steps": state.step,
+        "max_steps": cfg["max_steps"],
+        "stopped_by": reason,
+        "tokens": state.tokens,
+        "epochs": round(state.step / s.plan.per_epoch, 3),
+        "global_batch": s.micro * s.accum * s.world,
+        "world_size": s.world,
+        "mixed_precision": acc.mixed_precision,
+        "precision": s.precision,
+        "saved_dtype": str(next(to_save.parameters()).dtype).replace("torch.", ""),
+        "loads_as": "float32",
+        "resumed_from": None if s.resume_from is None else s.resume_from.name,
+        "train_time_s_this_session": round(train_time, 1),
+        # summed over the sessions the checkpoints recorded; a checkpoint from before they were
+        # recorded loads as 0 s and 0 sessions (the card then says "since the last resume")
+        "train_time_s": round(state.train_seconds, 1),
+        "sessions": state.sessions,
+        "parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "rank_param_sha256": digests,
+        "versions": _versions(),
+        "hardware": _hardware(acc),
+    }
+    (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
+    summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
+    if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
+        scrubbed = _portable_json(json.loads(summary.read_text()), out)
+        (out / "corpus_summary.json").write_text(json.dumps(scrubbed, indent=2))
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    plot_loss(out / "log.csv", out / "loss.png", title=f"{s.preset['name']}: {out.name}")
+    return report
+
+
+def pretrain(
+    preset_or_config: str | Path | dict | None = "base",
+    corpus: Any = "aflow-prototypes",
+    out: str | Path = "runs/base",
+    *,
+    init: str | Path | None = None,
+    resume: bool | str = "auto",
+    force_resume: bool = False,
+    max_steps: int | None = None,
+    stop_at: int | None = None,
+    max_time: float | None = None,
+    overrides: dict | None = None,
+    tokenizer=None,
+    corpus_cache: str | Path | None = None,
+    keep_checkpoints: int = 2,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a causal LM on a corpus and write a run folder; return its path.
+
+    Parameters
+    ----------
+    preset_or_config: preset name (``tiny``, ``base``, ``crystallm-small``), preset YAML, HF
+        ``config.json`` or dict (see :func:`crystext.modeling.load_preset`). With ``init`` and no
+        preset, the init run's own hyper-parameters are used. Its ``mixed_precision`` (default
+        ``auto``: bf16 only where the machine runs it fast, see :mod:`crystext.precision`) is
+        resolved before the accelerator is built; the choice is printed and stored.
+    corpus: a corpus folder (``crystext.corpus.build_corpus`` output), a ``DatasetDict`` with an
+        ``input_ids`` column, or source(s) for ``build_corpus`` (built into ``corpus_cache``).
+    out: the run folder: ``config.json``, ``model.safetensors``, tokenizer files,
+        ``training_config.json``, ``log.csv``, ``loss.png``, ``eval.json``, ``tensorboard/``,
+        ``checkpoints/``.
+    init: a run folder to fine-tune from (its weights; the corpus must use its tokenizer).
+    resume: ``"auto"`` continues from the last checkpoint in ``out`` if there is one, ``True``
+        requires one, ``False`` starts afresh (removing ``out``'s old checkpoints).
+    force_resume: resume even though batch size, gradient accumulation or world size differ from
+        the checkpoint's (otherwise a :class:`ConfigError`).
+    max_steps: overrides the preset's ``max_steps`` (the schedule's length).
+    stop_at: stop after this step (checkpoint and final files written) without changing the
+        schedule, as if the run were interrupted there.
+    max_time: seconds for the whole call (corpus building, set-up, training, evaluation and
+        save): training stops early enough for the final evaluation (a sample of the held-out
+        set when the whole would not fit) and the save; see :class:`Budget`.
+    overrides: training hyper-parameters replacing the preset's (e.g. ``{"batch_size": 8}``).
+    tokenizer: for a corpus built on the fly (a corpus folder brings its own ``tokenizer/``).
+    keep_checkpoints: how many of the latest checkpoints to keep.
+    num_threads: ``torch.set_num_threads`` for CPU training (default: torch's choice).
+
+    ``eval.json`` reports the held-out loss against a unigram baseline
+    (``beats_unigram_baseline``); a run that does not beat it warns.
+    """
     from accelerate.utils import gather_object
 
-    digests = gather_object([_param_digest(accelerator.unwrap_model(model))])
-    full_val = run_eval(np.arange(len(val_ds)))
-    held = {"validation": full_val}
-    if "test" in dd and len(dd["test"]):
-        test_ds = dd["test"]
-        held["test"] = evaluate(model, accelerator, test_ds, _lengths(test_ds), _column(test_ds, "kind", "structure"),
-                                np.arange(len(test_ds)), tok.pad_token_id, block, eval_batch)
-    if main:
-        unwrapped = accelerator.unwrap_model(model)
-        save_dtype = getattr(torch, cfg["save_dtype"])
-        to_save = unwrapped if save_dtype == torch.float32 else _copy_as(unwrapped, save_dtype)
-        to_save.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-        split_counts = {s: {"documents": len(dd[s]), **_kind_counts(dd[s])} for s in dd}
-        info = {
-            "preset": preset["name"],
-            "model": {k: v for k, v in preset["model"].items()} if init is None else {"init": str(init)},
-            "training": cfg,
-            "init": None if init is None else str(Path(init).resolve()),
-            "corpus": {**corpus_info, "splits": split_counts, "truncated_train_documents": truncated,
-                       "block_size": block},
-            "steps": state.step,
-            "tokens": state.tokens,
-            "epochs": round(state.step / plan.per_epoch, 3),
-            "global_batch": micro * accum * world,
-            "world_size": world,
-            "mixed_precision": accelerator.mixed_precision,
-            "resumed_from": None if resume_from is None else resume_from.name,
-            "train_time_s_this_session": round(train_time, 1),
-            # summed over the sessions the checkpoints recorded; a checkpoint from before they were
-            # recorded loads as 0 s and 0 sessions (the card then says "since the last resume")
-            "train_time_s": round(state.train_seconds, 1),
-            "sessions": state.sessions,
-            "parameters": sum(p.numel() for p in unwrapped.parameters()),
-            "rank_param_sha256": digests,
-            "versions": _versions(),
-            "hardware": _hardware(accelerator),
-        }
-        (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
-        summary = Path(corpus_info["path"]) / "summary.json" if corpus_info.get("path") else None
-        if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
-            shutil.copyfile(summary, out / "corpus_summary.json")
-        held_split = "test" if "test" in held else "validation"
-        baseline = unigram_entropy(train_ds, dd[held_split], len(tok), block)
-        report = {
-            "held_out_split": held_split,
-            "held_out_loss": held[held_split]["loss"],
-            "unigram_baseline_entropy": baseline,
-            "units": "nats per target token (every token after <bos>, <eos> included)",
-            "baseline": "cross-entropy of held-out tokens under add-one smoothed training-split unigram frequencies",
-            "steps": state.step,
-            **{f"{split}": values for split, values in held.items()},
-        }
-        (out / "eval.json").write_text(json.dumps(report, indent=2))
-        plot_loss(out / "log.csv", out / "loss.png", title=f"{preset['name']}: {out.name}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # closes trackers (and the process group under accelerate launch)
+    t_call = time.time()
+    budget = Budget(t_call, max_time)
+    out = Path(out)
+    s = _setup(preset_or_config, corpus, out, init, max_steps, overrides, tokenizer, corpus_cache, num_threads)
+    _resume(s, resume, force_resume)
+    state, acc = s.state, s.accelerator
+
+    s.t_start, s.seconds_before, s.keep = time.time(), state.train_seconds, keep_checkpoints
+    state.sessions += 1
+    stop = min(s.cfg["max_steps"], stop_at if stop_at is not None else s.cfg["max_steps"])
+    reason = _train(s, stop, budget, progress)
+    train_time = time.time() - s.t_start
+    state.train_seconds = s.seconds_before + train_time
+
+    digests = gather_object([_param_digest(acc.unwrap_model(s.model))])
+    held = _final_eval(s, budget)
+    report = _write_out(s, held, reason, train_time, digests)
+    acc.wait_for_everyone()
+    acc.end_training()  # closes trackers (and the process group under accelerate launch)
     if len(set(digests)) > 1:
         raise CrystextError(f"pretrain: processes ended with different weights ({digests}); DDP lost sync")
+    if not report["beats_unigram_baseline"]:
+        warnings.warn(f"pretrain {out}: held-out loss {report['held_out_loss']:.4f} is not below the unigram "
+                      f"baseline {report['unigram_baseline_entropy']:.4f} after {report['steps']} steps: the model "
+                      "predicts no better than token frequencies", RuntimeWarning, stacklevel=2)
     return out
+
+
+def portable_path(path: str | Path | None, run: Path) -> str | None:
+    """A path fit for a published JSON file: relative to the run folder or to the shared data
+    folder when inside one, else the folder or file name alone (never an absolute local path)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    from .settings import data_dir
+
+    for root in (run, data_dir()):  # inside the run, or a shared data set (perov_5/train.csv)
+        try:
+            return str(p.resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            pass
+    return p.name
+
+
+def _portable_json(value, run: Path):
+    """``value`` with every absolute path string replaced by :func:`portable_path`."""
+    if isinstance(value, dict):
+        return {k: _portable_json(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable_json(v, run) for v in value]
+    if isinstance(value, str) and "/" in value:  # absolute paths alone or inside a command line
+        return _ABS_PATH.sub(lambda m: portable_path(m.group(0), run), value)
+    return value
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@=,-]+/)*[\w.+@=,-]+/?")
 
 
 def _quiet_padding_warning() -> None:

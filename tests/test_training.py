@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from crystext.errors import ConfigError, DataNotFoundError
 from crystext.modeling import load_preset
+from crystext.precision import accelerate_mixed_precision, resolve_precision
 from crystext.settings import REPO_ROOT
 from crystext.training import epoch_plan, lr_at, pretrain
 
@@ -57,6 +58,14 @@ def _weights(run) -> dict:
     return load_file(run / "model.safetensors")
 
 
+def _absolute_paths(value) -> list[str]:
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return [value] if isinstance(value, str) and (value.startswith("/") or " /" in value) else []
+
+
 def _max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -76,7 +85,12 @@ def test_run_folder_is_a_loadable_save_pretrained_folder(corpus, tmp_path):
     assert (log.tokens.diff().dropna() > 0).all() and (log.tokens_per_s > 0).all()
     assert log.lr.iloc[0] < log.lr.iloc[1]  # warm-up
     info = json.loads((run / "training_config.json").read_text())
-    assert info["steps"] == 4 and info["world_size"] == 1 and info["mixed_precision"] == "bf16"
+    assert info["steps"] == 4 and info["world_size"] == 1
+    # the preset says auto; the run records the setting and what this machine resolved it to
+    resolved = resolve_precision("auto", "cpu", announce=False)
+    assert info["precision"]["setting"] == "auto" and info["precision"]["resolved"] == resolved
+    assert info["mixed_precision"] == accelerate_mixed_precision(resolved)
+    assert info["saved_dtype"] == "float32" and info["stopped_by"] == "max_steps"
     assert info["corpus"]["splits"]["train"]["kind_header"] > 0
     assert info["corpus"]["splits"]["train"]["kind_structure"] > 0
     report = json.loads((run / "eval.json").read_text())
@@ -84,6 +98,12 @@ def test_run_folder_is_a_loadable_save_pretrained_folder(corpus, tmp_path):
     assert set(report["test"]) >= {"loss", "tokens", "loss_structure"}
     assert 0 < report["unigram_baseline_entropy"] < np.log(len(tok))
     assert np.isfinite(report["held_out_loss"])
+    assert report["test"]["complete"] and report["test"]["documents"] == report["test"]["of"] > 0
+    # published JSON files carry no absolute local paths
+    for name in ("training_config.json", "eval.json", "corpus_summary.json"):
+        if (run / name).is_file():
+            assert not _absolute_paths(json.loads((run / name).read_text())), name
+    assert info["corpus"]["path"] == "corpus"  # the corpus folder's name, not where it lay
 
 
 def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
@@ -117,6 +137,56 @@ def test_resume_true_needs_a_checkpoint(corpus, tmp_path):
         pretrain("tiny", corpus, tmp_path / "none", resume=True, progress=False)
 
 
+def test_resume_with_another_batch_geometry_refuses_unless_forced(corpus, tmp_path):
+    preset = _tiny(max_steps=4, checkpoint_interval=2, batch_size=4)
+    run = pretrain(preset, corpus, tmp_path / "run", stop_at=2, progress=False)
+    with pytest.raises(ConfigError, match=r"batch_size 4 -> 2.*--force-resume"):
+        pretrain(preset, corpus, run, overrides={"batch_size": 2}, progress=False)
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps 1 -> 2"):
+        pretrain(preset, corpus, run, overrides={"batch_size": 2, "gradient_accumulation_steps": 2}, progress=False)
+    assert pd.read_csv(run / "log.csv").step.max() == 2  # the refused resumes touched nothing
+    pretrain(preset, corpus, run, overrides={"batch_size": 2}, force_resume=True, progress=False)
+    info = json.loads((run / "training_config.json").read_text())
+    assert info["resumed_from"] == "step-0000002" and info["steps"] == 4 and info["global_batch"] == 2
+
+
+def test_time_budget_covers_evaluation_and_save(corpus, tmp_path):
+    """With no time left after set-up the run still stops cleanly: one step, a final evaluation
+    cut to the budget (one batch at least), every file written, the stop reason recorded."""
+    run = pretrain(_tiny(max_steps=50), corpus, tmp_path / "run", max_time=0.0, progress=False)
+    info = json.loads((run / "training_config.json").read_text())
+    report = json.loads((run / "eval.json").read_text())
+    assert info["steps"] == 1 and info["stopped_by"] == report["stopped_by"] == "max_time"
+    assert info["max_steps"] == 50
+    held = report[report["held_out_split"]]
+    assert 0 < held["documents"] <= held["of"] and held["tokens"] > 0 and np.isfinite(held["loss"])
+    assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "step-0000001").is_dir()
+
+
+def test_a_run_that_does_not_beat_the_unigram_baseline_says_so(corpus, tmp_path, capsys):
+    from crystext.cli import main
+
+    args = ["pretrain", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--max-steps", "1",
+            "--no-progress", "--set", "learning_rate=1e-6", "--set", "warmup_steps=0"]
+    with pytest.warns(RuntimeWarning, match="not below the unigram baseline"):
+        pretrain("tiny", corpus, tmp_path / "lib", max_steps=1, progress=False,
+                 overrides={"learning_rate": 1e-6, "warmup_steps": 0})
+    assert main(args) == 3
+    captured = capsys.readouterr()
+    assert "does not beat the unigram baseline" in captured.err and "model saved" not in captured.out
+    assert not json.loads((tmp_path / "run" / "eval.json").read_text())["beats_unigram_baseline"]
+    assert main(args + ["--fresh", "--allow-worse"]) == 0
+
+
+def test_a_float16_release_loads_as_float32_and_says_what_was_saved(corpus, tmp_path):
+    run = pretrain(_tiny(save_dtype="float16"), corpus, tmp_path / "run", max_steps=1, progress=False)
+    assert {t.dtype for t in _weights(run).values()} == {torch.float16}  # what lies on disk
+    info = json.loads((run / "training_config.json").read_text())
+    assert info["saved_dtype"] == "float16" and info["loads_as"] == "float32"
+    model = AutoModelForCausalLM.from_pretrained(run)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(corpus, tmp_path):
     runs = {}
     for batch, accum in ((8, 1), (2, 4)):
@@ -134,7 +204,7 @@ def test_fine_tuning_starts_from_the_init_run(corpus, tmp_path):
                      overrides={"learning_rate": 1e-9, "min_learning_rate": 1e-9, "warmup_steps": 0})
     assert _max_diff(_weights(base), _weights(tuned)) < 1e-5  # a negligible step away from the init weights
     info = json.loads((tuned / "training_config.json").read_text())
-    assert info["init"] == str(base.resolve())
+    assert info["init"] == base.name and info["model"] == {"init": base.name}
     other = tmp_path / "other-corpus"
     shutil.copytree(corpus, other)
     shutil.rmtree(other / "tokenizer")

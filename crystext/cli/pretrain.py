@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 
 #: The no-argument main job: bounded so it ends well inside 10 minutes on a 2-core CPU.
 MAIN_JOB = {"preset": "base", "corpus": ["aflow-prototypes"], "out": "runs/base-aflow", "max_steps": 60,
@@ -43,6 +45,13 @@ def register(subparsers) -> None:
                    help="override a training hyper-parameter, e.g. --set batch_size=8 --set learning_rate=3e-4")
     p.add_argument("--tokenizer", default="crystext-cif", help="tokenizer for a corpus built on the fly")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp16", "fp32"],
+                   help="training precision (default: the preset's, 'auto' = bf16 only where this machine "
+                   "runs it fast, else float32)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even if batch size, gradient accumulation or world size differ from the checkpoint's")
+    p.add_argument("--allow-worse", action="store_true",
+                   help="exit 0 even if the held-out loss does not beat the unigram baseline")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_pretrain)
 
@@ -57,7 +66,13 @@ def _parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
@@ -69,9 +84,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from ..training import pretrain
 
+    warnings.filterwarnings("ignore", message="pretrain .*unigram", category=RuntimeWarning)
+
     main_job = args.config is None and args.corpus is None and args.init is None
     overrides = dict(MAIN_JOB["overrides"]) if main_job else {}
     overrides.update(_parse_set(args.set))
+    if args.precision:
+        overrides["mixed_precision"] = args.precision
     preset = args.config or (None if args.init else MAIN_JOB["preset"])
     corpus = args.corpus or MAIN_JOB["corpus"]
     corpus_arg = corpus[0] if len(corpus) == 1 else corpus
@@ -86,7 +105,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     max_time = args.max_time * 60 if args.max_time is not None else (MAIN_JOB["max_time"] if main_job else None)
     run = pretrain(
         preset, corpus_arg, out, init=args.init,
-        resume=True if args.resume else False if args.fresh else "auto",
+        resume=True if args.resume else False if args.fresh else "auto", force_resume=args.force_resume,
         max_steps=max_steps, stop_at=args.stop_at, max_time=max_time, overrides=overrides,
         tokenizer=args.tokenizer, num_threads=args.threads, progress=not args.no_progress,
     )
@@ -94,10 +113,22 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
-        report = json.loads((Path(run) / "eval.json").read_text())
-        print(f"held-out loss {report['held_out_loss']:.4f} nats/token "
-              f"(unigram baseline {report['unigram_baseline_entropy']:.4f}) after {report['steps']} steps")
-        print(f"model saved to {Path(run).resolve()}")
-        print(f"  load: AutoModelForCausalLM.from_pretrained({str(run)!r}); sample: crystext generate {run}")
+    if not PartialState().is_main_process:
+        return 0
+    report = json.loads((Path(run) / "eval.json").read_text())
+    info = json.loads((Path(run) / "training_config.json").read_text())
+    loss, baseline = report["held_out_loss"], report["unigram_baseline_entropy"]
+    held = report[report["held_out_split"]]
+    sample = "" if not held.get("sampled") else f", on {held['documents']} of {held['of']} documents"
+    steps = f"{report['steps']} steps" + (f" (stopped by the time budget, of {info['max_steps']})"
+                                         if report.get("stopped_by") == "max_time" else "")
+    print(f"held-out loss {loss:.4f} nats/token (unigram baseline {baseline:.4f}{sample}) after {steps}; "
+          f"precision {info['precision']['resolved']}")
+    if not report.get("beats_unigram_baseline", loss < baseline):
+        print(f"WARNING: the model does not beat the unigram baseline ({loss:.4f} >= {baseline:.4f} nats/token): "
+              f"it predicts no better than token frequencies. Train longer (--max-steps, --max-time) or check the "
+              f"data. Files written to {Path(run).resolve()} anyway.", file=sys.stderr)
+        return 0 if args.allow_worse else 3
+    print(f"model saved to {Path(run).resolve()}")
+    print(f"  load: AutoModelForCausalLM.from_pretrained({str(run)!r}); sample: crystext generate {run}")
     return 0
