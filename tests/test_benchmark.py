@@ -8,6 +8,7 @@ solves the task exactly with ridge on mean pooling; a random 3-d table cannot.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -423,6 +424,10 @@ def test_two_runs_are_benchmarked_and_compared_on_structure_tasks(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Our runs compared" in report and "crystext-b structure" in report
     assert "float32 forward pass" in report
+    # tiny runs ship no corpus summary: the leakage table says so instead of guessing
+    assert set(res.leakage["run"]) == {"crystext-a", "crystext-b"} and set(res.leakage["task"]) == {"perov_5/heat_all", "perov_5/dir_gap"}
+    assert res.leakage["corpus"].str.startswith("corpus not available").all()
+    assert "## Leakage" in report
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
     again = run_benchmark(data=tmp_path / "data", out=tmp_path / "out2", **kwargs)
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*.npz")) == cached
@@ -591,3 +596,39 @@ def test_bad_task_folders_give_clear_errors_or_counted_skips(tmp_path):
     assert "non-numeric target: 1" in why and "train.csv row 4" in why
     assert "CIF without _chemical_formula_sum: 1" in why
     assert "unreadable CIF" in why  # counted, not fatal
+
+
+def test_leakage_counts_test_rows_found_in_the_pretraining_corpus(tmp_path):
+    """Test structures / compositions of a task that occur in a run's corpus are counted, from the
+    sources named in corpus_summary.json, from a shipped corpus_identity.json, or reported as not
+    available."""
+    from crystext.benchmark.leakage import IDENTITY_FILE, leakage_table, task_identities, write_identity
+    from crystext.benchmark.representations import structure_texts
+
+    test = _perovskite_rows(10, 3)
+    seen = pd.concat([test.iloc[:4], _perovskite_rows(5, 4)])  # 4 test structures in the corpus
+    seen.to_csv(tmp_path / "corpus.csv", index=False)
+    rebuilt = tmp_path / "runs" / "rebuilt"
+    rebuilt.mkdir(parents=True)
+    (rebuilt / "corpus_summary.json").write_text(json.dumps(
+        {"config": {"sources": [str(tmp_path / "corpus.csv"), "../nowhere.csv"], "symprec": 0.1}}))
+    shipped = tmp_path / "runs" / "shipped"
+    shipped.mkdir()
+    texts, _ = structure_texts(list(test["cif"]))
+    write_identity(shipped, formulas=["SrTiO3"], texts=texts[:2])
+    assert (shipped / IDENTITY_FILE).is_file()
+    bare = tmp_path / "runs" / "bare"
+    bare.mkdir()
+
+    ids = {"perov": task_identities(list(test["formula"]), texts), "comp": task_identities(["SrTiO3", "Fe2O3"], None)}
+    table = leakage_table({"rebuilt": rebuilt, "shipped": shipped, "bare": bare}, ids, cache_dir=tmp_path / "cache")
+    t = table.set_index(["run", "task"])
+    comps_seen = set(seen["formula"])
+    assert t.loc[("rebuilt", "perov"), "test_structures_in_corpus"] == 4
+    assert t.loc[("rebuilt", "perov"), "test_compositions_in_corpus"] == sum(f in comps_seen for f in test["formula"])
+    assert t.loc[("rebuilt", "comp"), "test_structures_in_corpus"] == ""  # composition task: no structures
+    assert "not found: ../nowhere.csv" in t.loc[("rebuilt", "perov"), "corpus"]
+    assert t.loc[("shipped", "perov"), "test_structures_in_corpus"] == 2
+    assert t.loc[("shipped", "comp"), "test_compositions_in_corpus"] == 1
+    assert t.loc[("bare", "perov"), "corpus"].startswith("corpus not available")
+    assert list((tmp_path / "cache" / "corpus-identity").glob("*.json"))  # the rebuilt identity is cached

@@ -35,6 +35,7 @@ from .protocol import DETERMINISTIC, QUICK, REGRESSORS, ProtocolConfig, fit_pred
 from .representations import Run, element_sets, resolve_precision, structure_texts
 from .structures import (QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig, crystal_graphs, fit_cgcnn_seeds,
                          parse_structures, structure_vectors)
+from .leakage import task_identities
 from .tasks import Split, Task, discover_tasks, load_splits
 
 RESULT_COLUMNS = ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
@@ -63,6 +64,9 @@ class BenchmarkResult:
     #: per (task group, representation): the setting picked on validation, its test MAE mean ±
     #: std, tie-aware rank (see :mod:`crystext.benchmark.selection`); written as selected.csv
     selected: pd.DataFrame | None = None
+    #: per run and task: test compositions / structures found in the run's pretraining corpus
+    #: (:mod:`crystext.benchmark.leakage`); written as leakage.csv
+    leakage: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -87,9 +91,11 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                   structure_config: StructureConfig | None = None):
     """Clean splits + parsed formulas + (structure tasks) structure vectors and graphs, and coverage rows.
 
-    Returns ``(splits, parsed, struct, graphs, coverage)``: ``struct[split]["name|pooling"]``
-    vectors, ``graphs[split]`` the CGCNN graphs (when ``cgcnn`` is a baseline).
+    Returns ``(splits, parsed, struct, graphs, coverage, test_texts)``: ``struct[split]["name|pooling"]``
+    vectors, ``graphs[split]`` the CGCNN graphs (when ``cgcnn`` is a baseline), ``test_texts`` the
+    canonical texts of the kept test structures (structure tasks with runs; else None).
     """
+    test_texts = None
     splits = load_splits(task, *caps)
     common = set.intersection(*(set(t.index) for t in sets.values()))
     structure_config = structure_config or StructureConfig()
@@ -143,6 +149,7 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                         full[has_text] = v
                         vecs[f"{run.name}|structure-{pooling}-L{layer}"] = full
                 ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
+                all_texts = texts
             if structure_baselines:
                 structures, bad = parse_structures(cifs)
                 for reason, n in bad.items():
@@ -167,6 +174,8 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                     vecs[f"{base}|structure"] = v
             keep[kept[~ok_all]] = False
             struct[name] = {k: v[ok_all] for k, v in vecs.items()}
+            if runs and name == "test":
+                test_texts = [t for t, ok in zip(all_texts, ok_all) if ok]
             if name in graphs:
                 graphs[name] = [g for g, ok in zip(graphs[name], ok_all) if ok]
         rows_read = len(keep) + sum(split.skipped.values())
@@ -176,7 +185,7 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                          "dropped": rows_read - int(keep.sum()),
                          "reasons": "; ".join(f"{k}: {v}" if v else k for k, v in sorted(reasons.items(), key=lambda kv: (kv[1] == 0, kv[0]))),
                          "missing_elements": " ".join(f"{e}({n})" for e, n in sorted(missing.items()))})
-    return splits, parsed, struct, graphs, coverage
+    return splits, parsed, struct, graphs, coverage, test_texts
 
 
 def _rows_of_fits(task: str, representation: str, pooling: str, regressor: str, fitted, y, seconds: float,
@@ -242,6 +251,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                   config: ProtocolConfig | None = None, n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
                   lm_precision: str = "auto", structure_baselines: Sequence[str] | None = None,
                   structure_config: StructureConfig | None = None, n_boot: int | None = None,
+                  leakage: bool = True,
                   intrinsic: bool = True, report: bool = True, plots: bool = True, progress: bool = True,
                   command: str | None = None) -> BenchmarkResult:
     """Benchmark element-vector sets (and our runs' structure vectors) on every task under ``data``.
@@ -280,6 +290,8 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
             :data:`QUICK_STRUCTURE`).
         n_boot: paired-bootstrap resamples for the tie-aware ranks (default
             :data:`crystext.benchmark.selection.N_BOOT`; quick 200).
+        leakage: count, per run and task, the test compositions and structures found in the run's
+            pretraining corpus (:mod:`crystext.benchmark.leakage`; leakage.csv and the report).
         intrinsic, report, plots: compute intrinsic metrics / write report.md / draw plots.
         command: the command line to quote in the report.
 
@@ -330,12 +342,21 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     errors: dict = {}
     coverage: list[dict] = []
     task_seconds: dict[str, float] = {}
+    identities: dict[str, dict] = {}
     for task in task_list:
         t0 = time.perf_counter()
-        splits, parsed, struct, graphs, cov = _prepare_task(
+        splits, parsed, struct, graphs, cov, test_texts = _prepare_task(
             task, sets, run_list, caps, structure_layers, structure_poolings, cache_dir, log, lm_precision,
             structure_baselines if task.kind == "structure" else (), structure_config)
         coverage += cov
+        if run_list and leakage:
+            ids = task_identities(splits["test"].formulas, test_texts if task.kind == "structure" else None)
+            if task.group in identities:  # folds: their test rows are disjoint, count them all
+                for k in ids:
+                    if ids[k] is not None:
+                        identities[task.group][k] = (identities[task.group][k] or []) + ids[k]
+            else:
+                identities[task.group] = ids
         if min(len(s) for s in splits.values()) < 2:
             log(f"{task.name}: skipped, too few usable rows ({', '.join(f'{k} {len(s)}' for k, s in splits.items())})")
             continue
@@ -370,9 +391,15 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     seconds = time.perf_counter() - start
     from .selection import N_BOOT, selected_settings
 
+    leak = None
+    if run_list and leakage:
+        from .leakage import leakage_table
+
+        log("leakage: test rows seen in each run's pretraining corpus")
+        leak = leakage_table({r.name: r.source for r in run_list}, identities, cache_dir, data)
     selected = selected_settings(results, errors, n_boot=n_boot or (200 if quick else N_BOOT)) if not results.empty else None
     result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
-                             fits=fits, selected=selected)
+                             fits=fits, selected=selected, leakage=leak)
     if out is not None:
         from .report import write_outputs
 

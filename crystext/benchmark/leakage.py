@@ -1,0 +1,228 @@
+"""Leakage: how many test rows of a task a run saw during pretraining.
+
+Per run and task: the test compositions whose reduced formula occurs in the run's pretraining
+corpus, the test structures whose canonical crystext text (SHA-1 of
+:func:`crystext.text.structure_to_text` at the corpus' ``symprec``) occurs in it, and the test
+structures whose (reduced formula, space-group number) pair matches a header-only document
+(Matbench header sources hold no positions, so only that weaker identity exists).
+
+Where the identities come from, in order:
+
+1. ``<run>/corpus_identity.json`` (:data:`IDENTITY_FILE`), written by the training run:
+   ``{"symprec": 0.1, "formulas": [...reduced formulas...], "structure_text_sha1": [...16-hex
+   SHA-1 of each structure document's canonical text...], "formula_spacegroup": [["Fe2O3", 167], ...],
+   "sources": [...]}``; checked directly;
+2. else rebuilt from the sources named in ``<run>/corpus_summary.json`` (``config.sources``)
+   that can be opened here (shared data, the built-in ``aflow-prototypes``), cached on disk per
+   source fingerprint. A source that cannot be found is reported, and a run none of whose sources
+   can be found reads "corpus not available".
+
+Counts are against every document of the sources (train, validation and test splits of the
+corpus alike): an upper bound on what pretraining saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+IDENTITY_FILE = "corpus_identity.json"
+SUMMARY_FILE = "corpus_summary.json"
+LEAKAGE_COLUMNS = ["run", "task", "test_rows", "test_compositions_in_corpus", "test_structures_in_corpus",
+                   "test_formula_spacegroup_in_corpus", "corpus"]
+
+
+def text_hash(text: str) -> str:
+    """16-hex SHA-1 of a canonical text: the structure identity used here."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def reduced_formula(formula: Any) -> str | None:
+    """Reduced formula of a formula string or ``{element: amount}`` mapping (None if unparsable)."""
+    from pymatgen.core import Composition
+
+    try:
+        if isinstance(formula, Mapping):
+            return Composition(dict(formula)).reduced_formula
+        from ..composition import parse_formula
+
+        return Composition(parse_formula(str(formula))).reduced_formula
+    except Exception:  # noqa: BLE001 - an unparsable formula simply matches nothing
+        return None
+
+
+def _spacegroup_of_text(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("_symmetry_Int_Tables_number"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+@dataclass
+class CorpusIdentity:
+    """The identities of a pretraining corpus' documents."""
+
+    formulas: set = field(default_factory=set)
+    structures: set = field(default_factory=set)  # text hashes
+    formula_spacegroup: set = field(default_factory=set)  # (reduced formula, spg number)
+    status: str = ""
+
+
+def _resolve(spec: str, run_dir: Path, data_root: Path | None) -> str | None:
+    from ..corpus.sources import BUILTIN_SOURCES
+
+    if spec in BUILTIN_SOURCES:
+        return spec
+    candidates = [Path(spec), run_dir.parent.parent / spec]
+    marker = "shared/data/"
+    if data_root is not None and marker in spec.replace(os.sep, "/"):
+        candidates.append(Path(data_root) / spec.replace(os.sep, "/").split(marker, 1)[1])
+    return next((str(c) for c in candidates if c.exists()), None)
+
+
+def _source_identity(spec: str, symprec: float, cache_dir: Path | None) -> dict:
+    """``{"formulas", "structures", "formula_spacegroup"}`` lists of one corpus source (cached)."""
+    from ..corpus.sources import open_source
+
+    source = open_source(spec)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha1(json.dumps([source.fingerprint, symprec]).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / "corpus-identity" / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    from ..inputs import to_structure
+    from ..text import structure_to_text
+
+    formulas, structures, pairs = set(), set(), set()
+    for rec in source:
+        kind, obj = rec.payload
+        try:
+            if kind == "header":
+                comp, spg = obj
+                f = reduced_formula(comp)
+                if f:
+                    formulas.add(f)
+                    pairs.add((f, int(spg)))
+                continue
+            if kind == "file":
+                obj = Path(obj)
+            st = to_structure(obj)
+            f = st.composition.reduced_formula
+            formulas.add(f)
+            text = structure_to_text(st, symprec=symprec)
+            structures.add(text_hash(text))
+            spg = _spacegroup_of_text(text)
+            if spg is not None:
+                pairs.add((f, spg))
+        except Exception:  # noqa: BLE001 - a record the corpus build skipped too
+            continue
+    out = {"formulas": sorted(formulas), "structures": sorted(structures),
+           "formula_spacegroup": sorted([list(p) for p in pairs])}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
+    return out
+
+
+def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
+                    data_root: Path | None = None) -> CorpusIdentity:
+    """The identities of the run's pretraining corpus (see the module docstring)."""
+    run_dir = Path(run_dir)
+    shipped = run_dir / IDENTITY_FILE
+    if shipped.is_file():
+        d = json.loads(shipped.read_text())
+        return CorpusIdentity(set(d.get("formulas", [])), set(d.get("structure_text_sha1", [])),
+                              {(f, int(s)) for f, s in d.get("formula_spacegroup", [])}, f"{IDENTITY_FILE} of the run")
+    summary = run_dir / SUMMARY_FILE
+    if not summary.is_file():
+        return CorpusIdentity(status=f"corpus not available (no {SUMMARY_FILE} or {IDENTITY_FILE})")
+    config = json.loads(summary.read_text()).get("config", {})
+    symprec = float(config.get("symprec", 0.1))
+    ident = CorpusIdentity()
+    found, missing = [], []
+    for spec in config.get("sources", []):
+        where = _resolve(str(spec), run_dir, data_root)
+        if where is None:
+            missing.append(str(spec))
+            continue
+        try:
+            part = _source_identity(where, symprec, cache_dir)
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            missing.append(f"{spec} ({type(exc).__name__})")
+            continue
+        found.append(Path(str(spec)).name)
+        ident.formulas |= set(part["formulas"])
+        ident.structures |= set(part["structures"])
+        ident.formula_spacegroup |= {(f, int(s)) for f, s in part["formula_spacegroup"]}
+    if not found:
+        ident.status = "corpus not available" + (f" (sources not found: {', '.join(missing)})" if missing else "")
+    else:
+        ident.status = "rebuilt from sources: " + ", ".join(found) + (
+            f"; not found: {', '.join(missing)}" if missing else "")
+    return ident
+
+
+def task_identities(formulas: Sequence[Any], texts: Sequence[str | None] | None) -> dict:
+    """Identities of a task's test rows: reduced formulas, and for structure tasks text hashes and
+    (formula, space group) pairs (``None`` texts match nothing)."""
+    reduced = [reduced_formula(f) for f in formulas]
+    out = {"formulas": reduced, "structures": None, "pairs": None}
+    if texts is not None:
+        out["structures"] = [text_hash(t) if t else None for t in texts]
+        out["pairs"] = [(f, _spacegroup_of_text(t)) if t and f else None for f, t in zip(reduced, texts)]
+    return out
+
+
+def leakage_table(runs: Mapping[str, Any], tasks: Mapping[str, dict], cache_dir: Path | None = None,
+                  data_root: Path | None = None) -> pd.DataFrame:
+    """Rows of :data:`LEAKAGE_COLUMNS` for every run (name -> run folder) and task (name ->
+    :func:`task_identities`). Runs given in memory (no folder) read "corpus not available"."""
+    rows = []
+    for name, source in runs.items():
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+            ident = corpus_identity(source, cache_dir, data_root)
+        else:
+            ident = CorpusIdentity(status="corpus not available (run given in memory)")
+        usable = not ident.status.startswith("corpus not available")
+        for task, ids in tasks.items():
+            n = len(ids["formulas"])
+            row = {"run": name, "task": task, "test_rows": n, "corpus": ident.status,
+                   "test_compositions_in_corpus": "", "test_structures_in_corpus": "",
+                   "test_formula_spacegroup_in_corpus": ""}
+            if usable:
+                row["test_compositions_in_corpus"] = sum(f in ident.formulas for f in ids["formulas"] if f)
+                if ids["structures"] is not None:
+                    row["test_structures_in_corpus"] = sum(h in ident.structures for h in ids["structures"] if h)
+                    row["test_formula_spacegroup_in_corpus"] = sum(p in ident.formula_spacegroup
+                                                                   for p in ids["pairs"] if p)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+
+
+def write_identity(path: str | os.PathLike, formulas: Iterable[str], texts: Iterable[str],
+                   formula_spacegroup: Iterable[tuple[str, int]] = (), symprec: float = 0.1,
+                   sources: Sequence[str] = ()) -> Path:
+    """Write a :data:`IDENTITY_FILE` (what a training run would ship beside its weights)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / IDENTITY_FILE
+    path.write_text(json.dumps({"symprec": symprec, "sources": list(sources),
+                                "formulas": sorted({reduced_formula(f) or f for f in formulas}),
+                                "structure_text_sha1": sorted({text_hash(t) for t in texts}),
+                                "formula_spacegroup": sorted([list(p) for p in set(map(tuple, formula_spacegroup))])}))
+    return path
+
+
+__all__ = ["IDENTITY_FILE", "LEAKAGE_COLUMNS", "CorpusIdentity", "corpus_identity", "leakage_table",
+           "reduced_formula", "task_identities", "text_hash", "write_identity"]
