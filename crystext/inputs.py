@@ -1,55 +1,284 @@
 """Turn what users hand in (Structure, ASE Atoms, CIF text, bytes, paths) into a pymatgen Structure.
 
-Every failure raises one of crystext's own errors naming the input and the problem.
+Every failure raises one of crystext's own errors naming the input and the problem. Messages
+that suggest an option name it as the caller would write it: ``disorder='dominant'`` from
+Python, ``--disorder dominant`` from the command line (see :func:`option_hint`, :func:`cli_mode`).
+
+pymatgen is imported inside the functions that need it, so the CLI can import this module
+(for :func:`cli_mode`) without paying for pymatgen on ``crystext --help``.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import re
+import shlex
 import warnings
+import zlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from pymatgen.core import Element, Structure
-
+from . import limits
 from .errors import (
     CIFParseError,
     DisorderError,
     EmptyStructureError,
     EncodingError,
+    StructureTooLargeError,
     UnknownElementError,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
 #: What :func:`to_structure` accepts.
-StructureLike = Any  # Structure | ase.Atoms | str (CIF text or path) | bytes | os.PathLike
+StructureLike = Any  # Structure | ase.Atoms | str (CIF text or path) | bytes | os.PathLike | dict
+
+#: ``disorder="order"`` refuses a structure with more possible arrangements than this. pymatgen's
+#: ordering tries them all when no oxidation states are known (about 2,000 per second on one core).
+DEFAULT_MAX_ORDERINGS = 50_000
+#: ``disorder="order"`` builds a supercell of at most this many cells to make occupancies integral.
+DEFAULT_MAX_SUPERCELL = 8
+
+# ----------------------------------------------------------------------------- CLI context
+
+_CLI_ENV = "CRYSTEXT_CLI"  # inherited by worker processes (spawned pools do not copy contextvars)
+_cli: ContextVar[bool | None] = ContextVar("crystext_cli_mode", default=None)
+_NO_VALUE = object()
+
+
+def in_cli() -> bool:
+    """True while the ``crystext`` command runs (messages then name CLI flags, not keywords)."""
+    value = _cli.get()
+    if value is None:
+        return os.environ.get(_CLI_ENV) == "1"
+    return value
+
+
+@contextmanager
+def cli_mode(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`option_hint` writes options as CLI flags (``--disorder dominant``).
+
+    :func:`crystext.cli.main` runs every verb inside ``cli_mode()``. The setting is also put in
+    the environment (``CRYSTEXT_CLI=1``) so worker processes and threads see it; both are
+    restored on exit.
+    """
+    token = _cli.set(enabled)
+    old = os.environ.get(_CLI_ENV)
+    os.environ[_CLI_ENV] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        _cli.reset(token)
+        if old is None:
+            os.environ.pop(_CLI_ENV, None)
+        else:
+            os.environ[_CLI_ENV] = old
+
+
+def option_hint(option: str, value: Any = _NO_VALUE, flag: str | None = None) -> str:
+    """How the user sets ``option``: ``--disorder dominant`` in the CLI, ``disorder='dominant'`` else.
+
+    ``flag`` overrides the CLI spelling when it is not ``--`` + the option with ``-`` for ``_``.
+    ``value=True`` (or no value) gives the bare flag in the CLI.
+    """
+    if in_cli():
+        cli_flag = flag or "--" + option.replace("_", "-")
+        if value is _NO_VALUE or value is True:
+            return cli_flag
+        return f"{cli_flag} {shlex.quote(str(value))}"
+    if value is _NO_VALUE:
+        return option
+    return f"{option}={value!r}"
+
+
+def item_name(index: int) -> str:
+    """The name of the ``index``-th input of a list in error messages: ``item 3`` (0-based)."""
+    return f"item {index}"
+
+
+# ----------------------------------------------------------------------------- names
+
+_SOURCE_ATTR = "_crystext_source"
+
+
+def source_name(structure: Any, default: str = "structure") -> str:
+    """The name :func:`to_structure` gave ``structure`` (its file, ``item 3``...), else ``default``."""
+    return getattr(structure, _SOURCE_ATTR, None) or default
+
+
+def _named(structure: Structure, name: str | None) -> Structure:
+    if name:
+        try:
+            setattr(structure, _SOURCE_ATTR, name)
+        except AttributeError:  # pragma: no cover - a Structure subclass with __slots__
+            pass
+    return structure
+
+
+# ----------------------------------------------------------------------------- bytes and files
+
+
+def _encoding_message(data: bytes, offset: int, name: str) -> str:
+    line = data.count(b"\n", 0, offset) + 1
+    return f"{name}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}, line {line})"
 
 
 def decode_bytes(data: bytes, name: str = "input") -> str:
-    """Decode UTF-8 bytes, raising :class:`EncodingError` that names the input and byte offset."""
+    """Decode UTF-8 bytes, raising :class:`EncodingError` that names the input, byte offset and line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EncodingError(
-            f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
+        raise EncodingError(_encoding_message(data, exc.start, name)) from None
+
+
+def _comment_start(line: bytes) -> int | None:
+    """Offset of a CIF comment (``#`` at the start or after a blank, outside quotes) in ``line``."""
+    quote = None
+    for i, byte in enumerate(line):
+        ch = chr(byte)
+        if quote:
+            if ch == quote and (i + 1 == len(line) or chr(line[i + 1]).isspace()):
+                quote = None
+        elif ch in "'\"" and (i == 0 or chr(line[i - 1]).isspace()):
+            quote = ch
+        elif ch == "#" and (i == 0 or chr(line[i - 1]).isspace()):
+            return i
+    return None
+
+
+def decode_cif_bytes(data: bytes, name: str = "CIF") -> str:
+    """Decode a CIF's bytes as UTF-8, tolerating non-UTF-8 bytes in comments only.
+
+    Bytes that are not UTF-8 inside ``#`` comments (often Latin-1 author names) are replaced by
+    U+FFFD with a warning naming the input and the lines; anywhere else (data, text fields) they
+    raise :class:`EncodingError` naming the input, the byte offset and the line.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out: list[str] = []
+    replaced: list[int] = []
+    offset = 0
+    in_text_field = False
+    for lineno, raw in enumerate(data.splitlines(keepends=True), 1):
+        if raw.startswith(b";"):
+            in_text_field = not in_text_field
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            start = None if in_text_field else _comment_start(raw)
+            if start is None or exc.start < start:
+                raise EncodingError(_encoding_message(data, offset + exc.start, name)) from None
+            text = raw[:start].decode("utf-8") + raw[start:].decode("utf-8", errors="replace")
+            replaced.append(lineno)
+        out.append(text)
+        offset += len(raw)
+    lines = ", ".join(map(str, replaced[:10])) + (" ..." if len(replaced) > 10 else "")
+    warnings.warn(f"{name}: non-UTF-8 bytes in comments (line {lines}) were replaced; "
+                  "comments are not used", UserWarning, stacklevel=2)
+    return "".join(out)
+
+
+_CIF_SUFFIXES = (".cif", ".mcif")
+
+
+def _is_cif_path(path: Path) -> bool:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in _CIF_SUFFIXES
+
+
+def _check_path(path: Path, what: str = "file") -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a {what} (give the files inside it)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
 
 
 def read_text_file(path: str | os.PathLike, name: str | None = None) -> str:
-    """Read a file as UTF-8 text with a clear error for missing files or bad bytes."""
+    """Read a file as UTF-8 text with a clear error for a missing file, a folder or bad bytes.
+
+    ``.gz`` files are decompressed. CIF files (``.cif``, ``.cif.gz``) may hold non-UTF-8 bytes
+    in comments (read with a warning, see :func:`decode_cif_bytes`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return decode_bytes(path.read_bytes(), name or str(path))
+    name = name or str(path)
+    _check_path(path)
+    data = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CIFParseError(f"{name}: not a valid gzip file ({exc})") from None
+    return decode_cif_bytes(data, name) if _is_cif_path(path) else decode_bytes(data, name)
+
+
+# ----------------------------------------------------------------------------- CIF
 
 
 def _looks_like_cif(text: str) -> bool:
     return "data_" in text and "_cell_length_a" in text
 
 
-def structure_from_cif(text: str, name: str = "CIF") -> Structure:
-    """Parse a CIF string (first block) with pymatgen, raising :class:`CIFParseError` on failure.
+def _short(exc: BaseException) -> str:
+    """pymatgen's message without its 'No structure parsed for section 1 in CIF.' preamble."""
+    msg = str(exc).strip()
+    msg = re.sub(r"^No structure parsed for section \d+ in CIF\.\s*", "", msg)
+    msg = " ".join(msg.split())
+    if not msg:
+        msg = type(exc).__name__
+    elif isinstance(exc, KeyError) or re.fullmatch(r"'_[\w.\-]+'", msg):
+        msg = f"missing {msg}"
+    elif isinstance(exc, ZeroDivisionError):
+        msg = "an empty or truncated loop"
+    return msg[:300]
 
-    Partially occupied sites are kept (so callers can decide what to do with disorder).
+
+_ATOM_SITE_COORDS = ("_atom_site_fract_x", "_atom_site_cartn_x")
+_CELL_LENGTHS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
+_CELL_ANGLES = ("_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+
+
+def _cif_number(value: Any) -> float:
+    """A CIF number: '5.640(2)' -> 5.64; raises ValueError on anything else."""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    text = re.sub(r"\(\d+\)$", "", str(value).strip())
+    return float(text)
+
+
+def _check_cell(data: dict, name: str) -> None:
+    keys = {k.lower(): v for k, v in data.items()}
+    for key in _CELL_LENGTHS + _CELL_ANGLES:
+        if key not in keys:
+            raise CIFParseError(f"{name}: unparsable CIF (no {key}: the unit cell is incomplete)")
+        try:
+            value = _cif_number(keys[key])
+        except ValueError:
+            raise CIFParseError(f"{name}: unparsable CIF ({key} {keys[key]!r} is not a number)") from None
+        if not math.isfinite(value):
+            raise CIFParseError(f"{name}: unparsable CIF ({key} is {value})")
+        if key in _CELL_LENGTHS and value <= 0:
+            raise CIFParseError(f"{name}: unparsable CIF ({key} {value:g} is not a positive length)")
+        if key in _CELL_ANGLES and not 0 < value < 180:
+            raise CIFParseError(f"{name}: unparsable CIF ({key} {value:g} is not an angle between 0 and 180 degrees)")
+
+
+def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = None) -> Structure:
+    """Parse CIF text with pymatgen, raising :class:`CIFParseError` naming ``name`` on any failure.
+
+    A CIF may hold several ``data_`` blocks; blocks without atom sites (a publication block)
+    are ignored. If more than one block holds a structure, ``block`` (the block name without
+    ``data_``, or its index among the structure blocks) says which; without it the CIF is refused
+    rather than silently reduced to its first structure. Partially occupied sites are kept (so
+    callers can decide what to do with disorder).
     """
     from pymatgen.io.cif import CifParser
 
@@ -58,46 +287,95 @@ def structure_from_cif(text: str, name: str = "CIF") -> Structure:
     if "data_" not in text:
         raise CIFParseError(f"{name}: not a CIF (no data_ block)")
     _check_cif_elements(text, name)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             parser = CifParser.from_str(text, occupancy_tolerance=1.0)
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad text
+            raise CIFParseError(f"{name}: unparsable CIF ({_short(exc)})") from None
+        blocks = dict(parser._cif.data)  # block name -> CifBlock  # noqa: SLF001
+        with_atoms = {k: b for k, b in blocks.items()
+                      if any(c in {key.lower() for key in b.data} for c in _ATOM_SITE_COORDS)}
+        if not with_atoms:
+            raise CIFParseError(f"{name}: unparsable CIF (no atom sites: no _atom_site_fract_x loop)")
+        chosen = _choose_block(with_atoms, block, name)
+        label = name if len(blocks) == 1 else f"{name} (data_{chosen})"
+        _check_cell(with_atoms[chosen].data, label)
+        if len(blocks) > 1:
+            parser = CifParser.from_str(str(with_atoms[chosen]), occupancy_tolerance=1.0)
+        try:
             structures = parser.parse_structures(primitive=False, on_error="raise")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise CIFParseError(f"{name}: unparsable CIF ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, IndexError, ZeroDivisionError...
+            raise CIFParseError(f"{label}: unparsable CIF ({_short(exc)})") from None
     if not structures:
-        raise CIFParseError(f"{name}: CIF holds no structure")
+        said = "; ".join(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))[:300]
+        raise CIFParseError(f"{label}: CIF holds no structure{f' ({said})' if said else ''}")
     return structures[0]
+
+
+def _choose_block(with_atoms: dict, block: str | int | None, name: str) -> str:
+    names = list(with_atoms)
+    if block is None:
+        if len(names) > 1:
+            listed = ", ".join(f"data_{n}" for n in names[:5]) + (" ..." if len(names) > 5 else "")
+            raise CIFParseError(
+                f"{name}: the CIF holds {len(names)} structures ({listed}); give one structure per "
+                "file" + ("" if in_cli() else " or choose one with block='NAME'")
+            )
+        return names[0]
+    if isinstance(block, int):
+        if not -len(names) <= block < len(names):
+            raise CIFParseError(f"{name}: block {block} asked for, the CIF holds {len(names)} structures")
+        return names[block]
+    key = block[5:] if block.startswith("data_") else block
+    if key not in with_atoms:
+        raise CIFParseError(f"{name}: no structure block data_{key} (blocks: {', '.join(names)})")
+    return key
+
+
+_CIF_TOKEN = re.compile(r"""'[^']*'(?=\s|$)|"[^"]*"(?=\s|$)|\S+""")
 
 
 def _check_cif_elements(text: str, name: str) -> None:
     """Find element symbols in the atom_site loop that are not elements (pymatgen would guess)."""
+    from pymatgen.core import Element
+
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        if lines[i].strip() == "loop_":
-            headers = []
-            j = i + 1
-            while j < len(lines) and lines[j].strip().startswith("_"):
-                headers.append(lines[j].strip())
-                j += 1
-            if "_atom_site_type_symbol" in headers:
-                col = headers.index("_atom_site_type_symbol")
-                while j < len(lines) and lines[j].strip() and not lines[j].strip().startswith(("_", "loop_")):
-                    parts = lines[j].split()
-                    if len(parts) > col:
-                        symbol = parts[col].strip("'\"")
-                        element = "".join(c for c in symbol if c.isalpha())
-                        if not Element.is_valid_symbol(element):
-                            raise UnknownElementError(f"{name}: unknown element {symbol!r} in _atom_site_type_symbol")
-                    j += 1
-            i = j
-        else:
+        if lines[i].strip().lower() != "loop_":
             i += 1
+            continue
+        headers = []
+        j = i + 1
+        while j < len(lines) and lines[j].strip().startswith("_"):
+            headers.append(lines[j].split()[0].lower())
+            j += 1
+        tokens: list[str] = []
+        while j < len(lines):
+            row = lines[j].strip()
+            if row.startswith(("_", "loop_", "data_", ";")) or row.lower().startswith("loop_"):
+                break
+            if row and not row.startswith("#"):
+                tokens.extend(t for t in _CIF_TOKEN.findall(row.split(" #")[0]))
+            j += 1
+        if "_atom_site_type_symbol" in headers:
+            col = headers.index("_atom_site_type_symbol")
+            for symbol in tokens[col::len(headers)]:
+                symbol = symbol.strip("'\"")
+                element = "".join(c for c in symbol if c.isalpha())
+                if not Element.is_valid_symbol(element):
+                    raise UnknownElementError(f"{name}: unknown element {symbol!r} in _atom_site_type_symbol")
+        i = j
+
+
+# ----------------------------------------------------------------------------- structures
 
 
 def check_structure(structure: Structure, name: str = "structure") -> Structure:
     """Check a structure has atoms, a non-degenerate cell and only real elements."""
+    from pymatgen.core import Element
+
     if len(structure) == 0:
         raise EmptyStructureError(f"{name}: the cell holds no atoms")
     if not structure.lattice.volume > 1e-6:
@@ -110,59 +388,182 @@ def check_structure(structure: Structure, name: str = "structure") -> Structure:
     return structure
 
 
-def to_structure(obj: StructureLike, name: str | None = None) -> Structure:
+def _is_pathlike_str(obj: str) -> bool:
+    """A one-line string that is not CIF text is taken as a path (too long or NUL: not a path)."""
+    return not _looks_like_cif(obj) and "\n" not in obj and "\x00" not in obj and len(obj) < 4096
+
+
+def _from_atoms(atoms: Any, name: str) -> Structure:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if len(atoms) == 0:
+        raise EmptyStructureError(f"{name}: the cell holds no atoms")
+    rank = getattr(atoms.cell, "rank", 3)
+    if rank < 3:
+        raise EmptyStructureError(
+            f"{name}: the Atoms have no full unit cell (cell of rank {rank}); a crystal needs three "
+            "cell vectors (for a molecule, atoms.center(vacuum=10) gives it a box)"
+        )
+    try:
+        return AseAtomsAdaptor.get_structure(atoms)
+    except Exception as exc:  # noqa: BLE001
+        raise CIFParseError(f"{name}: cannot convert the ASE Atoms ({_short(exc)})") from None
+
+
+def to_structure(obj: StructureLike, name: str | None = None, block: str | int | None = None) -> Structure:
     """Return a pymatgen :class:`Structure` from a Structure, ASE Atoms, CIF text, bytes or a path.
 
-    Raises :class:`CIFParseError`, :class:`EncodingError`, :class:`UnknownElementError` or
-    :class:`EmptyStructureError` naming the input and the problem.
-    """
-    if isinstance(obj, Structure):
-        return check_structure(obj, name or "structure")
-    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_chemical_symbols"):
-        from pymatgen.io.ase import AseAtomsAdaptor
+    Paths may be ``.cif``, ``.cif.gz`` or pymatgen ``.json`` files. ``name`` is how errors call
+    the input (default: the path, or the kind of input); ``block`` picks the structure of a CIF
+    that holds several (see :func:`structure_from_cif`).
 
-        if len(obj) == 0:
-            raise EmptyStructureError(f"{name or 'Atoms'}: the cell holds no atoms")
-        return check_structure(AseAtomsAdaptor.get_structure(obj), name or "Atoms")
-    if isinstance(obj, bytes):
-        return to_structure(decode_bytes(obj, name or "bytes"), name or "bytes")
-    if isinstance(obj, os.PathLike) or (isinstance(obj, str) and not _looks_like_cif(obj) and "\n" not in obj):
+    Raises :class:`CIFParseError`, :class:`EncodingError`, :class:`UnknownElementError`,
+    :class:`EmptyStructureError` (all naming the input and the problem), ``FileNotFoundError``
+    or ``IsADirectoryError``.
+    """
+    from pymatgen.core import Structure
+
+    if isinstance(obj, Structure):
+        return _named(check_structure(obj, name or "structure"), name)
+    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_chemical_symbols"):
+        label = name or "Atoms"
+        return _named(check_structure(_from_atoms(obj, label), label), name)
+    if isinstance(obj, (bytes, bytearray)):
+        label = name or "bytes"
+        return to_structure(decode_cif_bytes(bytes(obj), label), label, block)
+    if isinstance(obj, str) and not obj.strip():
+        raise CIFParseError(f"{name or 'input'}: empty string (expected CIF text, a path or a Structure)")
+    if isinstance(obj, os.PathLike) or (isinstance(obj, str) and _is_pathlike_str(obj)):
         path = Path(obj)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (expected a CIF file, CIF text or a Structure)")
-        text = read_text_file(path)
-        if path.suffix == ".json":
+        label = str(path) if not name or name == str(path) else f"{name} ({path})"
+        if not path.is_file() and not path.is_dir():
+            raise FileNotFoundError(f"{label}: no such file (expected a CIF file, CIF text or a Structure)")
+        text = read_text_file(path, label)
+        if not text.strip():
+            raise CIFParseError(f"{label}: the file is empty" if not text else f"{label}: the file holds only blank space")
+        if path.suffix.lower() == ".json" or (path.suffixes[-2:] == [".json", ".gz"]):
             try:
-                return check_structure(Structure.from_str(text, fmt="json"), str(path))
-            except (ValueError, KeyError) as exc:
-                raise CIFParseError(f"{path}: not a pymatgen Structure JSON ({exc})") from None
-        return to_structure(text, name or str(path))
+                structure = Structure.from_str(text, fmt="json")
+            except Exception as exc:  # noqa: BLE001
+                raise CIFParseError(f"{label}: not a pymatgen Structure JSON ({_short(exc)})") from None
+            return _named(check_structure(structure, label), label)
+        return to_structure(text, label, block)
     if isinstance(obj, str):
-        return check_structure(structure_from_cif(obj, name or "CIF text"), name or "CIF text")
+        label = name or "CIF text"
+        return _named(check_structure(structure_from_cif(obj, label, block), label), name)
     if isinstance(obj, dict) and "lattice" in obj and "sites" in obj:
-        return check_structure(Structure.from_dict(obj), name or "structure dict")
+        label = name or "structure dict"
+        try:
+            structure = Structure.from_dict(obj)
+        except Exception as exc:  # noqa: BLE001
+            raise CIFParseError(f"{label}: not a pymatgen Structure dict ({_short(exc)})") from None
+        return _named(check_structure(structure, label), name)
     raise TypeError(
         f"{name or 'input'}: cannot make a Structure from {type(obj).__name__}; "
         "give a pymatgen Structure, ASE Atoms, CIF text or a path"
     )
 
 
-def resolve_disorder(structure: Structure, disorder: str = "raise", name: str = "structure") -> tuple[Structure, str | None]:
+# ----------------------------------------------------------------------------- disorder
+
+
+def _disorder_groups(structure: Structure) -> list[tuple[list[int], Any]]:
+    """Disordered sites grouped as pymatgen's ordering groups them (same species and occupancies)."""
+    groups: list[tuple[list[int], Any]] = []
+    for i, site in enumerate(structure):
+        if site.is_ordered:
+            continue
+        for members, species in groups:
+            if site.species.almost_equals(species):
+                members.append(i)
+                break
+        else:
+            groups.append(([i], site.species))
+    return groups
+
+
+def _supercell_size(groups: list[tuple[list[int], Any]], max_cells: int, tol: float = 0.01) -> int | None:
+    """The fewest cells whose repeat makes every group's species count whole, or None.
+
+    ``tol`` is per site, so occupancies written with two decimals (0.33) still count as thirds,
+    while a real dopant (0.03) is never rounded away.
+    """
+    for n in range(1, max_cells + 1):
+        if all(abs(n * len(m) * occ - round(n * len(m) * occ)) <= tol * n * len(m)
+               for m, species in groups for occ in species.values()):
+            return n
+    return None
+
+
+def count_orderings(structure: Structure, max_supercell: int = DEFAULT_MAX_SUPERCELL) -> tuple[int, int] | None:
+    """``(number of arrangements, supercell size)`` that ``disorder="order"`` would try, or None.
+
+    Counts, in the smallest supercell (at most ``max_supercell`` cells) where occupancies give
+    whole numbers of atoms, the ways to place each group's species (vacancies included) on its
+    sites: the product of multinomial coefficients. None: no such supercell.
+    """
+    groups = _disorder_groups(structure)
+    n = _supercell_size(groups, max_supercell)
+    if n is None:
+        return None
+    total = 1
+    for members, species in groups:
+        sites = n * len(members)
+        left = sites
+        for occ in species.values():
+            k = min(round(sites * occ), left)
+            total *= math.comb(left, k)
+            left -= k
+    return total, n
+
+
+def _supercell(structure: Structure, n: int) -> Structure:
+    """``structure`` repeated ``n`` times, growing the shortest axis by each prime factor of ``n``."""
+    scale = [1, 1, 1]
+    lengths = list(structure.lattice.abc)
+    p = 2
+    while n > 1:
+        while n % p == 0:
+            axis = min(range(3), key=lambda a: lengths[a] * scale[a])
+            scale[axis] *= p
+            n //= p
+        p += 1
+    return structure * scale if scale != [1, 1, 1] else structure.copy()
+
+
+def resolve_disorder(
+    structure: Structure,
+    disorder: str = "raise",
+    name: str | None = None,
+    *,
+    max_orderings: int | None = DEFAULT_MAX_ORDERINGS,
+    max_supercell: int = DEFAULT_MAX_SUPERCELL,
+    max_atoms: int | None = limits.DEFAULT_MAX_ATOMS,
+    time_limit: float | None = limits.DEFAULT_TIME_LIMIT,
+) -> tuple[Structure, str | None]:
     """Handle partially occupied sites.
 
     ``disorder``: ``"raise"`` refuses them (:class:`DisorderError`), ``"dominant"`` keeps each
-    site's majority species, ``"order"`` enumerates an ordered supercell approximant with pymatgen.
+    site's majority species, ``"order"`` builds the smallest supercell (at most ``max_supercell``
+    cells) in which the occupancies give whole atoms and picks pymatgen's lowest-energy ordering.
+    ``"order"`` is bounded: more than ``max_orderings`` arrangements or ``max_atoms`` atoms
+    raise :class:`StructureTooLargeError` up front, and more than ``time_limit`` seconds raise
+    :class:`RecordTimeoutError` (None: no bound). ``name`` defaults to the name
+    :func:`to_structure` gave the structure.
     Returns the ordered structure and the treatment applied (``None`` if it was ordered already).
     """
+    name = name or source_name(structure)
     if structure.is_ordered:
         return structure, None
     if disorder == "raise":
         bad = next(i for i, s in enumerate(structure) if not s.is_ordered)
         raise DisorderError(
             f"{name}: site {bad} is partially occupied ({structure[bad].species.formula}); "
-            "use disorder='dominant' or disorder='order'"
+            f"use {option_hint('disorder', 'dominant')} or {option_hint('disorder', 'order')}"
         )
     if disorder == "dominant":
+        from pymatgen.core import Structure as _Structure
+
         species, coords = [], []
         for site in structure:
             sp, occ = max(site.species.items(), key=lambda kv: kv[1])
@@ -170,15 +571,39 @@ def resolve_disorder(structure: Structure, disorder: str = "raise", name: str = 
                 continue
             species.append(getattr(sp, "element", sp))
             coords.append(site.frac_coords)
-        return Structure(structure.lattice, species, coords), "dominant"
+        return _Structure(structure.lattice, species, coords), "dominant"
     if disorder == "order":
-        from pymatgen.transformations.standard_transformations import OrderDisorderedStructureTransformation
-
-        clean = structure.copy()
-        clean.remove_oxidation_states()
-        try:
-            ordered = OrderDisorderedStructureTransformation(no_oxi_states=True).apply_transformation(clean)
-        except Exception as exc:  # pymatgen raises bare ValueError/RuntimeError here
-            raise DisorderError(f"{name}: could not order the disordered sites ({exc})") from None
-        return ordered, "order"
+        return _order(structure, name, max_orderings, max_supercell, max_atoms, time_limit), "order"
     raise ValueError(f"disorder must be 'raise', 'dominant' or 'order', not {disorder!r}")
+
+
+def _order(structure: Structure, name: str, max_orderings: int | None, max_supercell: int,
+           max_atoms: int | None, time_limit: float | None) -> Structure:
+    from pymatgen.transformations.standard_transformations import OrderDisorderedStructureTransformation
+
+    dominant = option_hint("disorder", "dominant")
+    clean = structure.copy()
+    clean.remove_oxidation_states()
+    counted = count_orderings(clean, max_supercell)
+    if counted is None:
+        bad = next(s for s in clean if not s.is_ordered)
+        raise DisorderError(
+            f"{name}: the occupancies ({bad.species.formula}) need a supercell of more than "
+            f"{max_supercell} cells to give whole atoms; use {dominant}"
+        )
+    n_orderings, n_cells = counted
+    limits.check_size(len(clean) * n_cells, max_atoms, what=f"{name}: the {n_cells}-cell ordering supercell",
+                      hint=f"use {dominant}")
+    if max_orderings is not None and max_orderings > 0 and n_orderings > max_orderings:
+        more = "" if in_cli() else " or raise max_orderings"
+        raise StructureTooLargeError(
+            f"{name}: ordering the partially occupied sites means trying {n_orderings:.3g} arrangements "
+            f"({n_cells}-cell supercell, {len(clean) * n_cells} sites), over the limit of "
+            f"{max_orderings:,}; use {dominant}{more}"
+        )
+    cell = _supercell(clean, n_cells)
+    with limits.time_limit(time_limit, what=f"{name}: ordering the partially occupied sites", hint=f"use {dominant}"):
+        try:
+            return OrderDisorderedStructureTransformation(no_oxi_states=True).apply_transformation(cell)
+        except (ValueError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as exc:
+            raise DisorderError(f"{name}: could not order the disordered sites ({_short(exc)})") from None
