@@ -1,13 +1,19 @@
 """crystext: crystal structures as language-model text.
 
 Data flows one way: Structure -> text -> tokens -> corpus -> model -> embeddings -> benchmarks/heads.
-Public names are imported lazily so ``import crystext`` stays light; importing the package
-registers the ``crystal-embedding`` pipeline task with transformers.
+Public names are imported lazily so ``import crystext`` stays light: it imports neither torch
+nor transformers. The pipeline tasks (``crystal-embedding`` and the others in
+:mod:`crystext.pipeline`) are registered with transformers as soon as ``transformers.pipelines``
+is imported, in either order (``import crystext`` first or ``import transformers`` first);
+:func:`crystext.pipeline.register_pipeline` registers them explicitly.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
+import warnings
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -21,6 +27,7 @@ _EXPORTS = {
     "parse_text": "text",
     "TextReport": "text",
     "to_structure": "inputs",
+    "register_pipeline": "pipeline",
     "aflow_prototypes": "builtin",
     # tokens and corpora
     "build_tokenizer": "tokenization",
@@ -59,15 +66,75 @@ def __getattr__(name: str):
     return value
 
 
+_PIPELINES = "transformers.pipelines"
+
+
 def _register_pipeline() -> None:
+    """Register crystext's pipeline tasks; never breaks the user's import of transformers."""
     try:
         from .pipeline import register_pipeline
-    except ImportError:  # transformers missing or pipeline module absent: nothing to register
+    except ImportError:  # transformers or torch missing: nothing to register
         return
-    register_pipeline()
+    try:
+        register_pipeline()
+    except Exception as exc:  # noqa: BLE001 - a registration failure must not break transformers
+        warnings.warn(f"crystext: could not register its pipeline tasks with transformers ({exc})",
+                      RuntimeWarning, stacklevel=2)
 
 
-_register_pipeline()
+class _RegisterAfterExec(importlib.abc.Loader):
+    """Wraps the loader of ``transformers.pipelines``: runs it, then registers crystext's tasks."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        # leave no trace: the module's loader is the original one from here on
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        _register_pipeline()
+
+    def __getattr__(self, name: str):  # get_resource_reader, is_package, get_code, ...
+        return getattr(self._loader, name)
+
+
+class _PipelineImportHook(importlib.abc.MetaPathFinder):
+    """A ``sys.meta_path`` finder that fires once, when ``transformers.pipelines`` is imported."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _PIPELINES:
+            return None
+        _remove_hook()
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisterAfterExec(spec.loader)
+        return spec
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PipelineImportHook)]
+
+
+def _install_pipeline_hook() -> None:
+    """Register now if transformers' pipelines are loaded, else when they are first imported."""
+    if _PIPELINES in sys.modules:
+        _register_pipeline()
+    elif not any(isinstance(f, _PipelineImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PipelineImportHook())
+
+
+_install_pipeline_hook()
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text import check_text, structure_to_text, text_to_structure  # noqa: F401

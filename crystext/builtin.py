@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pymatgen.core import Structure
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
 
 BUILTIN_CORPORA = ("aflow-prototypes",)
 
@@ -23,6 +25,8 @@ def _pymatgen_root() -> Path:
 
 def aflow_prototypes() -> list[tuple[str, Structure, dict]]:
     """Return ``(id, structure, properties)`` for the AFLOW prototypes and pymatgen's bundled structures."""
+    from pymatgen.core import Structure
+
     root = _pymatgen_root()
     records: list[tuple[str, Structure, dict]] = []
     with gzip.open(root / "analysis" / "prototypes" / "aflow_prototypes.json.gz", "rt") as fh:
