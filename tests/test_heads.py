@@ -70,7 +70,8 @@ def test_fused_head_learns_and_round_trips(data, tmp_path, fusion):
     # save/load: identical predictions, config JSON, featuriser settings
     folder = model.save_pretrained(tmp_path / "head", featurizer=feat)
     cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["fusion"] == fusion and cfg["branches"] == ["lm", "ace", "graph"] and (folder / "model.safetensors").is_file()
+    assert cfg["model_type"] == "crystext-multiscale" and cfg["net"]["fusion"] == fusion
+    assert cfg["net"]["branches"] == ["lm", "ace", "graph"] and (folder / "model.safetensors").is_file()
     assert (folder / "element_table.csv").is_file() and cfg["featurizer"]["element_table"] == "element_table.csv"
     loaded = MultiScaleRegressor.from_pretrained(folder)
     np.testing.assert_allclose(loaded.predict(inputs), model.predict(inputs), rtol=1e-6, atol=1e-6)
@@ -192,3 +193,141 @@ def test_score_is_higher_is_better_r2():
     bad = MultiScaleRegressor(branches=["composition"], width=16, hidden=16, max_epochs=1, patience=1, lr=1e-5, seed=0).fit(x, y)
     assert good.score(x, y) > bad.score(x, y)
     np.testing.assert_allclose(good.score(x, y), r2_score(y, good.predict(x)), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- HF objects, sklearn protocol
+@pytest.fixture(scope="module")
+def small_fit():
+    rng = np.random.default_rng(7)
+    x = BranchInputs({"lm": rng.normal(size=(60, 40)), "composition": rng.normal(size=(60, 5))})
+    y = x.features["composition"][:, 0] + 0.1 * rng.normal(size=60)
+    model = MultiScaleRegressor(branches=["lm", "composition"], width=8, hidden=8, reduce_dim=16, max_epochs=5, patience=5, seed=0)
+    return x, y, model.fit(x, y)
+
+
+def test_native_transformers_round_trip(small_fit, tmp_path):
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from crystext.heads import MultiScaleConfig, MultiScaleModel
+
+    x, _, model = small_fit
+    folder = model.save_pretrained(tmp_path / "head")
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    hf = MultiScaleModel.from_pretrained(folder)
+    assert isinstance(hf, PreTrainedModel) and isinstance(hf.config, PretrainedConfig)
+    assert isinstance(hf.config, MultiScaleConfig) and hf.config.model_type == "crystext-multiscale"
+    feats, gb = model._batch(x, np.arange(len(x)))
+    with torch.no_grad():
+        np.testing.assert_allclose(hf.eval()(feats, gb).numpy(), model.predict(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(MultiScaleRegressor.from_pretrained(folder).predict(x), model.predict(x))
+    bad = tmp_path / "other"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (bad / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a crystext multi-scale head"):
+        MultiScaleRegressor.from_pretrained(bad)
+
+
+def test_sklearn_clone_and_params(small_fit):
+    from sklearn.base import clone
+
+    x, y, model = small_fit
+    twin = clone(model)
+    assert twin.get_params() == model.get_params() and not hasattr(twin, "net_")
+    twin.set_params(width=4)
+    assert twin.width == 4 and model.width == 8
+    with pytest.raises(ConfigError, match="no parameter"):
+        twin.set_params(colour="red")
+    np.testing.assert_allclose(clone(model).fit(x, y).predict(x), model.predict(x), rtol=1e-5, atol=1e-6)  # same seed
+
+
+def test_push_to_hub_uploads_the_saved_folder(small_fit, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            from pathlib import Path
+
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["config"] = json.loads((Path(folder_path) / "config.json").read_text())
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    _, _, model = small_fit
+    assert model.push_to_hub("me/head", private=True) == "me/head"
+    assert calls["repo"] == ("me/head", True, True)
+    assert calls["files"] == ["config.json", "model.safetensors"] and calls["config"]["model_type"] == "crystext-multiscale"
+
+
+def test_head_refuses_inputs_of_another_branch_set(small_fit):
+    x, _, model = small_fit
+    with pytest.raises(ConfigError, match="trained on branches lm, composition"):
+        model.predict(BranchInputs({"lm": x.features["lm"], "ace": x.features["composition"]}))
+    with pytest.raises(ConfigError, match="has 6 features but this head was trained on 5"):
+        model.predict(BranchInputs({"lm": x.features["lm"], "composition": np.zeros((60, 6))}))
+
+
+# ----------------------------------------------------------------------------- stacked fusion
+@pytest.fixture(scope="module")
+def stack_data():
+    """Two informative branches (each sees half the signal) and one pure-noise branch."""
+    rng = np.random.default_rng(8)
+    n = 160
+    a, b = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+    y = a[:, 0] + b[:, 0] + 0.05 * rng.normal(size=n)
+    a[7] = np.nan  # branch "lm" cannot featurise structure 7
+    x = BranchInputs({"lm": a, "ace": b, "noise": rng.normal(size=(n, 4))})
+    return x, y
+
+
+def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp_path):
+    from sklearn.base import clone
+
+    from crystext.heads import StackedRegressor
+
+    x, y = stack_data
+    train, test = np.arange(120), np.arange(120, 160)
+    model = StackedRegressor(branches=["lm", "ace", "noise"], n_folds=3, seed=0,
+                             base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3))
+    model.fit(x.subset(train), y[train])
+    singles = [model.val_maes_[b] for b in ("lm", "ace", "noise")]
+    assert model.best_val_mae_ <= min(singles) + 1e-12
+    assert model.choice_ == "stack" and model.weights_[2] < 0.2 * min(model.weights_[:2])  # noise gets ~no weight
+    assert model.missing_ == {"lm": 1, "ace": 0, "noise": 0}
+    # on test the fusion of two half-informative branches beats either alone
+    branch = model.branch_maes(x.subset(test), y[test])
+    assert model.mae(x.subset(test), y[test]) < 0.8 * min(branch.values())
+    assert model.score(x.subset(test), y[test]) > 0.5
+    # the row lacking the lm branch falls back to the other branches: a finite prediction
+    assert np.isfinite(model.predict(x.subset([7]))).all()
+    # ablation without refits; a single branch is chosen as itself
+    sub = model.restrict(["ace"])
+    assert set(sub.val_maes_) == {"ace", "mean", "stack"}
+    # save/load gives the same predictions; clone gives an unfitted twin
+    folder = model.save_pretrained(tmp_path / "stack")
+    np.testing.assert_allclose(StackedRegressor.from_pretrained(folder).predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
+    assert clone(model).get_params() == model.get_params()
+    with pytest.raises(ConfigError, match="trained on branches"):
+        model.predict(BranchInputs({"lm": x.features["lm"]}))
+
+
+def test_stack_picks_the_single_branch_when_the_others_are_noise():
+    from crystext.heads import StackedRegressor
+
+    rng = np.random.default_rng(9)
+    n = 150
+    good = rng.normal(size=(n, 2))
+    y = 2 * good[:, 0]
+    x = BranchInputs({"chgnet": good, "composition": rng.normal(size=(n, 3))})
+    model = StackedRegressor(branches=["chgnet", "composition"], n_folds=3, seed=1,
+                             base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3)).fit(x, y)
+    assert model.best_val_mae_ <= model.val_maes_["chgnet"] + 1e-12
+    assert model.weights_[1] <= 0.1 * max(model.weights_[0], 1e-9) or model.choice_ == "chgnet"

@@ -1,20 +1,30 @@
-"""Branch ablation of the multi-scale head: every single branch, every pair, and all together.
+"""Branch ablation of the multi-scale heads: every single branch, every pair, and all together.
 
-Data (shared data folder, see crystext.settings.data_dir): ``perov_5`` target ``heat_all`` (eV per
-cell) and ``carbon_24`` target ``energy_per_atom`` (eV/atom); ``val.csv`` is the training split
-(10% of it held out for early stopping), ``test.csv`` the test split, as the data README says.
+Data (shared data folder, see crystext.settings.data_dir; its README describes every set):
+``perov_5`` (``heat_all``, eV/cell) and ``carbon_24`` (``energy_per_atom``, eV/atom): ``val.csv`` is
+the training split, ``test.csv`` the test split; ``mp_e_form``: train/val/test; ``mp_dielectric_n``,
+``mp_log_kvrh``, ``mp_log_gvrh``: 5 folds ``train{k}.csv``/``test{k}.csv`` (``--folds``). The
+inner validation split (choice of the fusion, early stopping) is ``--val-fraction`` of the training
+split (``mp_e_form``: its ``val.csv``). The test split is used for the reported MAE only.
 
-Branches: ``lm`` (needs ``--run`` or ``--lm-embeddings``), ``composition`` (element table pooled
-over the formula), ``graph`` (CGCNN-style GNN trained end to end), ``ace`` (body order <= 4
-invariants), ``chgnet`` (pretrained CHGNet 64-D crystal vectors; needs ``pip install chgnet``).
-Featurised inputs are cached per data set (``--cache``), rows already in ``--out`` are skipped
-(the run can be resumed), a ``dummy`` row (predict the training mean) is written per data set.
+Methods (``--method``):
+- ``stack`` (default): :class:`crystext.heads.StackedRegressor`: one regressor per branch,
+  out-of-fold predictions (``--n-folds``), a non-negative combiner, and the final choice among the
+  combiner, the mean and every single branch on the inner validation split. One fit per
+  (data set, fold, seed) gives every combination: single branches are the per-branch regressors,
+  pairs and all are the combiner refitted on the same out-of-fold predictions (``restrict``).
+- ``gated`` / ``concat``: :class:`crystext.heads.MultiScaleRegressor`, one network per combination.
 
-Usage:
+Branches: ``lm`` (``--run``: a pretrained or fine-tuned crystext run folder, its hidden states
+mean-pooled; or ``--lm-embeddings``), ``composition``, ``graph`` (CGCNN-style GNN trained end to
+end), ``ace``, ``chgnet`` (pretrained CHGNet 64-D vectors; ``pip install chgnet``). Featurised
+inputs are cached per data set and split (``--cache``); rows already in ``--out`` are skipped.
+
+The full ablation (every data set, full training splits, 3 seeds; slow on a CPU):
   python benchmarks/multiscale/ablation.py --run models/crystext-base \
       --out benchmarks/multiscale/ablation.csv --md benchmarks/multiscale/ablation.md
   # without an LM run: --branches composition,graph,ace,chgnet
-  # smaller/faster: --limit-train 1000 --seeds 0 --max-epochs 100
+  # a small check: --datasets perov_5 carbon_24 --limit-train 1000 --limit-test 1000
 """
 
 from __future__ import annotations
@@ -31,12 +41,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DATASETS = {"perov_5": "heat_all", "carbon_24": "energy_per_atom"}
-#: ACE settings per data set: many elements -> element-table channels (PCA 3), carbon -> one-hot
-ACE_PARAMS = {
-    "perov_5": dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3),
-    "carbon_24": dict(cutoff=5.0, n_radial=6, max_angular=4, species_table=None),
+#: data set -> target column and (train, test) split pairs (one per fold)
+DATASETS = {
+    "perov_5": dict(target="heat_all", splits=[("val", "test")]),
+    "carbon_24": dict(target="energy_per_atom", splits=[("val", "test")]),
+    "mp_e_form": dict(target="target", splits=[("train", "test")]),  # inner validation from train.csv
+    "mp_dielectric_n": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
+    "mp_log_kvrh": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
+    "mp_log_gvrh": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
 }
+DEFAULT_DATASETS = ["perov_5", "carbon_24", "mp_dielectric_n", "mp_log_kvrh", "mp_log_gvrh"]
+#: ACE settings per data set: many elements -> element-table channels (PCA 3), carbon -> one-hot
+MANY_ELEMENTS_ACE = dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3)
+ACE_PARAMS = {name: MANY_ELEMENTS_ACE for name in DATASETS}
+ACE_PARAMS["carbon_24"] = dict(cutoff=5.0, n_radial=6, max_angular=4, species_table=None)
 
 
 def load_split(name: str, split: str, target: str, limit: int | None):
@@ -47,16 +65,16 @@ def load_split(name: str, split: str, target: str, limit: int | None):
     return read_structures_table(path, target, limit)
 
 
-def lm_arrays(args, name: str, s_train, s_test):
+def lm_arrays(args, name: str, s_train, s_test, tag: str = ""):
     """LM embeddings: <dir>/<name>_{train,test}.npy (the first rows of each split, in file order;
     files with more rows than the --limit-* rows are cut to them), or computed with --run."""
     if args.lm_embeddings:
         d = Path(args.lm_embeddings)
         out = []
         for split, structures in (("train", s_train), ("test", s_test)):
-            x = np.load(d / f"{name}_{split}.npy", allow_pickle=False)
+            x = np.load(d / f"{name}{tag}_{split}.npy", allow_pickle=False)
             if len(x) < len(structures):
-                raise SystemExit(f"{d / f'{name}_{split}.npy'} has {len(x)} rows for {len(structures)} structures")
+                raise SystemExit(f"{d / f'{name}{tag}_{split}.npy'} has {len(x)} rows for {len(structures)} structures")
             out.append(x[: len(structures)])
         return tuple(out)
     if args.run:
@@ -74,8 +92,8 @@ def lm_arrays(args, name: str, s_train, s_test):
                    structure_embeddings(s_test, run, batch_size=args.lm_batch_size))
         if args.lm_save:
             Path(args.lm_save).mkdir(parents=True, exist_ok=True)
-            np.save(Path(args.lm_save) / f"{name}_train.npy", out[0])
-            np.save(Path(args.lm_save) / f"{name}_test.npy", out[1])
+            np.save(Path(args.lm_save) / f"{name}{tag}_train.npy", out[0])
+            np.save(Path(args.lm_save) / f"{name}{tag}_test.npy", out[1])
         return out
     raise SystemExit("the lm branch needs --run or --lm-embeddings (or leave lm out of --branches)")
 
@@ -118,7 +136,12 @@ def _csv_rows(name: str, split: str) -> int:
     return len(pd.read_csv(data_dir(required=True) / name / f"{split}.csv", usecols=[0]))
 
 
-def _branch_key(args, name: str, branch: str) -> str:
+def _tag(train_split: str, test_split: str) -> str:
+    """Cache-name suffix of a split pair ("" for the val/test pair of perov_5 and carbon_24)."""
+    return "" if (train_split, test_split) == ("val", "test") else f"-{train_split}-{test_split}"
+
+
+def _branch_key(args, name: str, branch: str, tag: str = "") -> str:
     """Cache file stem of one branch: everything its features depend on."""
     if branch == "lm":
         extra = f"lm-{Path(args.lm_embeddings or args.run or 'none').name}"
@@ -130,24 +153,25 @@ def _branch_key(args, name: str, branch: str) -> str:
         extra = f"composition-{args.element_table}"
     else:
         extra = branch
-    return f"{name}_{args.limit_train}_{args.limit_test}_{extra}"
+    return f"{name}{tag}_{args.limit_train}_{args.limit_test}_{extra}"
 
 
-def featurise(args, name: str, branches: list[str]):
+def featurise(args, name: str, branches: list[str], train_split: str = "val", test_split: str = "test"):
     """(train inputs, y_train, test inputs, y_test); every branch is cached on its own in an
     ``.npz`` (read with allow_pickle=False), so adding a branch later featurises only that one."""
     from crystext.heads import BranchFeaturizer, BranchInputs
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    target = DATASETS[name]
-    ykey = cache / f"{name}_{args.limit_train}_{args.limit_test}_targets.npz"
+    target = DATASETS[name]["target"]
+    tag = _tag(train_split, test_split)
+    ykey = cache / f"{name}{tag}_{args.limit_train}_{args.limit_test}_targets.npz"
     parsed = {}
 
     def structures():
         if not parsed:
-            s_train, y_train, _ = load_split(name, "val", target, args.limit_train)
-            s_test, y_test, _ = load_split(name, "test", target, args.limit_test)
+            s_train, y_train, _ = load_split(name, train_split, target, args.limit_train)
+            s_test, y_test, _ = load_split(name, test_split, target, args.limit_test)
             parsed.update(s_train=s_train, y_train=y_train, s_test=s_test, y_test=y_test)
             if not ykey.is_file():
                 np.savez(ykey, y_train=y_train, y_test=y_test)
@@ -161,17 +185,17 @@ def featurise(args, name: str, branches: list[str]):
         y_train, y_test = p["y_train"], p["y_test"]
     # --limit-* keep the first rows of each file; a full-data cache (no unparsable rows) is sliced
     n_tr, n_te = len(y_train), len(y_test)
-    full_y = cache / f"{name}_None_None_targets.npz"
+    full_y = cache / f"{name}{tag}_None_None_targets.npz"
     sliceable = False
     if (args.limit_train or args.limit_test) and full_y.is_file():
         with np.load(full_y, allow_pickle=False) as z:
             sliceable = (np.array_equal(z["y_train"][:n_tr], y_train) and np.array_equal(z["y_test"][:n_te], y_test)
-                         and len(z["y_train"]) == _csv_rows(name, "val") and len(z["y_test"]) == _csv_rows(name, "test"))
+                         and len(z["y_train"]) == _csv_rows(name, train_split) and len(z["y_test"]) == _csv_rows(name, test_split))
     full_args = argparse.Namespace(**{**vars(args), "limit_train": None, "limit_test": None})
     x_train, x_test = BranchInputs(), BranchInputs()
     for b in branches:
-        path = cache / f"{_branch_key(args, name, b)}.npz"
-        full = cache / f"{_branch_key(full_args, name, b)}.npz"
+        path = cache / f"{_branch_key(args, name, b, tag)}.npz"
+        full = cache / f"{_branch_key(full_args, name, b, tag)}.npz"
         if sliceable and not path.is_file() and full.is_file():
             with np.load(full, allow_pickle=False) as z:
                 if b == "graph":
@@ -187,7 +211,7 @@ def featurise(args, name: str, branches: list[str]):
             feat.fit(p["s_train"] + p["s_test"])  # species lists only; no targets
             lm_train = lm_test = None
             if b == "lm":
-                lm_train, lm_test = lm_arrays(args, name, p["s_train"], p["s_test"])
+                lm_train, lm_test = lm_arrays(args, name, p["s_train"], p["s_test"], tag)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tr = feat.transform(p["s_train"], lm_embeddings=lm_train, progress=True)
@@ -218,12 +242,46 @@ def combos(branches: list[str], sizes: list[int] | None = None) -> list[tuple[st
 
 
 def _weights_summary(sub: pd.DataFrame) -> str:
-    """Mean gated-fusion weights (test set) over seeds, e.g. ``lm 0.21, graph 0.40``."""
+    """Mean fusion weights over seeds and folds, e.g. ``chgnet 0.71, ace 0.35`` (stack: combiner
+    weights of the chosen candidate; gated: mean softmax weight on the test set)."""
     ws = [json.loads(w) for w in sub.get("weights", pd.Series(dtype=object)).dropna() if isinstance(w, str) and w]
     if not ws:
         return ""
     keys = list(ws[0])
-    return ", ".join(f"{k} {np.mean([w[k] for w in ws]):.2f}" for k in keys)
+    return ", ".join(f"{k} {np.mean([w.get(k, 0.0) for w in ws]):.2f}" for k in keys)
+
+
+def seed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, branches, seed): test MAE averaged over folds (one row per seed)."""
+    cols = [c for c in ("mae", "val_mae") if c in df]
+    return df.groupby(["dataset", "branches", "seed"], sort=False)[cols].mean().reset_index()
+
+
+def verdicts(df: pd.DataFrame) -> dict[str, dict]:
+    """Per data set: the fused model with every branch against the best single branch (by mean
+    test MAE over seeds), the paired per-seed difference and whether it exceeds the seed spread."""
+    per_seed = seed_table(df[df.branches != "dummy"])
+    out = {}
+    for name, sub in per_seed.groupby("dataset", sort=False):
+        stats = sub.groupby("branches", sort=False)["mae"].agg(["mean", "std", "count"])
+        singles = stats[[("," not in b) for b in stats.index]]
+        if singles.empty:
+            continue
+        full = max(stats.index, key=lambda b: b.count(","))
+        if full.count(",") == 0:
+            continue
+        best = singles["mean"].idxmin()
+        a = sub[sub.branches == full].set_index("seed")["mae"]
+        b = sub[sub.branches == best].set_index("seed")["mae"]
+        common = a.index.intersection(b.index)
+        diff = (b[common] - a[common]) if len(common) else pd.Series(dtype=float)
+        spread = float(np.nanmax([stats.loc[full, "std"], stats.loc[best, "std"]])) if len(common) > 1 else float("nan")
+        gain = float(stats.loc[best, "mean"] - stats.loc[full, "mean"])
+        out[name] = dict(full=full, best_single=best, full_mae=float(stats.loc[full, "mean"]),
+                         best_single_mae=float(stats.loc[best, "mean"]), gain=gain, seed_spread=spread,
+                         paired_diffs=[float(d) for d in diff], seeds=int(len(common)),
+                         beats_by_more_than_spread=bool(len(common) > 1 and gain > spread and (diff > 0).all()))
+    return out
 
 
 def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
@@ -231,48 +289,47 @@ def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
     if notes:
         lines += [notes.rstrip(), ""]
     lines += [f"Table written by: `{command}`", "",
-              "Test MAE (mean ± std over seeds; lower is better). Training = the data set's `val.csv` "
-              "(10% held out for early stopping: `val MAE` is that split), test = `test.csv`. "
-              "`dummy` predicts the training mean. Gate weights: mean softmax weight of every branch "
-              "on the test set (gated fusion).", ""]
-    for name, sub in df.groupby("dataset", sort=False):
-        agg = {"mae": ["mean", "std", "count"]}
-        for c in ("val_mae", "epochs"):
-            if c in sub:
-                agg[c] = ["mean"]
-        stats = sub.groupby("branches", sort=False).agg(agg)
-        stats.columns = ["mean", "std", "count"] + [c for c in ("val_mae", "epochs") if c in sub]
-        singles = stats[[("," not in b and b != "dummy") for b in stats.index]]
-        best_single = singles["mean"].idxmin() if len(singles) else None
-        lines += [f"## {name} (`{DATASETS.get(name, '')}`)", "",
-                  "| branches | test MAE | val MAE | epochs | seeds | gate weights |", "|---|---|---|---|---|---|"]
+              "Test MAE (mean ± std over seeds of the per-seed mean over folds; lower is better). "
+              "`val MAE`: the inner validation split the fusion was chosen on. `dummy` predicts the "
+              "training mean. `chosen`: what the stacked fusion picked on validation (per seed).", ""]
+    per_seed = seed_table(df)
+    verdict = verdicts(df)
+    for name, sub in per_seed.groupby("dataset", sort=False):
+        stats = sub.groupby("branches", sort=False).agg(mean=("mae", "mean"), std=("mae", "std"), count=("mae", "count"),
+                                                         val_mae=("val_mae", "mean") if "val_mae" in sub else ("mae", "size"))
+        raw = df[df.dataset == name]
+        target = DATASETS.get(name, {}).get("target", "")
+        lines += [f"## {name} (`{target}`)", "",
+                  "| branches | test MAE | val MAE | seeds | chosen | weights |", "|---|---|---|---|---|---|"]
+        v = verdict.get(name, {})
         for b, row in stats.sort_values("mean").iterrows():
-            mark = " (best single)" if b == best_single else ""
+            mark = " (best single)" if b == v.get("best_single") else ""
             std = "" if np.isnan(row["std"]) else f" ± {row['std']:.4f}"
-            val = "" if np.isnan(row.get("val_mae", np.nan)) else f"{row['val_mae']:.4f}"
-            ep = "" if np.isnan(row.get("epochs", np.nan)) else f"{row['epochs']:.0f}"
-            lines.append(f"| {b}{mark} | {row['mean']:.4f}{std} | {val} | {ep} | {int(row['count'])} | "
-                         f"{_weights_summary(sub[sub.branches == b])} |")
-        fused = [b for b in stats.index if b.count(",") >= 2]
-        if best_single and fused:
-            f = max(fused, key=lambda b: b.count(","))
-            verdict = "beats" if stats.loc[f, "mean"] < stats.loc[best_single, "mean"] else "does NOT beat"
-            pairs = stats[[b.count(",") == 1 for b in stats.index]]
-            best_pair = pairs["mean"].idxmin() if len(pairs) else None
-            lines += ["", f"All branches together ({f}) {verdict} the best single branch ({best_single}): "
-                      f"{stats.loc[f, 'mean']:.4f} vs {stats.loc[best_single, 'mean']:.4f}."
-                      + (f" Best pair: {best_pair} {stats.loc[best_pair, 'mean']:.4f}." if best_pair else "")]
+            val = f"{row['val_mae']:.4f}" if "val_mae" in sub and np.isfinite(row["val_mae"]) else ""
+            chosen = ", ".join(sorted(set(raw[raw.branches == b]["choice"].dropna().astype(str)))) if "choice" in raw else ""
+            lines.append(f"| {b}{mark} | {row['mean']:.4f}{std} | {val} | {int(row['count'])} | {chosen} | "
+                         f"{_weights_summary(raw[raw.branches == b])} |")
+        if v:
+            word = "beats" if v["gain"] > 0 else "does NOT beat"
+            lines += ["", f"All branches ({v['full']}) {word} the best single branch ({v['best_single']}): "
+                      f"{v['full_mae']:.4f} vs {v['best_single_mae']:.4f} (gain {v['gain']:+.4f}; seed spread "
+                      f"{v['seed_spread']:.4f}; paired per-seed gains {', '.join(f'{d:+.4f}' for d in v['paired_diffs'])}). "
+                      + ("By more than the seed spread." if v["beats_by_more_than_spread"] else "Not by more than the seed spread.")]
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=list(DATASETS))
+    ap.add_argument("--folds", nargs="+", type=int, default=None, help="fold indices of 5-fold data sets (default all)")
     ap.add_argument("--branches", default="lm,composition,graph,ace,chgnet")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--run", default=None, help="LM run for the lm branch")
-    ap.add_argument("--lm-embeddings", default=None, help="folder with <dataset>_{train,test}.npy LM vectors")
+    ap.add_argument("--method", default="stack", choices=["stack", "gated", "concat"])
+    ap.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="inner validation share of the training split")
+    ap.add_argument("--run", default=None, help="LM run for the lm branch (a pretrained or a fine-tuned run folder)")
+    ap.add_argument("--lm-embeddings", default=None, help="folder with <dataset>[-<train>-<test>]_{train,test}.npy LM vectors")
     ap.add_argument("--lm-batch-size", type=int, default=32)
     ap.add_argument("--lm-bf16", action="store_true", help="with --run: embed under bf16 autocast")
     ap.add_argument("--lm-save", default=None, help="with --run: also save the LM vectors as <dir>/<dataset>_{train,test}.npy")
@@ -280,10 +337,10 @@ def main(argv=None) -> int:
     ap.add_argument("--graph-cutoff", type=float, default=5.0)
     ap.add_argument("--graph-hidden", type=int, default=64, help="GNN width (GraphEncoder hidden)")
     ap.add_argument("--graph-layers", type=int, default=3, help="GNN gated convolutions")
-    ap.add_argument("--fusion", default="gated", choices=["gated", "concat"])
-    ap.add_argument("--branch-dropout", type=float, default=0.1)
-    ap.add_argument("--aux-weight", type=float, default=0.5,
-                    help="per-branch auxiliary loss weight (0 = plain fusion; see MultiScaleRegressor)")
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--branch-dropout", type=float, default=0.1, help="gated/concat only")
+    ap.add_argument("--aux-weight", type=float, default=0.5, help="gated/concat only: per-branch auxiliary loss weight")
     ap.add_argument("--sizes", nargs="+", type=int, default=None,
                     help="only combinations of these sizes (1 = singles, 2 = pairs, n = all together)")
     ap.add_argument("--with-branch", default=None, help="only combinations that contain this branch")
@@ -297,54 +354,85 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/multiscale/ablation.csv")
     ap.add_argument("--md", default=None, help="also write the Markdown table here")
     ap.add_argument("--notes", default=None, help="Markdown file inserted under the title of --md")
+    ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
 
     import torch
 
-    from crystext.heads import MultiScaleRegressor
+    from crystext.heads import MultiScaleRegressor, StackedRegressor
 
     if args.threads:
         torch.set_num_threads(args.threads)
     branches = [b.strip() for b in args.branches.split(",") if b.strip()]
     out = Path(args.out)
-    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["dataset", "branches", "seed", "mae"])
-    have = {(r.dataset, r.branches, int(r.seed)) for r in done.itertuples()}
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["dataset", "fold", "branches", "seed", "mae"])
+    if "fold" not in done:
+        done["fold"] = 0
+    have = {(r.dataset, int(r.fold), r.branches, int(r.seed)) for r in done.itertuples()}
     rows = done.to_dict("records")
+    graph_encoder = dict(cutoff=args.graph_cutoff, hidden=args.graph_hidden, n_layers=args.graph_layers)
+    base_params = dict(width=args.width, max_epochs=args.max_epochs, patience=args.patience, graph_encoder=graph_encoder,
+                       batch_size=args.batch_size)
 
     def flush():
         out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(out, index=False)
 
     for name in args.datasets:
-        x_train, y_train, x_test, y_test = featurise(args, name, branches)
-        if (name, "dummy", 0) not in have:
-            rows.append(dict(dataset=name, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
-            flush()
-        for combo in [c for c in combos(branches, args.sizes) if not args.with_branch or args.with_branch in c]:
-            for seed in args.seeds:
-                label = ",".join(combo)
-                if (name, label, seed) in have:
-                    continue
-                t = time.perf_counter()
-                model = MultiScaleRegressor(branches=combo, fusion=args.fusion, branch_dropout=args.branch_dropout,
-                                            aux_weight=args.aux_weight if len(combo) > 1 else 0.0,
-                                            max_epochs=args.max_epochs, patience=args.patience, seed=seed, device=args.device,
-                                            graph_encoder=dict(cutoff=args.graph_cutoff, hidden=args.graph_hidden,
-                                                               n_layers=args.graph_layers))
-                model.fit(x_train, y_train)
-                mae = model.mae(x_test, y_test)
-                weights = model.branch_weights(x_test) if len(combo) > 1 else None
-                rows.append(dict(dataset=name, branches=label, seed=seed, mae=mae, val_mae=model.best_val_mae_,
-                                 epochs=model.n_epochs_, seconds=round(time.perf_counter() - t, 1),
-                                 weights=json.dumps(weights) if weights else ""))
+        splits = DATASETS[name]["splits"]
+        folds = [k for k in (args.folds if args.folds is not None else range(len(splits))) if k < len(splits)]
+        for fold in folds:
+            train_split, test_split = splits[fold]
+            wanted = [c for c in combos(branches, args.sizes) if not args.with_branch or args.with_branch in c]
+            if all((name, fold, ",".join(c), s) in have for c in wanted for s in args.seeds) and (name, fold, "dummy", 0) in have:
+                continue
+            x_train, y_train, x_test, y_test = featurise(args, name, branches, train_split, test_split)
+            if (name, fold, "dummy", 0) not in have:
+                rows.append(dict(dataset=name, fold=fold, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
                 flush()
-                print(f"[ablation] {name} {label} seed {seed}: test MAE {mae:.4f} ({model.n_epochs_} epochs, "
-                      f"{time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+            for seed in args.seeds:
+                todo = [c for c in wanted if (name, fold, ",".join(c), seed) not in have]
+                if not todo:
+                    continue
+                if args.method == "stack":
+                    t = time.perf_counter()
+                    used = sorted({b for c in todo for b in c}, key=branches.index)
+                    model = StackedRegressor(branches=used, n_folds=args.n_folds, base_params=base_params,
+                                             val_fraction=args.val_fraction, seed=seed, device=args.device,
+                                             verbose=args.verbose).fit(x_train, y_train)
+                    secs = time.perf_counter() - t
+                    for combo in todo:
+                        sub = model.restrict(list(combo))
+                        mae = sub.mae(x_test, y_test)
+                        rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, mae=mae,
+                                         val_mae=sub.best_val_mae_, choice=sub.choice_,
+                                         weights=json.dumps({b: round(float(w), 4) for b, w in zip(combo, sub.weights_)}) if len(combo) > 1 else "",
+                                         missing=json.dumps(sub.missing_), seconds=round(secs, 1)))
+                        print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed}: test MAE {mae:.4f} "
+                              f"(chose {sub.choice_})", file=sys.stderr, flush=True)
+                    flush()
+                    continue
+                for combo in todo:
+                    t = time.perf_counter()
+                    model = MultiScaleRegressor(branches=combo, fusion=args.method, branch_dropout=args.branch_dropout,
+                                                aux_weight=args.aux_weight if len(combo) > 1 else 0.0, width=args.width, batch_size=args.batch_size,
+                                                max_epochs=args.max_epochs, patience=args.patience, seed=seed,
+                                                val_fraction=args.val_fraction, device=args.device, graph_encoder=graph_encoder)
+                    model.fit(x_train, y_train)
+                    mae = model.mae(x_test, y_test)
+                    weights = model.branch_weights(x_test) if len(combo) > 1 else None
+                    rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, mae=mae, val_mae=model.best_val_mae_,
+                                     epochs=model.n_epochs_, seconds=round(time.perf_counter() - t, 1),
+                                     weights=json.dumps(weights) if weights else ""))
+                    flush()
+                    print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed}: test MAE {mae:.4f} ({model.n_epochs_} epochs, "
+                          f"{time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     df = pd.DataFrame(rows)
     if args.md:
         cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         notes = Path(args.notes).read_text() if args.notes else None
         Path(args.md).write_text(markdown(df, cmd, notes) + "\n")
+    print(json.dumps(verdicts(df), indent=2))
     return 0
 
 

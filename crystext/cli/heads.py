@@ -14,7 +14,7 @@ def _train(args) -> int:
 
     result = train_heads(
         args.train, args.test, args.target, _branches(args.branches), out=args.out, run=args.run,
-        element_table=args.element_table, limit=args.limit, fusion=args.fusion, width=args.width,
+        element_table=args.element_table, limit=args.limit, fusion=args.fusion, n_folds=args.n_folds, width=args.width,
         max_epochs=args.epochs, patience=args.patience, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, device=args.device, verbose=args.verbose,
     )
@@ -26,9 +26,9 @@ def _predict(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from ..heads import MultiScaleRegressor, read_structures_table
+    from ..heads import load_head, read_structures_table
 
-    model = MultiScaleRegressor.from_pretrained(args.model, device=args.device)
+    model = load_head(args.model, device=args.device)
     feat = model.featurizer(args.model, run=args.run)
     structures, y, ids = read_structures_table(args.table, args.target)
     pred = model.predict(feat.fit(structures).transform(structures))
@@ -52,7 +52,10 @@ def register(sub) -> None:
                    help="comma-separated: lm,composition,graph,ace,chgnet (default composition,graph,ace)")
     t.add_argument("--run", default=None, help="LM run folder or name (needed for the lm branch)")
     t.add_argument("--element-table", default="magpie", help="element table name or CSV (default magpie)")
-    t.add_argument("--fusion", choices=["gated", "concat"], default="gated")
+    t.add_argument("--fusion", choices=["stack", "gated", "concat"], default="stack",
+                   help="stack (default): per-branch regressors + out-of-fold combiner chosen on validation, never "
+                        "worse than the best branch on validation; gated/concat: one network over all branches")
+    t.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
     t.add_argument("--width", type=int, default=128)
     t.add_argument("--epochs", type=int, default=300, help="maximum epochs")
     t.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")

@@ -45,9 +45,8 @@ def resolve_element_table(table: Any):
     """A DataFrame indexed by element symbol from ``table``.
 
     ``None`` or ``"onehot"``: one-hot of Z. A DataFrame: used as is (e.g.
-    ``crystext.element_embeddings(run)``, the LM's element vectors). Another string: a name for
-    ``crystext.composition.load_element_table`` when that module exists, else a CSV path whose
-    first column is the element symbol, else an ElementEmbeddings set name (``"magpie"``, ...).
+    ``crystext.element_embeddings(run)``, the LM's element vectors). Another string: a table name
+    or CSV path for :func:`crystext.composition.load_element_table` (``"magpie"``, ...).
     """
     import pandas as pd
 
@@ -56,24 +55,9 @@ def resolve_element_table(table: Any):
     if isinstance(table, pd.DataFrame):
         return table
     if isinstance(table, (str, Path)):
-        try:
-            from ..composition import load_element_table
-        except ImportError:
-            load_element_table = None
-        if load_element_table is not None:
-            return load_element_table(str(table))
-        path = Path(table)
-        if path.is_file():
-            return pd.read_csv(path, index_col=0)
-        try:  # an ElementEmbeddings set name (magpie, mat2vec, ...)
-            from elementembeddings.core import Embedding
+        from ..composition import load_element_table
 
-            return Embedding.load_data(str(table)).as_dataframe()
-        except Exception as exc:  # noqa: BLE001 - report one clear error below
-            raise ConfigError(
-                f"element table {table!r}: not a CSV file nor an ElementEmbeddings set name ({exc}); "
-                "pass a DataFrame indexed by element symbol"
-            ) from None
+        return load_element_table(str(table))
     raise ConfigError(f"element_table must be None, 'onehot', a name/path or a DataFrame, got {type(table).__name__}")
 
 

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, CrystextError, DataNotFoundError
+from ..descriptors.params import ParamsMixin
+from ..errors import ConfigError, CrystextError, DataNotFoundError
 
 __all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "TrainingDivergedError", "train_heads"]
 
@@ -138,7 +139,7 @@ class BranchFeaturizer:
 
     def fit(self, structures: Sequence[Any]) -> "BranchFeaturizer":
         """Fit the descriptor featurisers (species lists, tables) on ``structures``."""
-        from .descriptors import ACE, CrystalGraph
+        from ..descriptors import ACE, CrystalGraph
 
         if "ace" in self.branches:
             params = dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3, on_error="nan")
@@ -151,7 +152,7 @@ class BranchFeaturizer:
             params.update(self.graph_params)
             self.graph_ = CrystalGraph(**params).fit(structures)
         if "chgnet" in self.branches:
-            from .descriptors import CHGNetFeaturizer
+            from ..descriptors import CHGNetFeaturizer
 
             self.chgnet_ = CHGNetFeaturizer(on_error="nan").fit()
         return self
@@ -168,7 +169,7 @@ class BranchFeaturizer:
                 if lm_embeddings is None:
                     if self.run is None:
                         raise ConfigError("the lm branch needs run=... or a precomputed lm_embeddings array")
-                    from .embeddings import structure_embeddings
+                    from ..embeddings import structure_embeddings
 
                     lm_embeddings = structure_embeddings(structures, self.run, **self.lm_params)
                 lm = np.asarray(lm_embeddings, dtype=np.float64)
@@ -201,7 +202,7 @@ def _formula(s: Any) -> str:
 
     if isinstance(s, Structure):
         return s.composition.formula
-    from .inputs import to_structure
+    from ..inputs import to_structure
 
     return to_structure(s).composition.formula
 
@@ -210,42 +211,17 @@ def load_table(table: Any):
     """Element table (DataFrame indexed by symbol) from a name, CSV path or DataFrame."""
     if table is None:
         raise ConfigError("an element table is needed (e.g. 'magpie', a CSV path, or crystext.element_embeddings(run))")
-    from .descriptors.graph import resolve_element_table
+    from ..descriptors.graph import resolve_element_table
 
     return resolve_element_table(table)
 
 
 def composition_features(formulas: Sequence[str], table, pooling: str = "stats4") -> np.ndarray:
-    """Composition vectors: ``crystext.composition.composition_embeddings`` when available,
-    else the fraction-weighted mean (and, for ``stats4``, std/min/max) of standardised rows."""
-    try:
-        from .composition import composition_embeddings
-    except ImportError:
-        composition_embeddings = None
-    if composition_embeddings is not None:
-        return np.asarray(composition_embeddings(list(formulas), table, pooling=pooling, on_missing="nan"), dtype=np.float64)
-    from pymatgen.core import Composition
+    """Composition vectors (:func:`crystext.composition.composition_embeddings`; NaN rows for
+    formulas with an element the table lacks)."""
+    from ..composition import composition_embeddings
 
-    x = table.to_numpy(dtype=np.float64)
-    x = (x - np.nanmean(x, 0)) / np.where(np.nanstd(x, 0) > 0, np.nanstd(x, 0), 1.0)
-    x = np.nan_to_num(x)
-    rows = {str(k): v for k, v in zip(table.index, x)}
-    out = []
-    for f in formulas:
-        comp = Composition(f).fractional_composition.get_el_amt_dict()
-        try:
-            v = np.stack([rows[e] for e in comp])
-        except KeyError:
-            out.append(np.full(x.shape[1] * (4 if pooling == "stats4" else 1), np.nan))
-            continue
-        w = np.array(list(comp.values()))[:, None]
-        mean = (w * v).sum(0)
-        if pooling == "stats4":
-            std = np.sqrt((w * (v - mean) ** 2).sum(0))
-            out.append(np.concatenate([mean, std, v.min(0), v.max(0)]))
-        else:
-            out.append(mean)
-    return np.array(out)
+    return np.asarray(composition_embeddings(list(formulas), table, pooling=pooling, on_missing="nan"), dtype=np.float64)
 
 
 class TrainingDivergedError(CrystextError, RuntimeError):
@@ -283,7 +259,7 @@ def _build_net(config: dict):
     torch = _torch()
     from torch import nn
 
-    from .descriptors.graph import GraphEncoder
+    from ..descriptors.graph import GraphEncoder
 
     class VectorBranch(nn.Module):
         """Standardise (and optionally PCA-project) a fixed vector, then Linear -> SiLU -> LayerNorm."""
@@ -359,7 +335,7 @@ def _build_net(config: dict):
 
 
 # ----------------------------------------------------------------------------- estimator
-class MultiScaleRegressor:
+class MultiScaleRegressor(ParamsMixin):
     """A property head over several branches with early stopping (scikit-learn-like API).
 
     Args:
@@ -417,7 +393,7 @@ class MultiScaleRegressor:
             raise ConfigError(f"loss must be 'l1', 'mse' or 'huber', got {loss!r}")
         if not branches:
             raise ConfigError("at least one branch is needed")
-        self.branches = list(branches)
+        self.branches = branches  # kept as given (sklearn.base.clone checks identity)
         self.width = width
         self.fusion = fusion
         self.hidden = hidden
@@ -425,7 +401,7 @@ class MultiScaleRegressor:
         self.branch_dropout = branch_dropout
         self.aux_weight = aux_weight
         self.reduce_dim = reduce_dim
-        self.graph_encoder = dict(graph_encoder or {})
+        self.graph_encoder = graph_encoder
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -440,15 +416,16 @@ class MultiScaleRegressor:
     # -------------------------------------------------------------- helpers
     def _hyper(self) -> dict:
         return dict(
-            branches=self.branches, width=self.width, fusion=self.fusion, hidden=self.hidden, dropout=self.dropout,
-            branch_dropout=self.branch_dropout, aux_weight=self.aux_weight, reduce_dim=self.reduce_dim, graph_encoder=self.graph_encoder, lr=self.lr, weight_decay=self.weight_decay,
+            branches=list(self.branches), width=self.width, fusion=self.fusion, hidden=self.hidden, dropout=self.dropout,
+            branch_dropout=self.branch_dropout, aux_weight=self.aux_weight, reduce_dim=self.reduce_dim,
+            graph_encoder=dict(self.graph_encoder or {}), lr=self.lr, weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
             val_fraction=self.val_fraction, loss=self.loss, seed=self.seed,
         )
 
     def _batch(self, inputs: BranchInputs, idx: np.ndarray):
         torch = _torch()
-        from .descriptors.graph import collate
+        from ..descriptors.graph import collate
 
         dev = torch.device(self.device)
         feats = {
@@ -459,9 +436,20 @@ class MultiScaleRegressor:
         return feats, gb
 
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
+        """The branches this head uses; refuses inputs made for another branch set or width."""
         if not isinstance(inputs, BranchInputs):
             raise ConfigError("inputs must be a crystext.heads.BranchInputs (see BranchFeaturizer)")
-        return inputs.select(self.branches)
+        try:
+            inputs = inputs.select(self.branches)
+        except ConfigError as exc:
+            raise ConfigError(f"this head was trained on branches {', '.join(self.branches)}: {exc}") from None
+        dims = getattr(self, "config_", {}).get("dims", {})
+        for n, d in dims.items():
+            got = inputs.features[n].shape[1] if inputs.features[n].ndim == 2 else None
+            if got != d:
+                raise ConfigError(f"branch {n!r} has {got} features but this head was trained on {d} "
+                                  "(inputs made by another featuriser setting?)")
+        return inputs
 
     # -------------------------------------------------------------- training
     def fit(self, inputs: BranchInputs, y: Sequence[float], val_inputs: BranchInputs | None = None,
@@ -501,7 +489,7 @@ class MultiScaleRegressor:
         if "graph" in self.branches:
             g0 = inputs.graphs[0]
             enc = dict(node_dim=int(g0.node_features.shape[1]), hidden=64, n_layers=3)
-            enc.update({k: v for k, v in self.graph_encoder.items() if k != "out_dim"})
+            enc.update({k: v for k, v in (self.graph_encoder or {}).items() if k != "out_dim"})
         self.config_ = dict(self._hyper(), dims=dims, reduced_dims=reduced, graph_encoder=enc)
         net = _build_net(self.config_)
         # data statistics: standardisation, PCA, target scale
@@ -631,46 +619,69 @@ class MultiScaleRegressor:
         return p[ok], y[ok]
 
     # -------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | os.PathLike, featurizer: BranchFeaturizer | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (and the featuriser settings) to ``path``."""
+    def to_hf(self, featurizer: BranchFeaturizer | None = None):
+        """The fitted network as a :class:`crystext.heads.hf.MultiScaleModel` (a ``PreTrainedModel``)."""
         self._check_fitted()
-        from safetensors.torch import save_file
+        from .hf import MultiScaleConfig, MultiScaleModel
 
+        fcfg = featurizer.config() if featurizer is not None else getattr(self, "featurizer_config_", None)
+        config = MultiScaleConfig(net=self.config_, best_val_mae=self.best_val_mae_, n_epochs=self.n_epochs_, featurizer=fcfg)
+        return MultiScaleModel(config, net=self.net_)
+
+    def save_pretrained(self, path: str | os.PathLike, featurizer: BranchFeaturizer | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (a native ``transformers`` folder, read back by
+        :meth:`from_pretrained` or ``MultiScaleModel.from_pretrained``) and, when the featuriser's
+        element table is a DataFrame, ``element_table.csv``."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = dict(self.config_, model_type="crystext-multiscale-regressor", best_val_mae=self.best_val_mae_,
-                   n_epochs=self.n_epochs_)
-        if featurizer is not None:
-            cfg["featurizer"] = featurizer.config()
-            if cfg["featurizer"]["element_table"] == TABLE_NAME:
-                featurizer._table().to_csv(out / TABLE_NAME)
-        (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.to_hf(featurizer).save_pretrained(str(out))
+        if featurizer is not None and featurizer.config()["element_table"] == TABLE_NAME:
+            featurizer._table().to_csv(out / TABLE_NAME)
         return out
+
+    def push_to_hub(self, repo_id: str, featurizer: BranchFeaturizer | None = None, private: bool = False,
+                    token: str | None = None, commit_message: str = "Upload crystext multi-scale head") -> str:
+        """Save to a temporary folder and upload it to the Hub repository ``repo_id`` (created if
+        needed). Returns the repository id."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, featurizer=featurizer)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
+        return repo_id
+
+    @classmethod
+    def from_hf(cls, model, device: str = "cpu") -> "MultiScaleRegressor":
+        """Estimator around a loaded :class:`crystext.heads.hf.MultiScaleModel`."""
+        cfg = dict(model.config.net)
+        hyper = {k: cfg[k] for k in ("branches", "width", "fusion", "hidden", "dropout", "branch_dropout", "aux_weight", "reduce_dim", "lr",
+                                     "weight_decay", "batch_size", "max_epochs", "patience", "val_fraction", "loss", "seed")}
+        est = cls(**hyper, graph_encoder=cfg.get("graph_encoder"), device=device)
+        est.config_ = cfg
+        est.net_ = model.net.to(device)
+        est.best_val_mae_ = model.config.best_val_mae
+        est.n_epochs_ = model.config.n_epochs
+        est.featurizer_config_ = model.config.featurizer
+        return est
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "MultiScaleRegressor":
-        """Load a folder written by :meth:`save_pretrained`."""
-        from safetensors.torch import load_file
+        """Load a folder written by :meth:`save_pretrained` (or a Hub repository id)."""
+        from .hf import MultiScaleModel
 
         folder = Path(path)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise DataNotFoundError(f"{folder} is not a saved MultiScaleRegressor (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = json.loads((folder / CONFIG_NAME).read_text())
-        if cfg.get("model_type") != "crystext-multiscale-regressor":
-            raise ConfigError(f"{folder / CONFIG_NAME} is not a crystext multi-scale regressor config")
-        hyper = {k: cfg[k] for k in ("branches", "width", "fusion", "hidden", "dropout", "branch_dropout", "aux_weight", "reduce_dim", "lr",
-                                     "weight_decay", "batch_size", "max_epochs", "patience", "val_fraction", "loss", "seed")}
-        model = cls(**hyper, graph_encoder=cfg.get("graph_encoder"), device=device)
-        model.config_ = {k: v for k, v in cfg.items() if k not in ("model_type", "best_val_mae", "n_epochs", "featurizer")}
-        net = _build_net(model.config_)
-        net.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
-        model.net_ = net.to(device)
-        model.best_val_mae_ = cfg.get("best_val_mae")
-        model.n_epochs_ = cfg.get("n_epochs")
-        model.featurizer_config_ = cfg.get("featurizer")
-        return model
+        if folder.exists() or str(path).startswith((".", "/", "~")):
+            if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+                raise DataNotFoundError(f"{folder} is not a saved MultiScaleRegressor (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+            cfg = json.loads((folder / CONFIG_NAME).read_text())
+            if cfg.get("model_type") != "crystext-multiscale":
+                raise ConfigError(f"{folder / CONFIG_NAME} is not a crystext multi-scale head config "
+                                  f"(model_type {cfg.get('model_type')!r}; heads saved before the transformers format must be retrained)")
+        return cls.from_hf(MultiScaleModel.from_pretrained(str(path)), device=device)
 
     def featurizer(self, path: str | os.PathLike | None = None, run: Any = None) -> BranchFeaturizer:
         """Rebuild the saved :class:`BranchFeaturizer` (unfitted) from a loaded model's config."""
@@ -724,6 +735,16 @@ def read_structures_table(path: str | os.PathLike, target: str | None, limit: in
     return structures, np.array(ys), ids
 
 
+def load_head(path: str | os.PathLike, device: str = "cpu"):
+    """A saved head of either kind: :class:`StackedRegressor` (folder with ``stack.json``) or
+    :class:`MultiScaleRegressor`."""
+    from .stacking import STACK_NAME, StackedRegressor
+
+    if (Path(path) / STACK_NAME).is_file():
+        return StackedRegressor.from_pretrained(path, device=device)
+    return MultiScaleRegressor.from_pretrained(path, device=device)
+
+
 def train_heads(
     train: str | os.PathLike,
     test: str | os.PathLike | None,
@@ -733,13 +754,20 @@ def train_heads(
     run: Any = None,
     element_table: Any = "magpie",
     limit: int | None = None,
+    fusion: str = "stack",
+    n_folds: int = 5,
     **regressor_kwargs,
 ) -> dict:
-    """Featurise a train (and test) table, train a :class:`MultiScaleRegressor`, report MAEs.
+    """Featurise a train (and test) table, train a head, report MAEs.
 
-    Returns a dict with ``val_mae``, ``test_mae`` (if ``test``), ``dummy_test_mae`` (predicting
-    the training mean), ``branch_weights`` and ``epochs``; saves the model to ``out`` if given.
+    ``fusion="stack"`` (default): :class:`StackedRegressor` (``regressor_kwargs`` go to every
+    per-branch regressor; ``seed``/``device``/``verbose`` to the stack); ``"gated"``/``"concat"``:
+    one :class:`MultiScaleRegressor`. Returns a dict with ``val_mae``, ``test_mae`` (if ``test``),
+    ``dummy_test_mae`` (predicting the training mean), ``branch_test_mae`` (stack),
+    ``branch_weights``, and ``choice`` (stack); saves the model to ``out`` if given.
     """
+    from .stacking import StackedRegressor
+
     s_train, y_train, _ = read_structures_table(train, target, limit)
     feat = BranchFeaturizer(branches=branches, run=run, element_table=element_table)
     s_test, y_test = [], np.zeros(0)
@@ -747,14 +775,24 @@ def train_heads(
         s_test, y_test, _ = read_structures_table(test, target, limit)
     feat.fit(s_train + s_test)  # species/tables only: no targets involved
     x_train = feat.transform(s_train, progress=True)
-    model = MultiScaleRegressor(branches=branches, **regressor_kwargs).fit(x_train, y_train)
-    result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
-                  epochs=model.n_epochs_, dropped=model.dropped_)
+    if fusion == "stack":
+        outer = {k: regressor_kwargs.pop(k) for k in ("seed", "device", "verbose") if k in regressor_kwargs}
+        model = StackedRegressor(branches=list(branches), n_folds=n_folds, base_params=regressor_kwargs, **outer).fit(x_train, y_train)
+        result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
+                      choice=model.choice_, missing=model.missing_)
+    else:
+        model = MultiScaleRegressor(branches=branches, fusion=fusion, **regressor_kwargs).fit(x_train, y_train)
+        result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
+                      epochs=model.n_epochs_, dropped=model.dropped_)
     if test is not None:
         x_test = feat.transform(s_test, progress=True)
         result.update(test_mae=model.mae(x_test, y_test), n_test=len(y_test),
-                      dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))),
-                      branch_weights=model.branch_weights(x_test))
+                      dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))))
+        if fusion == "stack":
+            result.update(branch_test_mae=model.branch_maes(x_test, y_test),
+                          branch_weights={b: float(w) for b, w in zip(model.branches, model.weights_)})
+        else:
+            result.update(branch_weights=model.branch_weights(x_test))
     if out is not None:
         model.save_pretrained(out, featurizer=feat)
         result["saved"] = str(out)

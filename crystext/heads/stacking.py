@@ -1,0 +1,298 @@
+"""Stacked fusion: at least as good as the best single branch on validation, by construction.
+
+1. One regressor per branch (:class:`MultiScaleRegressor` with that branch alone, so every
+   branch is standardised / PCA-reduced on its own).
+2. Out-of-fold predictions of every branch on the training rows (``n_folds``-fold).
+3. A combiner fitted on the out-of-fold predictions: non-negative least squares with an
+   intercept (``"nnls"``), or ridge (``"ridge"``).
+4. The final choice, on the validation split, among the combiner, the equal-weight mean and
+   every single branch alone (a one-hot combiner). Picking a single branch is one of the
+   candidates, so the chosen model's validation MAE is never worse than the best branch's.
+
+Missing branches (structures a branch cannot featurise: isolated atoms, unknown elements, CHGNet
+failures; NaN rows / ``None`` graphs) are counted per branch in ``missing_`` and handled by one
+rule: a row's missing branch prediction is replaced by the mean prediction of the branches it does
+have (fall back to the other branches); a row with no branch at all predicts NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..descriptors.params import ParamsMixin
+from ..errors import ConfigError, DataNotFoundError
+from .core import BranchInputs, MultiScaleRegressor
+
+__all__ = ["StackedRegressor"]
+
+STACK_NAME = "stack.json"
+
+
+def _impute(p: np.ndarray) -> np.ndarray:
+    """Missing branch predictions (NaN) -> mean of the row's available branch predictions."""
+    p = p.copy()
+    have = np.isfinite(p)
+    counts = have.sum(1)
+    row_mean = np.where(counts > 0, np.where(have, p, 0.0).sum(1) / np.maximum(counts, 1), np.nan)
+    return np.where(have, p, row_mean[:, None])
+
+
+def _nnls_intercept(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    from scipy.optimize import nnls
+
+    pm, ym = p.mean(0), y.mean()
+    w, _ = nnls(p - pm, y - ym)
+    return w, float(ym - pm @ w)
+
+
+def _ridge_intercept(p: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> tuple[np.ndarray, float]:
+    pm, ym = p.mean(0), y.mean()
+    a = p - pm
+    w = np.linalg.solve(a.T @ a + alpha * len(y) * np.var(y) * np.eye(a.shape[1]), a.T @ (y - ym))
+    return w, float(ym - pm @ w)
+
+
+class StackedRegressor(ParamsMixin):
+    """Per-branch regressors + a combiner on out-of-fold predictions, chosen on validation.
+
+    Args:
+        branches: branch names (as for :class:`MultiScaleRegressor`).
+        n_folds: folds for the out-of-fold predictions (>= 2).
+        combiner: ``"nnls"`` (non-negative weights + intercept) or ``"ridge"``.
+        base_params: keyword arguments for every per-branch :class:`MultiScaleRegressor`
+            (width, max_epochs, patience, graph_encoder, ...; ``branches`` and ``seed`` are set here).
+        val_fraction: share of the training rows held out for the final choice when no explicit
+            validation set is given.
+        seed: controls the splits and the base regressors' seeds.
+        device: torch device of the base regressors.
+        verbose: print progress.
+
+    After ``fit``: ``models_`` (branch -> fitted regressor), ``weights_`` / ``intercept_`` of the
+    chosen combination, ``choice_`` (``"stack"``, ``"mean"`` or a branch name), ``val_maes_``
+    (validation MAE of every candidate), ``missing_`` (rows per branch that could not be
+    featurised, training + validation).
+    """
+
+    def __init__(self, branches: Sequence[str] = ("composition", "graph", "ace", "chgnet"), n_folds: int = 5,
+                 combiner: str = "nnls", base_params: dict | None = None, val_fraction: float = 0.1, seed: int = 0,
+                 device: str = "cpu", verbose: bool = False) -> None:
+        self.branches = branches
+        self.n_folds = n_folds
+        self.combiner = combiner
+        self.base_params = base_params
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ helpers
+    def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
+        if not isinstance(inputs, BranchInputs):
+            raise ConfigError("inputs must be a crystext.heads.BranchInputs (see BranchFeaturizer)")
+        try:
+            return inputs.select(self.branches)
+        except ConfigError as exc:
+            raise ConfigError(f"this head was trained on branches {', '.join(self.branches)}: {exc}") from None
+
+    def _base(self, branch: str, seed: int) -> MultiScaleRegressor:
+        params = dict(self.base_params or {})
+        params.pop("branches", None)
+        params.pop("seed", None)
+        params.setdefault("aux_weight", 0.0)
+        params.setdefault("branch_dropout", 0.0)
+        return MultiScaleRegressor(branches=[branch], seed=seed, device=self.device, **params)
+
+    @staticmethod
+    def _branch_ok(inputs: BranchInputs, branch: str) -> np.ndarray:
+        if branch == "graph":
+            return np.array([g is not None for g in inputs.graphs], dtype=bool)
+        return np.all(np.isfinite(inputs.features[branch]), axis=1)
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[stack] {msg}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, inputs: BranchInputs, y: Sequence[float], val_inputs: BranchInputs | None = None,
+            y_val: Sequence[float] | None = None) -> "StackedRegressor":
+        """Fit the per-branch regressors, the out-of-fold combiner and the validation choice."""
+        if self.combiner not in ("nnls", "ridge"):
+            raise ConfigError(f"combiner must be 'nnls' or 'ridge', got {self.combiner!r}")
+        if self.n_folds < 2:
+            raise ConfigError(f"n_folds must be >= 2, got {self.n_folds}")
+        branches = list(self.branches)
+        if not branches:
+            raise ConfigError("at least one branch is needed")
+        inputs = self._check_inputs(inputs)
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(inputs):
+            raise ConfigError(f"{len(inputs)} inputs but {len(y)} targets")
+        rng = np.random.default_rng(self.seed)
+        if val_inputs is None:
+            perm = rng.permutation(len(y))
+            n_val = max(1, int(round(self.val_fraction * len(y))))
+            val_inputs, y_val = inputs.subset(perm[:n_val]), y[perm[:n_val]]
+            inputs, y = inputs.subset(perm[n_val:]), y[perm[n_val:]]
+        else:
+            val_inputs, y_val = self._check_inputs(val_inputs), np.asarray(y_val, dtype=np.float64)
+        keep = np.isfinite(y)
+        inputs, y = inputs.subset(np.flatnonzero(keep)), y[keep]
+        keep_val = np.isfinite(y_val)
+        val_inputs, y_val = val_inputs.subset(np.flatnonzero(keep_val)), y_val[keep_val]
+        if len(y) < 2 * self.n_folds or len(y_val) < 1:
+            raise ConfigError(f"too few usable training rows ({len(y)}) or validation rows ({len(y_val)}) for {self.n_folds} folds")
+
+        folds = rng.permutation(len(y)) % self.n_folds
+        oof = np.full((len(y), len(branches)), np.nan)
+        p_val = np.full((len(y_val), len(branches)), np.nan)
+        self.models_, self.missing_ = {}, {}
+        for j, b in enumerate(branches):
+            ok, ok_val = self._branch_ok(inputs, b), self._branch_ok(val_inputs, b)
+            self.missing_[b] = int((~ok).sum() + (~ok_val).sum())
+            if ok.sum() < 2 * self.n_folds:
+                raise ConfigError(f"branch {b!r} could featurise only {int(ok.sum())} training rows")
+            for k in range(self.n_folds):
+                tr, te = np.flatnonzero(ok & (folds != k)), np.flatnonzero(ok & (folds == k))
+                model = self._base(b, self.seed * 1000 + 17 * j + k).fit(inputs.subset(tr), y[tr])
+                oof[te, j] = model.predict(inputs.subset(te))
+                self._log(f"branch {b} fold {k}: {model.n_epochs_} epochs")
+            final = self._base(b, self.seed * 1000 + 17 * j + 99).fit(inputs.subset(np.flatnonzero(ok)), y[ok])
+            self.models_[b] = final
+            p_val[:, j] = final.predict(val_inputs)
+
+        self.oof_predictions_, self.val_predictions_ = oof, p_val
+        self.oof_targets_, self.val_targets_ = y, y_val
+        self.oof_maes_ = {b: float(np.nanmean(np.abs(oof[:, j] - y))) for j, b in enumerate(branches)}
+        self._choose()
+        self._log(f"validation MAEs {json.dumps({k: round(v, 5) for k, v in self.val_maes_.items()})}; chose {self.choice_}")
+        return self
+
+    def _choose(self) -> None:
+        """Fit the combiner on the out-of-fold predictions and pick the best candidate on validation."""
+        branches = list(self.branches)
+        cols = [self._columns.index(b) for b in branches] if hasattr(self, "_columns") else list(range(len(branches)))
+        oof_i, val_i = _impute(self.oof_predictions_[:, cols]), _impute(self.val_predictions_[:, cols])
+        y, y_val = self.oof_targets_, self.val_targets_
+        good = np.all(np.isfinite(oof_i), axis=1)
+        w, c = (_nnls_intercept if self.combiner == "nnls" else _ridge_intercept)(oof_i[good], y[good])
+        candidates = {"stack": (w, c), "mean": (np.full(len(branches), 1.0 / len(branches)), 0.0)}
+        for j, b in enumerate(branches):
+            candidates[b] = (np.eye(len(branches))[j], 0.0)
+        ok_v = np.all(np.isfinite(val_i), axis=1)
+        self.val_maes_ = {name: float(np.mean(np.abs(val_i[ok_v] @ wc[0] + wc[1] - y_val[ok_v]))) for name, wc in candidates.items()}
+        # ties go to the simpler model: single branches first, then the mean, then the stack
+        order = branches + ["mean", "stack"]
+        self.choice_ = min(order, key=lambda n: (self.val_maes_[n], order.index(n)))
+        self.weights_, self.intercept_ = candidates[self.choice_][0].astype(np.float64), float(candidates[self.choice_][1])
+        self.stack_weights_, self.stack_intercept_ = w, c
+        self.best_val_mae_ = self.val_maes_[self.choice_]
+
+    def restrict(self, branches: Sequence[str]) -> "StackedRegressor":
+        """The same fitted branch regressors, fused over ``branches`` only (combiner and choice
+        refitted on the stored out-of-fold / validation predictions): an ablation without refits."""
+        self._check_fitted()
+        if not hasattr(self, "oof_predictions_"):
+            raise ConfigError("restrict() needs a model fitted in this session (out-of-fold predictions are not saved)")
+        missing = [b for b in branches if b not in self.models_]
+        if missing:
+            raise ConfigError(f"restrict: {', '.join(missing)} not among the fitted branches {', '.join(self.models_)}")
+        sub = StackedRegressor(**{**self.get_params(), "branches": list(branches)})
+        sub.models_ = {b: self.models_[b] for b in branches}
+        sub.missing_ = {b: self.missing_[b] for b in branches}
+        sub.oof_maes_ = {b: self.oof_maes_[b] for b in branches}
+        sub.oof_predictions_, sub.val_predictions_ = self.oof_predictions_, self.val_predictions_
+        sub.oof_targets_, sub.val_targets_ = self.oof_targets_, self.val_targets_
+        sub._columns = list(getattr(self, "_columns", list(self.branches)))
+        sub._choose()
+        return sub
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise ConfigError("this StackedRegressor is not fitted: call fit(...) or from_pretrained(path)")
+
+    def branch_predictions(self, inputs: BranchInputs) -> dict[str, np.ndarray]:
+        """Every branch regressor's own predictions (NaN where the branch has no input)."""
+        self._check_fitted()
+        inputs = self._check_inputs(inputs)
+        return {b: self.models_[b].predict(inputs) for b in self.branches}
+
+    def predict(self, inputs: BranchInputs) -> np.ndarray:
+        """Predictions of the chosen combination (missing branches: see the module docstring)."""
+        preds = self.branch_predictions(inputs)
+        p = _impute(np.stack([preds[b] for b in self.branches], 1))
+        return p @ self.weights_ + self.intercept_
+
+    def _scored(self, inputs: BranchInputs, y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        p, y = self.predict(inputs), np.asarray(y, dtype=np.float64)
+        ok = np.isfinite(p) & np.isfinite(y)
+        if not ok.any():
+            raise ConfigError("no row has both a prediction and a finite target")
+        return p[ok], y[ok]
+
+    def score(self, inputs: BranchInputs, y: Sequence[float]) -> float:
+        """R^2 (higher is better, as scikit-learn regressors)."""
+        p, y = self._scored(inputs, y)
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        return 1.0 - float(np.sum((y - p) ** 2)) / ss_tot if ss_tot > 0 else 0.0
+
+    def mae(self, inputs: BranchInputs, y: Sequence[float]) -> float:
+        """Mean absolute error (lower is better)."""
+        p, y = self._scored(inputs, y)
+        return float(np.mean(np.abs(p - y)))
+
+    def branch_maes(self, inputs: BranchInputs, y: Sequence[float]) -> dict[str, float]:
+        """MAE of every branch regressor alone on ``inputs`` (rows it can featurise)."""
+        y = np.asarray(y, dtype=np.float64)
+        out = {}
+        for b, p in self.branch_predictions(inputs).items():
+            ok = np.isfinite(p) & np.isfinite(y)
+            out[b] = float(np.mean(np.abs(p[ok] - y[ok]))) if ok.any() else float("nan")
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | os.PathLike, featurizer: Any = None) -> Path:
+        """``stack.json`` (choice, weights, validation MAEs) + one transformers folder per branch."""
+        self._check_fitted()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        for b, m in self.models_.items():
+            m.save_pretrained(out / f"branch_{b}", featurizer=featurizer)
+        meta = dict(model_type="crystext-multiscale-stack", params={k: v for k, v in self.get_params().items()},
+                    branches=list(self.branches), choice=self.choice_, weights=self.weights_.tolist(), intercept=self.intercept_,
+                    stack_weights=np.asarray(self.stack_weights_).tolist(), stack_intercept=float(self.stack_intercept_),
+                    val_maes=self.val_maes_, oof_maes=self.oof_maes_, missing=self.missing_,
+                    featurizer=featurizer.config() if featurizer is not None else None)
+        meta["params"]["branches"] = list(self.branches)
+        (out / STACK_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        return out
+
+    def featurizer(self, path: str | os.PathLike | None = None, run: Any = None):
+        """Rebuild the saved :class:`BranchFeaturizer` (unfitted) from a loaded model."""
+        first = next(iter(self.models_.values()))
+        sub = None if path is None else Path(path) / f"branch_{next(iter(self.models_))}"
+        return first.featurizer(sub, run=run)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "StackedRegressor":
+        folder = Path(path)
+        if not (folder / STACK_NAME).is_file():
+            raise DataNotFoundError(f"{folder} is not a saved StackedRegressor (needs {STACK_NAME})")
+        meta = json.loads((folder / STACK_NAME).read_text())
+        if meta.get("model_type") != "crystext-multiscale-stack":
+            raise ConfigError(f"{folder / STACK_NAME} is not a crystext stacked head")
+        model = cls(**{**meta["params"], "device": device})
+        model.models_ = {b: MultiScaleRegressor.from_pretrained(folder / f"branch_{b}", device=device) for b in meta["branches"]}
+        model.choice_, model.intercept_ = meta["choice"], float(meta["intercept"])
+        model.weights_ = np.asarray(meta["weights"], dtype=np.float64)
+        model.stack_weights_, model.stack_intercept_ = np.asarray(meta["stack_weights"]), meta["stack_intercept"]
+        model.val_maes_, model.oof_maes_, model.missing_ = meta["val_maes"], meta["oof_maes"], meta["missing"]
+        model.best_val_mae_ = model.val_maes_[model.choice_]
+        model.featurizer_config_ = meta.get("featurizer")
+        return model
