@@ -220,6 +220,9 @@ def test_native_transformers_round_trip(small_fit, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(hf.eval()(feats, gb).numpy(), model.predict(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(MultiScaleRegressor.from_pretrained(folder).predict(x), model.predict(x))
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(folder)) is MultiScaleModel  # no remote code: crystext's class
     bad = tmp_path / "other"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))

@@ -53,3 +53,18 @@ class MultiScaleModel(PreTrainedModel):
         """Predictions (batch,) from branch feature tensors (and a graph batch for ``graph``)."""
         pred, _ = self.net(features, graph_batch)
         return pred
+
+
+def _register() -> None:
+    """Let ``AutoConfig`` / ``AutoModel`` resolve ``model_type="crystext-multiscale"`` once crystext's
+    heads are imported (no remote code: the classes are crystext's own)."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register(MultiScaleConfig.model_type, MultiScaleConfig)
+        AutoModel.register(MultiScaleConfig, MultiScaleModel)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register()

@@ -273,6 +273,20 @@ class StackedRegressor(ParamsMixin):
         (out / STACK_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         return out
 
+    def push_to_hub(self, repo_id: str, featurizer: Any = None, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload crystext stacked multi-scale head") -> str:
+        """Save to a temporary folder and upload it to the Hub repository ``repo_id``."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, featurizer=featurizer)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
+        return repo_id
+
     def featurizer(self, path: str | os.PathLike | None = None, run: Any = None):
         """Rebuild the saved :class:`BranchFeaturizer` (unfitted) from a loaded model."""
         first = next(iter(self.models_.values()))
