@@ -238,7 +238,7 @@ def _units(task: Task, sets, poolings, splits, parsed, struct, graphs, regressor
             x = {k: struct[k][key].astype(np.float64) for k in splits}
             yield _fit_unit, (task.name, name, pooling, x, y, regressors, seeds, config)
     if graphs:
-        yield _fit_graph_unit, (task.name, graphs, y, seeds, structure_config)
+        yield _fit_graph_unit, (task.name, graphs, y, seeds[:max(1, structure_config.cgcnn_seeds)], structure_config)
 
 
 def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike | None = "benchmark-results",

@@ -168,11 +168,24 @@ def paired_bootstrap_ranks(selected: pd.DataFrame, picked: pd.DataFrame, errors:
     return out
 
 
+#: ... and the excess is at least this share of the task's median test MAE (so that two
+#: near-zero errors, 1e-5 against 4e-4, are no blow-up)
+BLOWUP_MIN_SHARE = 0.1
+
+
+def is_blowup(test_mae, val_mae, task_median, ratio: float = BLOWUP_RATIO):
+    """Test MAE above ``ratio`` x validation MAE by a non-negligible amount (see :data:`BLOWUP_MIN_SHARE`)."""
+    return (test_mae > ratio * val_mae) & (test_mae - val_mae > BLOWUP_MIN_SHARE * task_median)
+
+
 def blowups(results: pd.DataFrame, ratio: float = BLOWUP_RATIO) -> pd.DataFrame:
-    """Settings (mean over seeds) whose test MAE exceeds ``ratio`` x their validation MAE."""
+    """Settings (mean over seeds) whose test MAE exceeds ``ratio`` x their validation MAE (and not
+    by a negligible amount: :func:`is_blowup`)."""
     table = setting_table(results)
-    return table[table["ratio"] > ratio].sort_values("ratio", ascending=False).reset_index(drop=True)
+    median = table.groupby("task")["test_mae"].transform("median")
+    flagged = is_blowup(table["test_mae"], table["val_mae"], median, ratio)
+    return table[flagged].sort_values("ratio", ascending=False).reset_index(drop=True)
 
 
-__all__ = ["BLOWUP_RATIO", "blowups", "noise_ranks", "paired_bootstrap_ranks", "select_settings",
+__all__ = ["BLOWUP_RATIO", "blowups", "is_blowup", "noise_ranks", "paired_bootstrap_ranks", "select_settings",
            "selected_settings", "setting_table", "task_group"]

@@ -11,7 +11,8 @@ graph network trained on the task; and the on-disk cache of structure vectors.
 * ``cgcnn``: :class:`crystext.descriptors.CrystalGraph` graphs (one-hot elements, so every
   element is covered) and a :class:`crystext.heads.MultiScaleRegressor` with the ``graph`` branch
   alone, trained end to end on the task's training split with early stopping on its validation
-  split, one model per seed. Pooling label ``graph``, regressor ``trained``.
+  split, one model per seed (the first :attr:`StructureConfig.cgcnn_seeds` seeds). Pooling label
+  ``graph``, regressor ``trained``.
 
 Vectors are cached per structure (:class:`VectorCache`): one file per (representation, settings,
 precision, task group) holding a SHA-1 of every CIF text and its vector, so reruns, the two
@@ -55,6 +56,9 @@ class StructureConfig:
     cgcnn_patience: int = 8
     cgcnn_batch_size: int = 64
     cgcnn_lr: float = 2e-3
+    #: seeds of the graph network: the first ``cgcnn_seeds`` of the run's seeds (it is the costliest
+    #: fit of the suite: one seed keeps the default suite in its time budget; its ± is then over folds)
+    cgcnn_seeds: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
