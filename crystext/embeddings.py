@@ -124,8 +124,99 @@ def as_run(run: RunLike, device: Any = None):
 # --------------------------------------------------------------------------- element vectors
 
 
-def element_embeddings(run: RunLike) -> pd.DataFrame:
-    """The input-embedding rows of the element tokens: index = element symbol (Z order), columns 0..d-1."""
+_ELEMENT_RE = None
+_SYMBOLS: set[str] = set()
+
+
+def _elements_in(formula: str) -> set[str]:
+    """Element symbols of a formula string (``Fe2 O3``, ``Fe2O3``, ``'Cd1 Cu1 N3'``)."""
+    import re
+
+    global _ELEMENT_RE, _SYMBOLS
+    if _ELEMENT_RE is None:
+        from pymatgen.core import Element
+
+        _ELEMENT_RE = re.compile(r"[A-Z][a-z]?")
+        _SYMBOLS = {e.symbol for e in Element}
+    return {m for m in _ELEMENT_RE.findall(str(formula)) if m in _SYMBOLS}
+
+
+def _source_formulas(source: str) -> Iterator[str] | None:
+    """Formulas of one corpus source as the corpus summary names it; None when it cannot be read here."""
+    import re
+
+    if source == "aflow-prototypes":
+        from .builtin import aflow_prototypes
+
+        return (s.composition.formula for _, s, _ in aflow_prototypes())
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / source
+    if not path.is_file():
+        return None
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        df = pd.read_csv(path)
+        if "formula" in df.columns:
+            return iter(df["formula"].astype(str))
+        if "cif" in df.columns:
+            rx = re.compile(r"_chemical_formula_sum\s+(.+)")
+            return ((m.group(1) if (m := rx.search(str(c))) else "") for c in df["cif"])
+        return None
+    if name.endswith((".json.bz2", ".json")):
+        df = pd.read_json(path, compression="bz2" if name.endswith(".bz2") else None)
+        col = next((c for c in ("composition", "formula") if c in df.columns), None)
+        return iter(df[col].astype(str)) if col else None
+    return None
+
+
+def element_counts(run: str | os.PathLike) -> dict[str, int] | None:
+    """How many pretraining documents of a run folder hold each element, or None when unknown.
+
+    Read from the run's ``corpus_summary.json`` (``element_counts``) when it records them, else
+    counted from the corpus sources it lists (all splits) when they are readable here, and
+    cached under ``$CRYSTEXT_CACHE``. An element absent from the result was never seen.
+    """
+    import hashlib
+    import json
+
+    folder = Path(_resolve_run_path(run)) if isinstance(run, (str, os.PathLike)) else None
+    if folder is None or not (folder / "corpus_summary.json").is_file():
+        return None
+    raw = (folder / "corpus_summary.json").read_text()
+    summary = json.loads(raw)
+    if isinstance(summary.get("element_counts"), dict):
+        return {k: int(v) for k, v in summary["element_counts"].items()}
+    sources = (summary.get("config") or {}).get("sources") or []
+    if not sources:
+        return None
+    from .finetune import cache_dir
+
+    cached = cache_dir() / "element_counts" / f"{hashlib.sha1(raw.encode()).hexdigest()[:16]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    counts: Counter = Counter()
+    for source in sources:
+        formulas = _source_formulas(str(source))
+        if formulas is None:
+            return None
+        for formula, n in Counter(formulas).items():  # many repeats: parse each formula once
+            for element in _elements_in(formula):
+                counts[element] += n
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(dict(counts)))
+    return dict(counts)
+
+
+def element_embeddings(run: RunLike, warn_unseen: bool = True) -> pd.DataFrame:
+    """The input-embedding rows of the element tokens: index = element symbol (Z order), columns 0..d-1.
+
+    Elements the run never saw in pretraining (see :func:`element_counts`) keep their initial,
+    untrained rows: they are listed in ``df.attrs["unseen"]`` (with ``df.attrs["seen"]``, a
+    boolean Series, when the counts are known) and, with ``warn_unseen``, in a warning.
+    """
+    import warnings
+
     from .tokenization import element_token_ids
 
     model, tokenizer = as_run(run, device="cpu" if isinstance(run, (str, os.PathLike)) else None)
@@ -138,6 +229,14 @@ def element_embeddings(run: RunLike) -> pd.DataFrame:
     symbols = sorted(ids, key=lambda s: Element(s).Z)
     df = pd.DataFrame(weight[[ids[s] for s in symbols]], index=pd.Index(symbols, name="element"))
     df.columns = list(range(df.shape[1]))
+    counts = element_counts(run) if isinstance(run, (str, os.PathLike)) else None
+    if counts is not None:
+        seen = pd.Series([counts.get(s, 0) > 0 for s in symbols], index=df.index, name="seen")
+        df.attrs["seen"] = seen
+        df.attrs["unseen"] = [s for s in symbols if not seen[s]]
+        if warn_unseen and df.attrs["unseen"]:
+            warnings.warn(f"{run}: {len(df.attrs['unseen'])} element vectors are untrained (never seen in "
+                          f"pretraining): {', '.join(df.attrs['unseen'])}", stacklevel=2)
     return df
 
 
@@ -474,11 +573,20 @@ def _table_columns(path: Path) -> list[str]:
 
 
 def _table_rows(path: Path) -> int | None:
-    if path.suffix.lower() in (".parquet", ".pq"):
+    """Rows of a table, for the progress bar's total and ETA (None when it cannot be counted)."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    return None
+    try:
+        if suffix == ".csv":  # CIF cells span lines: count records with the CSV parser, one narrow column
+            first = _table_columns(path)[0]
+            return int(sum(len(c) for c in pd.read_csv(path, usecols=[first], chunksize=65536)))
+        with open(path, "rb") as fh:  # JSON lines: one record per non-blank line
+            return sum(1 for line in fh if line.strip())
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
 
 
 def _corpus_rows(path: Path) -> int:
@@ -555,7 +663,7 @@ def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[
 def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str | os.PathLike,
                      layer: int = DEFAULT_LAYER, pooling: str = "mean", batch_size: int = 32,
                      device: Any = None, symprec: float = 0.1, rows_per_group: int = 2048,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, precision: str = "float32") -> dict:
     """Embed every record of ``inputs`` into a Parquet file, streaming with bounded memory.
 
     Inputs: CIF files, folders of CIFs (recursive ``*.cif``), tables (CSV/Parquet/JSONL) with a
@@ -563,6 +671,11 @@ def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str
     (``datasets`` folders: their ``text`` column is embedded as written). Bad records are skipped
     and counted, never fatal. Output columns: ``id`` (string), ``source`` (input path),
     ``embedding`` (fixed-size list of float32). Read back with :func:`read_vectors`.
+
+    ``precision``: ``float32`` (default: reproducible vectors), ``bfloat16``, or ``auto`` (bf16
+    autocast only where :func:`crystext.precision.resolve_precision` finds it fast here).
+    The progress bar shows a total, percentage and ETA whenever the inputs can be counted (CIF
+    folders, CSV/Parquet/JSONL tables, saved corpora).
 
     Returns a summary: ``{"embedded", "skipped", "skip_reasons", "examples", "out", "dim", ...}``.
     """
@@ -573,8 +686,11 @@ def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str
     sources = [describe_input(p) for p in inputs]
     if not sources:
         raise ConfigError("no inputs to embed")
+    from .precision import resolve_precision
+
+    precision = resolve_precision(precision, resolve_device(device))
     embedder = StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
-                                 symprec=symprec)
+                                 symprec=symprec, autocast=None if precision == "float32" else precision)
     dim = embedder.dim
     schema = pa.schema([("id", pa.string()), ("source", pa.string()),
                         ("embedding", pa.list_(pa.float32(), dim))])
@@ -627,6 +743,7 @@ def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str
         "dim": dim,
         "layer": embedder.layer,
         "pooling": pooling,
+        "precision": precision,
         "inputs": [f"{s.path} ({s.kind})" for s in sources],
     }
 

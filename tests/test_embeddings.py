@@ -390,3 +390,40 @@ def test_plot_elements_writes_readable_pngs(run, tmp_path):
     for p in paths:
         with Image.open(p) as img:
             assert img.size[0] > 1000 and img.size[1] > 800
+
+
+def test_unseen_elements_are_flagged(tmp_path, recwarn):
+    import json
+
+    run_dir = make_tiny_run(tmp_path / "with-summary")
+    (run_dir / "corpus_summary.json").write_text(json.dumps({"element_counts": {"Na": 3, "Cl": 3, "O": 1}}))
+    with pytest.warns(UserWarning, match=r"untrained \(never seen in pretraining\): H, He"):
+        df = element_embeddings(str(run_dir))
+    assert df.attrs["seen"]["Na"] and df.attrs["seen"]["O"] and not df.attrs["seen"]["Fe"]
+    assert "Fe" in df.attrs["unseen"] and "Na" not in df.attrs["unseen"]
+    assert len(df.attrs["unseen"]) == len(df) - 3
+    no_summary = make_tiny_run(tmp_path / "bare")
+    assert "unseen" not in element_embeddings(str(no_summary)).attrs  # unknown: nothing claimed
+
+
+def test_embed_progress_total_counts_csv_records(embed_inputs):
+    from crystext.embeddings import describe_input
+
+    root, good = embed_inputs
+    assert describe_input(root / "table.csv").count == 6  # multi-line CIF cells: records, not lines
+    assert describe_input(root / "table.parquet").count == 6
+
+
+def test_embed_precision_auto_goes_through_crystext_precision(run_dir, embed_inputs, tmp_path, monkeypatch):
+    import crystext.precision as precision
+
+    root, good = embed_inputs
+    monkeypatch.setattr(precision, "bf16_speed", lambda device_type="cpu": {"fast": False, "reason": "test"})
+    summary = embed_to_parquet([root / "table.csv"], str(run_dir), tmp_path / "a.parquet", precision="auto",
+                               progress=False)
+    assert summary["precision"] == "float32"
+    bf16 = embed_to_parquet([root / "table.csv"], str(run_dir), tmp_path / "b.parquet", precision="bf16",
+                            progress=False)
+    assert bf16["precision"] == "bfloat16"
+    a, b = read_vectors(tmp_path / "a.parquet")[1], read_vectors(tmp_path / "b.parquet")[1]
+    assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.1)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import transformers
 from pymatgen.core import Lattice, Structure
@@ -144,3 +145,46 @@ def test_works_on_a_folder_exported_for_the_hub(run_dir, structures, tmp_path, m
     by_id = transformers.pipeline(TASK, model="someone/crystext-tiny", device="cpu",
                                   model_kwargs={"cache_dir": str(cache)})
     np.testing.assert_allclose(np.stack(by_id(structures[:2], batch_size=2)), reference, atol=1e-5)
+
+
+BAD_CIF = "data_x\n_cell_length_a 3\n_cell_length_b q\n"
+
+
+def test_errors_skip_keeps_the_good_vectors_and_names_the_bad_index(pipe, run_dir, structures):
+    good = structures[:3]
+    reference = structure_embeddings(good, str(run_dir))
+    with pytest.warns(UserWarning) as caught:
+        out = pipe([good[0], BAD_CIF, good[1], 42, good[2]], batch_size=2, errors="skip")
+    assert out[1] is None and out[3] is None
+    np.testing.assert_allclose(np.stack([out[0], out[2], out[4]]), reference, atol=1e-5)
+    messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert any("input 1" in m and "unparsable CIF" in m for m in messages)
+    assert any("input 3" in m and "cannot make a Structure from int" in m for m in messages)
+    with pytest.warns(UserWarning, match="skipped"):
+        assert pipe(BAD_CIF, errors="skip") is None
+    with pytest.raises(ConfigError, match="errors must be one of"):
+        pipe(good[0], errors="ignore")
+
+
+def test_raise_names_the_list_index(pipe, structures, tmp_path):
+    with pytest.raises(CIFParseError, match=r"input 1 \(CIF text\): unparsable CIF"):
+        pipe([structures[0], BAD_CIF], batch_size=2)
+    bad_bytes = tmp_path / "bad.cif"
+    bad_bytes.write_bytes(b"data_x\n\xff\n")
+    with pytest.raises(EncodingError, match=r"input 2 .*bad.cif.*not UTF-8"):
+        pipe([structures[0], structures[1], bad_bytes])
+
+
+def test_float16_release_runs_in_float32_and_matches_the_library(structures):
+    from crystext.settings import REPO_ROOT
+
+    compact = REPO_ROOT / "models" / "crystext-compact"
+    if not (compact / "model.safetensors").is_file():
+        pytest.skip("models/crystext-compact not in this checkout")
+    import json
+
+    assert json.loads((compact / "config.json").read_text())["dtype"] == "float16"  # stored in half precision
+    pipe16 = transformers.pipeline(TASK, model=str(compact), device="cpu")
+    assert pipe16.model.dtype == torch.float32
+    got = np.stack(pipe16(structures[:2], batch_size=2))
+    np.testing.assert_allclose(got, structure_embeddings(structures[:2], str(compact)), atol=1e-5)

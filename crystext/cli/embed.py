@@ -26,6 +26,9 @@ def register(subparsers) -> None:
                    help="mean over the text tokens (default) or the last (<eos>) token")
     p.add_argument("--batch-size", type=int, default=32, help="structures per forward pass (default 32)")
     p.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance of the canonical text")
+    p.add_argument("--precision", default="float32",
+                   help="float32 (default: reproducible vectors), bf16, or auto (bf16 autocast only where this "
+                   "machine runs it fast; vectors then differ from float32 ones at ~1e-3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.set_defaults(func=_embed)
@@ -48,11 +51,11 @@ def _embed(args: argparse.Namespace) -> int:
         args.inputs, args.model, args.out,
         layer=DEFAULT_LAYER if args.layer is None else args.layer,
         pooling=args.pooling, batch_size=args.batch_size, device=args.device, symprec=args.symprec,
-        progress=not args.no_progress,
+        progress=not args.no_progress, precision=args.precision,
     )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["skip_reasons"].items())) or "none"
     print(f"embedded {summary['embedded']} structures ({summary['dim']}-D, layer {summary['layer']}, "
-          f"{summary['pooling']} pooling) -> {summary['out']}")
+          f"{summary['pooling']} pooling, {summary['precision']}) -> {summary['out']}")
     print(f"skipped {summary['skipped']} ({reasons})")
     for line in summary["examples"]:
         print(f"  {line}", file=sys.stderr)
