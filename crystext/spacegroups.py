@@ -122,55 +122,78 @@ def _allowed_table(rot: np.ndarray, trans: np.ndarray):
     return table
 
 
-@lru_cache(maxsize=2048)
-def _normaliser(number: int, linear_maps: bytes) -> tuple[tuple, tuple[bool, bool, bool]]:
+@lru_cache(maxsize=None)
+def _group_arrays(number: int):
+    """Everything the normaliser search needs that depends only on the space group (cached)."""
     rot, trans = _operations_for_hall(default_hall_number(number))
     table = _allowed_table(rot, trans)
+    few = slice(None, None, max(1, len(rot) // 8))  # a cheap first pass rejects most shifts
     eye = np.eye(3)
-    maps = np.frombuffer(linear_maps, dtype=np.int64).reshape(-1, 3, 3).astype(float)
-
-    def checker(m: np.ndarray):
-        m_inv = np.linalg.inv(m)
-        new_rot = np.einsum("ij,njk,kl->nil", m, rot, m_inv)
-        keys = [np.rint(r).astype(int).tobytes() for r in new_rot]
-        if any(k not in table for k in keys):
-            return None
-        allowed = np.stack([table[k] for k in keys])  # (n, width, 3)
-        base = np.einsum("ij,nj->ni", m, trans)
-        shift_op = eye - new_rot
-
-        few = slice(None, None, max(1, len(rot) // 8))  # a cheap first pass rejects most shifts
-
-        def ok(t: np.ndarray, sel) -> bool:
-            new = base[sel] + np.einsum("nij,j->ni", shift_op[sel], t)
-            d = (new[:, None, :] - allowed[sel] + 0.5) % 1.0 - 0.5
-            return bool(np.all(np.any(np.all(np.abs(d) < 1e-6, axis=2), axis=1)))
-
-        def valid(t: np.ndarray) -> bool:
-            return ok(t, few) and ok(t, slice(None))
-
-        return valid
-
-    identity = checker(eye)
-    free = tuple(identity(eye[k] * 0.1234567) for k in range(3))
+    identity = _shift_checker(rot, trans, table, eye)
+    free = tuple(
+        bool(identity(eye[k][None, :] * 0.1234567, few)[0] and identity(eye[k][None, :] * 0.1234567, slice(None))[0])
+        for k in range(3)
+    )
     grids = [np.array([0.0]) if free[k] else _GRID for k in range(3)]
     ts = np.array([[x, y, z] for x in grids[0] for y in grids[1] for z in grids[2]])
+    generic = np.mod(np.einsum("nij,j->ni", rot, np.array([0.1234, 0.3456, 0.5678])) + trans, 1.0)
+    return rot, trans, table, few, free, ts, generic
+
+
+def _shift_checker(rot: np.ndarray, trans: np.ndarray, table: dict, m: np.ndarray):
+    """``None`` if the linear map ``m`` does not normalise the group's rotations, else a function
+    telling, for shifts ``t`` (T, 3), which maps ``x -> m x + t`` send the operations onto
+    themselves (checked on the operations selected by ``sel``)."""
+    m_inv = np.linalg.inv(m)
+    new_rot = np.einsum("ij,njk,kl->nil", m, rot, m_inv)
+    keys = [np.rint(r).astype(int).tobytes() for r in new_rot]
+    if any(k not in table for k in keys):
+        return None
+    allowed = np.stack([table[k] for k in keys])  # (n, width, 3), NaN-padded
+    base = np.einsum("ij,nj->ni", m, trans)
+    shift_op = np.eye(3) - new_rot
+
+    def ok(ts: np.ndarray, sel) -> np.ndarray:
+        new = base[sel][None] + np.einsum("nij,tj->tni", shift_op[sel], ts)  # (T, n, 3)
+        d = (new[:, :, None, :] - allowed[sel][None] + 0.5) % 1.0 - 0.5  # (T, n, width, 3)
+        return np.all(np.any(np.all(np.abs(d) < 1e-6, axis=3), axis=2), axis=1)
+
+    return ok
+
+
+@lru_cache(maxsize=None)
+def _valid_shifts(number: int, m_bytes: bytes) -> np.ndarray | None:
+    """The grid shifts ``t`` for which ``x -> m x + t`` normalises the group (in grid order), or
+    ``None`` if ``m`` does not normalise its rotations. Cached per (group, linear map)."""
+    rot, trans, table, few, _, ts, _ = _group_arrays(number)
+    m = np.frombuffer(m_bytes, dtype=np.int64).reshape(3, 3).astype(float)
+    ok = _shift_checker(rot, trans, table, m)
+    if ok is None:
+        return None
+    ts = ts[ok(ts, few)]
+    return ts[ok(ts, slice(None))] if len(ts) else ts
+
+
+@lru_cache(maxsize=4096)
+def _normaliser(number: int, linear_maps: bytes) -> tuple[tuple, tuple[bool, bool, bool]]:
+    _, _, _, _, free, _, generic = _group_arrays(number)
+    maps = np.frombuffer(linear_maps, dtype=np.int64).reshape(-1, 3, 3)
     # maps that differ by an element of the group give the same description: keep one per coset,
     # told apart by where they send the orbit of a generic point
-    generic = np.mod(np.einsum("nij,j->ni", rot, np.array([0.1234, 0.3456, 0.5678])) + trans, 1.0)
     choices, signatures = [], set()
-    for m in maps:
-        valid = checker(m)
+    for mi in maps:
+        valid = _valid_shifts(number, np.ascontiguousarray(mi).tobytes())
         if valid is None:
             continue
-        for t in ts:
-            if valid(t):
-                image = np.round(np.mod(generic @ m.T + t, 1.0), 6) % 1.0
-                signature = np.round(image[np.lexsort(image.T[::-1])], 5).tobytes()
-                if signature in signatures:
-                    continue
-                signatures.add(signature)
-                choices.append((m.astype(int).tobytes(), tuple(float(v) for v in t)))
+        m = mi.astype(float)
+        gm = generic @ m.T
+        for t in valid:
+            image = np.round(np.mod(gm + t, 1.0), 6) % 1.0
+            signature = np.round(image[np.lexsort(image.T[::-1])], 5).tobytes()
+            if signature in signatures:
+                continue
+            signatures.add(signature)
+            choices.append((m.astype(int).tobytes(), tuple(float(v) for v in t)))
     return tuple(choices), free
 
 

@@ -42,11 +42,15 @@ def _wrap(frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
 def _orbit(rot: np.ndarray, trans: np.ndarray, frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
     """All distinct images of one fractional position under the operations, wrapped to [0, 1)."""
     images = np.mod(np.einsum("nij,j->ni", rot, frac) + trans, 1.0)
-    unique: list[np.ndarray] = []
-    for p in images:
-        if not any(np.all(np.abs((p - q + 0.5) % 1.0 - 0.5) < _FRAC_TOL) for q in unique):
-            unique.append(p)
-    return np.array(unique)
+    close = np.all(np.abs((images[:, None, :] - images[None, :, :] + 0.5) % 1.0 - 0.5) < _FRAC_TOL, axis=2)
+    first = np.argmax(close, axis=1)  # the first image each one coincides with
+    if np.all(first[first] == first):  # "coincides" groups the images cleanly: keep the first of each
+        return images[first == np.arange(len(images))]
+    unique: list[int] = []  # chains of near-coincident images: keep each image no kept one is close to
+    for i in range(len(images)):
+        if not close[i, unique].any():
+            unique.append(i)
+    return images[unique]
 
 
 def _element_order(el: Element) -> tuple:
@@ -128,14 +132,14 @@ def _symmetrise(structure: Structure, dataset, rot: np.ndarray, trans: np.ndarra
     a = rot - np.eye(3)  # the mismatch e of g(y_i) moves by (R - I) s when the origin moves by s
     shift = np.zeros(3)
     for _ in range(2):
-        e = _mismatch(x + shift, z, rot, trans, metric)
+        e = _mismatch(x + shift, z, rot, trans, metric, lattice.matrix)
         if e is None:
             return None
         lhs = np.einsum("gji,gjk->ik", a, a) * len(x)
         rhs = -np.einsum("gji,gnj->i", a, e)
         shift = shift + np.linalg.lstsq(lhs, rhs, rcond=None)[0]
     y = x + shift
-    e = _mismatch(y, z, rot, trans, metric)
+    e = _mismatch(y, z, rot, trans, metric, lattice.matrix)
     if e is None:
         return None
     # atom i's estimate from operation g: g^-1 of the partner of g(y_i), unwrapped near y_i
@@ -143,12 +147,22 @@ def _symmetrise(structure: Structure, dataset, rot: np.ndarray, trans: np.ndarra
     return np.mod(estimates.mean(axis=0), 1.0), z
 
 
-def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, metric: np.ndarray):
+def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, metric: np.ndarray,
+              matrix: np.ndarray | None = None):
     """For every operation g and atom i: g(y_i) minus its nearest same-species atom (wrapped);
     ``None`` if some image has no atom of its species within reach. Chunked over operations so
-    memory stays ~ 4e6 pair distances whatever the cell size."""
+    memory stays ~ 4e6 pair distances whatever the cell size; large cells (given ``matrix``, the
+    lattice vectors as rows) look partners up in a k-d tree instead of comparing every pair."""
     n = len(y)
     chunk = max(1, int(4e6 // (n * n)))
+    if matrix is not None and len(rot) * n * n > _KDTREE_PAIRS:
+        images = np.concatenate([
+            np.einsum("gij,nj->gni", rot[lo:lo + chunk], y) + trans[lo:lo + chunk, None, :]
+            for lo in range(0, len(rot), chunk)
+        ])
+        out = _mismatch_kdtree(images, y, z, matrix)
+        if out is not None:
+            return out
     same = z[:, None] == z[None, :]
     out = np.empty((len(rot), n, 3))
     for lo in range(0, len(rot), chunk):
@@ -165,12 +179,42 @@ def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, 
     return out
 
 
+_KDTREE_PAIRS = 3e6  # above this many (operation, atom, atom) triples, use the k-d tree
+_CELLS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+
+
+def _mismatch_kdtree(images: np.ndarray, y: np.ndarray, z: np.ndarray, matrix: np.ndarray):
+    """:func:`_mismatch` in O(g n log n): the nearest same-species atom of each image from a k-d
+    tree over the atoms and their 26 neighbouring cells. It gives the same partners (and the same
+    numbers) as the pairwise search whenever every partner lies within half the smallest
+    interplanar spacing, which makes the wrapped fractional difference the true shortest one;
+    otherwise it returns ``None`` and the caller compares every pair."""
+    from scipy.spatial import cKDTree
+
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(matrix).T, axis=1).max()
+    queries = np.mod(images, 1.0) @ matrix  # (g, n, 3) Cartesian
+    home = np.mod(y, 1.0)
+    partner = np.empty(images.shape[:2], dtype=np.int64)
+    for species in np.unique(z):
+        idx = np.flatnonzero(z == species)
+        points = ((home[idx][None, :, :] + _CELLS[:, None, :]).reshape(-1, 3)) @ matrix
+        dist, hit = cKDTree(points).query(queries[:, idx].reshape(-1, 3))
+        if not np.all(dist < 0.5 * spacing):
+            return None
+        partner[:, idx] = idx[hit % len(idx)].reshape(len(images), len(idx))
+    d = images - y[partner]
+    d -= np.round(d)
+    return d
+
+
 def _canonical_sites(number: int, orbits: list[tuple[int, np.ndarray]], lattice: Lattice) -> list[_Site]:
     """The asymmetric unit under the origin/axis choice that gives the smallest site list.
 
     Each orbit is represented by its lexicographically smallest member; the structure is tried
     under every map of the space group's normaliser that is also a symmetry of the lattice, and
-    along polar axes with each atom of the rarest orbits placed on the origin.
+    along polar axes with each atom of the rarest orbits placed on the origin. All maps are
+    applied at once: the site list of a map, sorted by (element, multiplicity, position), is one
+    row of numbers, and the smallest row wins (the first map on ties).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -180,17 +224,36 @@ def _canonical_sites(number: int, orbits: list[tuple[int, np.ndarray]], lattice:
         rare = np.vstack([o for z, o in orbits if (len(o), z) == key])
         mask = np.array(free, dtype=float)
         maps = [(m, t - (m @ p) * mask) for m, t in maps for p in rare]
-    best_key, best_sites = None, None
-    for m, t in maps:
-        sites = []
-        for z, orbit in orbits:
-            moved = _wrap(orbit @ m.T + t)
-            sites.append(_Site(Element.from_Z(z), len(orbit), np.array(min(map(tuple, moved)))))
-        sites.sort(key=_site_key)
-        key = [(_element_order(s.element), s.multiplicity, tuple(s.frac)) for s in sites]
-        if best_key is None or key < best_key:
-            best_key, best_sites = key, sites
-    return best_sites
+    lin = np.stack([m for m, _ in maps])  # (M, 3, 3)
+    shifts = np.stack([t for _, t in maps])  # (M, 3)
+    points = np.vstack([o for _, o in orbits])  # every atom of the standard cell, orbit by orbit
+    sizes = np.array([len(o) for _, o in orbits])
+    owner = np.repeat(np.arange(len(orbits)), sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # x' = m x + t written as a fixed sum of products (m is integer), so every map and every
+    # orbit is computed the same way
+    moved = (
+        points[None, :, 0, None] * lin[:, None, :, 0]
+        + points[None, :, 1, None] * lin[:, None, :, 1]
+        + points[None, :, 2, None] * lin[:, None, :, 2]
+    ) + shifts[:, None, :]
+    moved = _wrap(moved)  # (M, N, 3)
+    # the representative of each orbit: its lexicographically smallest member
+    order = np.lexsort((moved[..., 2], moved[..., 1], moved[..., 0], np.broadcast_to(owner, moved.shape[:2])), axis=-1)
+    reps = np.take_along_axis(moved, order[:, starts, None], axis=1)  # (M, n_orbits, 3)
+    elements = [Element.from_Z(z) for z, _ in orbits]
+    rank = {el: r for r, el in enumerate(sorted(set(elements), key=_element_order))}
+    el_rank = np.array([rank[el] for el in elements])
+    rounded = np.round(reps, DECIMALS)
+    rows = np.empty_like(reps)
+    site_orders = np.empty(reps.shape[:2], dtype=np.int64)
+    for k in range(len(maps)):
+        so = np.lexsort((rounded[k, :, 2], rounded[k, :, 1], rounded[k, :, 0], sizes, el_rank))
+        site_orders[k] = so
+        rows[k] = reps[k, so]
+    flat = rows.reshape(len(maps), -1)
+    best = int(np.lexsort(flat.T[::-1])[0])
+    return [_Site(elements[o], int(sizes[o]), reps[best, o].copy()) for o in site_orders[best]]
 
 
 def _site_key(s: _Site) -> tuple:
