@@ -376,8 +376,12 @@ def check_structure(structure: Structure, name: str = "structure") -> Structure:
     """Check a structure has atoms, a non-degenerate cell and only real elements."""
     from pymatgen.core import Element
 
+    import numpy as np
+
     if len(structure) == 0:
         raise EmptyStructureError(f"{name}: the cell holds no atoms")
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        raise CIFParseError(f"{name}: the cell or the coordinates hold NaN or infinite numbers")
     if not structure.lattice.volume > 1e-6:
         raise EmptyStructureError(f"{name}: the cell has zero volume")
     for site in structure:
@@ -391,6 +395,11 @@ def check_structure(structure: Structure, name: str = "structure") -> Structure:
 def _is_pathlike_str(obj: str) -> bool:
     """A one-line string that is not CIF text is taken as a path (too long or NUL: not a path)."""
     return not _looks_like_cif(obj) and "\n" not in obj and "\x00" not in obj and len(obj) < 4096
+
+
+def _is_poscar_path(path: Path) -> bool:
+    name = path.name.upper()
+    return path.suffix.lower() in (".vasp", ".poscar") or name.startswith(("POSCAR", "CONTCAR"))
 
 
 def _from_atoms(atoms: Any, name: str) -> Structure:
@@ -413,7 +422,8 @@ def _from_atoms(atoms: Any, name: str) -> Structure:
 def to_structure(obj: StructureLike, name: str | None = None, block: str | int | None = None) -> Structure:
     """Return a pymatgen :class:`Structure` from a Structure, ASE Atoms, CIF text, bytes or a path.
 
-    Paths may be ``.cif``, ``.cif.gz`` or pymatgen ``.json`` files. ``name`` is how errors call
+    Paths may be ``.cif``, ``.cif.gz``, POSCAR (``.vasp``, ``POSCAR*``, ``CONTCAR*``) or pymatgen
+    ``.json`` files. ``name`` is how errors call
     the input (default: the path, or the kind of input); ``block`` picks the structure of a CIF
     that holds several (see :func:`structure_from_cif`).
 
@@ -434,7 +444,7 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
     if isinstance(obj, str) and not obj.strip():
         raise CIFParseError(f"{name or 'input'}: empty string (expected CIF text, a path or a Structure)")
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and _is_pathlike_str(obj)):
-        path = Path(obj)
+        path = Path(obj).expanduser()
         label = str(path) if not name or name == str(path) else f"{name} ({path})"
         if not path.is_file() and not path.is_dir():
             raise FileNotFoundError(f"{label}: no such file (expected a CIF file, CIF text or a Structure)")
@@ -447,6 +457,15 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
             except Exception as exc:  # noqa: BLE001
                 raise CIFParseError(f"{label}: not a pymatgen Structure JSON ({_short(exc)})") from None
             return _named(check_structure(structure, label), label)
+        if _is_poscar_path(path):
+            try:
+                structure = Structure.from_str(text, fmt="poscar")
+            except Exception as exc:  # noqa: BLE001
+                raise CIFParseError(f"{label}: unparsable POSCAR ({_short(exc)})") from None
+            return _named(check_structure(structure, label), label)
+        if "data_" not in text and not _is_cif_path(path):
+            raise CIFParseError(f"{label}: not a CIF (no data_ block); crystext reads CIF (.cif, .cif.gz), "
+                                "POSCAR (.vasp, POSCAR*, CONTCAR*) and pymatgen JSON (.json) files")
         return to_structure(text, label, block)
     if isinstance(obj, str):
         label = name or "CIF text"

@@ -278,3 +278,28 @@ def test_all_input_errors_are_crystext_errors_or_os_errors(tmp_path):
             warnings.simplefilter("ignore")
             with pytest.raises((CrystextError, OSError)):
                 to_structure(obj)
+
+
+def test_poscar_json_and_other_files(tmp_path):
+    s = _rocksalt()
+    (tmp_path / "POSCAR").write_text(s.to(fmt="poscar"))
+    (tmp_path / "nacl.vasp").write_text(s.to(fmt="poscar"))
+    (tmp_path / "nacl.json").write_text(s.to(fmt="json"))
+    for name in ("POSCAR", "nacl.vasp", "nacl.json"):
+        assert to_structure(tmp_path / name).composition.reduced_formula == "NaCl"
+    (tmp_path / "CONTCAR").write_text("not a poscar\n")
+    with pytest.raises(CIFParseError, match="CONTCAR: unparsable POSCAR"):
+        to_structure(tmp_path / "CONTCAR")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(CIFParseError, match="bad.json: not a pymatgen Structure JSON"):
+        to_structure(tmp_path / "bad.json")
+    (tmp_path / "nacl.xyz").write_text("2\n\nNa 0 0 0\nCl 2.8 0 0\n")
+    with pytest.raises(CIFParseError, match="nacl.xyz: not a CIF .*POSCAR"):
+        to_structure(tmp_path / "nacl.xyz")
+
+
+def test_nan_coordinates_are_refused():
+    d = _rocksalt().as_dict()
+    d["sites"][0]["abc"] = [float("nan"), 0.0, 0.0]
+    with pytest.raises(CIFParseError, match="item 1: .*NaN"):
+        to_structure(d, name="item 1")
