@@ -21,9 +21,10 @@ import pandas as pd
 import yaml
 
 from .errors import ConfigError, CrystextError
-from .settings import REPO_ROOT
+from .resources import resource_dir
 
-CARD_TEMPLATE = REPO_ROOT / "model_cards" / "template.md"
+#: the card template (package data; ``model_cards/template.md`` in the repository)
+CARD_TEMPLATE = resource_dir("model_cards") / "template.md"
 #: files of a run folder that travel to the Hub when present
 RUN_FILES = (
     "config.json",

@@ -1,6 +1,6 @@
 """Presets -> native ``transformers`` configs and models (GPT-2 architecture, no custom code).
 
-A *preset* is a YAML file in ``training/presets/`` holding two sections: ``model`` (the
+A *preset* is a YAML file in ``training/presets/`` (shipped as package data) holding two sections: ``model`` (the
 ``GPT2Config`` shape) and ``training`` (the hyper-parameters read by :mod:`crystext.training`).
 Any Hugging Face causal-LM ``config.json`` (a file, or a folder holding one) can stand in for a
 preset: its model section is that config and its training section the defaults below.
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import REPO_ROOT
+from .resources import resource_dir
 
-PRESET_DIR = REPO_ROOT / "training" / "presets"
+#: the shipped presets (package data; ``training/presets/`` in the repository)
+PRESET_DIR = resource_dir("presets")
 
 #: Training hyper-parameters used where a preset leaves a key out (CrystaLLM's small-model values).
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -44,7 +45,7 @@ _DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped in ``training/presets/``."""
+    """Names of the shipped presets (``training/presets/`` in the repository)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 

@@ -245,17 +245,18 @@ def save_tokenizer(tokenizer, out: str | os.PathLike) -> Path:
 
 
 def builtin_dir(name: str) -> Path:
-    """The repository folder of a built-in tokenizer: ``<repo>/tokenizers/<name>/``."""
-    from .settings import REPO_ROOT
+    """The shipped folder of a built-in tokenizer (package data; ``tokenizers/<name>/`` in the
+    repository)."""
+    from .resources import resource_dir
 
-    return REPO_ROOT / "tokenizers" / name
+    return resource_dir("tokenizers") / name
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = "crystext-cif"):
     """Load a tokenizer by built-in name, folder or Hub id.
 
-    A bare name resolves to ``<repo>/tokenizers/<name>/`` (``crystext-cif``,
-    ``crystext-compact``; rebuilt in memory if that folder is absent, e.g. in a wheel install);
+    A bare name resolves to the shipped ``tokenizers/<name>/`` (``crystext-cif``,
+    ``crystext-compact``, package data; rebuilt in memory if that folder is absent);
     otherwise a folder holding ``tokenizer.json``; otherwise a Hub repo id.
 
     Raises:

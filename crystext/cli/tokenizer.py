@@ -7,9 +7,9 @@ import sys
 
 
 def _build(args) -> int:
-    from ..tokenization import builtin_dir, build_tokenizer
+    from ..tokenization import build_tokenizer
 
-    out = args.out or builtin_dir(f"crystext-{args.kind}")
+    out = args.out or f"tokenizers/crystext-{args.kind}"  # the repository's folder when run from its root
     tok = build_tokenizer(args.kind, out=out)
     print(f"crystext-{args.kind}: {len(tok)} tokens, model_max_length {tok.model_max_length} -> {out}")
     return 0
@@ -35,7 +35,8 @@ def register(sub) -> None:
     b = verbs.add_parser("build", help="build a tokenizer folder (tokenizer.json + config) loadable by AutoTokenizer")
     b.add_argument("--kind", choices=["cif", "compact"], default="cif",
                    help="cif: CrystaLLM-like, one token per digit; compact: 4-decimal chunks, fused keywords")
-    b.add_argument("--out", default=None, help="output folder (default: the repository's tokenizers/crystext-KIND)")
+    b.add_argument("--out", default=None, help="output folder (default: tokenizers/crystext-KIND under the current folder, i.e. the "
+                   "repository's shipped copy when run from its root)")
     b.set_defaults(func=_build)
     e = verbs.add_parser("encode", help="token ids (or tokens) of crystal text files as JSON lines; "
                                         "fails on <unk>, unknown keywords or space groups")
