@@ -238,9 +238,14 @@ def _short(exc: BaseException) -> str:
         msg = f"missing {msg}"
     elif isinstance(exc, ZeroDivisionError):
         msg = "an empty or truncated loop"
+    elif m := re.fullmatch(r"Occupancy ([\d.eE+-]+) exceeded tolerance\.?", msg):
+        msg = f"the occupancies of a site add up to {float(m.group(1)):.4g}, more than 1"
     return msg[:300]
 
 
+#: Site occupancies adding up to at most this are scaled down to 1 (0.667 + 0.334 = 1.001 is
+#: rounding in the CIF, not an error); more is refused.
+_OCCUPANCY_TOLERANCE = 1.01
 _ATOM_SITE_COORDS = ("_atom_site_fract_x", "_atom_site_cartn_x")
 _CELL_LENGTHS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
 _CELL_ANGLES = ("_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
@@ -290,7 +295,7 @@ def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = N
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            parser = CifParser.from_str(text, occupancy_tolerance=1.0)
+            parser = CifParser.from_str(text, occupancy_tolerance=_OCCUPANCY_TOLERANCE)
         except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad text
             raise CIFParseError(f"{name}: unparsable CIF ({_short(exc)})") from None
         blocks = dict(parser._cif.data)  # block name -> CifBlock  # noqa: SLF001
@@ -302,7 +307,7 @@ def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = N
         label = name if len(blocks) == 1 else f"{name} (data_{chosen})"
         _check_cell(with_atoms[chosen].data, label)
         if len(blocks) > 1:
-            parser = CifParser.from_str(str(with_atoms[chosen]), occupancy_tolerance=1.0)
+            parser = CifParser.from_str(str(with_atoms[chosen]), occupancy_tolerance=_OCCUPANCY_TOLERANCE)
         try:
             structures = parser.parse_structures(primitive=False, on_error="raise")
         except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, IndexError, ZeroDivisionError...

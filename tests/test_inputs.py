@@ -303,3 +303,11 @@ def test_nan_coordinates_are_refused():
     d["sites"][0]["abc"] = [float("nan"), 0.0, 0.0]
     with pytest.raises(CIFParseError, match="item 1: .*NaN"):
         to_structure(d, name="item 1")
+
+
+def test_occupancies_rounded_in_the_cif_are_accepted_too_large_refused():
+    shared = GOOD.replace("  Na  Na0  1  0.0  0.0  0.0  1", "  Na  Na0  1  0.0  0.0  0.0  0.667\n  K  K0  1  0.0  0.0  0.0  0.334")
+    s = to_structure(shared)
+    assert not s.is_ordered and sum(s[0].species.values()) == pytest.approx(1.0)
+    with pytest.raises(CIFParseError, match="x.cif: unparsable CIF .*add up to 1.05, more than 1"):
+        to_structure(GOOD.replace("0.5  0.5  0.5  1", "0.5  0.5  0.5  1.05"), name="x.cif")
