@@ -632,3 +632,18 @@ def test_leakage_counts_test_rows_found_in_the_pretraining_corpus(tmp_path):
     assert t.loc[("shipped", "comp"), "test_compositions_in_corpus"] == 1
     assert t.loc[("bare", "perov"), "corpus"].startswith("corpus not available")
     assert list((tmp_path / "cache" / "corpus-identity").glob("*.json"))  # the rebuilt identity is cached
+
+
+def test_structure_texts_are_cached_per_structure(tmp_path, monkeypatch):
+    """Overlapping CIF lists (folds, targets, reruns) convert each structure once."""
+    from crystext.benchmark import representations as reps
+
+    cifs = list(_perovskite_rows(6, 9)["cif"])
+    calls = []
+    real = reps._texts_of
+    monkeypatch.setattr(reps, "_texts_of", lambda items, symprec: calls.append(len(items)) or real(items, symprec))
+    first, _ = reps.structure_texts(cifs[:4], tmp_path)
+    again, bad = reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)
+    assert calls == [4, 3]  # only the two new structures and the bad one are converted
+    assert again[:2] == first[2:] and again[-1] is None and sum(bad.values()) == 1
+    assert reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)[0] == again and calls == [4, 3]

@@ -199,27 +199,63 @@ def element_sets(baselines: Iterable[str] = (), tables: Mapping[str, Any] | None
     return sets
 
 
-def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = 0.1) -> tuple[list[str | None], Counter]:
-    """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts."""
-    path = None
-    if cache_dir is not None:
-        digest = hashlib.sha1(("%g\n" % symprec + "\n\x00".join(cifs)).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / "texts" / f"{digest}.json"
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            return saved["texts"], Counter(saved["skipped"])
+def _texts_of(cifs: Sequence[str], symprec: float) -> list[tuple[str | None, str | None]]:
+    """(text, None) or (None, error type) per CIF."""
     from ..inputs import to_structure
     from ..text import structure_to_text
 
-    texts: list[str | None] = []
-    skipped: Counter = Counter()
+    out = []
     for i, cif in enumerate(cifs):
         try:
-            texts.append(structure_to_text(to_structure(cif, name=f"row {i}"), symprec=symprec))
+            out.append((structure_to_text(to_structure(cif, name=f"row {i}"), symprec=symprec), None))
         except Exception as exc:  # noqa: BLE001 - batch work counts bad records
-            texts.append(None)
-            skipped[type(exc).__name__] += 1
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"texts": texts, "skipped": dict(skipped)}))
+            out.append((None, type(exc).__name__))
+    return out
+
+
+def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = 0.1,
+                    n_jobs: int = 1) -> tuple[list[str | None], Counter]:
+    """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts.
+
+    Cached per structure (SHA-1 of the CIF text) under ``cache_dir/texts/sym<symprec>/``, in 256
+    shards, so folds, targets and reruns that share structures convert each once. ``n_jobs`` > 1
+    converts the missing ones in that many processes.
+    """
+    keys = [hashlib.sha1(c.encode("utf-8", "replace")).hexdigest()[:16] for c in cifs]
+    folder = Path(cache_dir) / "texts" / f"sym{symprec:g}" if cache_dir is not None else None
+    store: dict[str, list] = {}
+    shards = sorted({k[:2] for k in keys})
+    if folder is not None:
+        for shard in shards:
+            path = folder / f"{shard}.json"
+            if path.is_file():
+                store.update(json.loads(path.read_text()))
+    todo = list(dict.fromkeys(k for k in keys if k not in store))
+    if todo:
+        first = {}
+        for k, c in zip(keys, cifs):
+            first.setdefault(k, c)
+        items = [first[k] for k in todo]
+        if n_jobs > 1 and len(items) >= 64:
+            from joblib import Parallel, delayed
+
+            size = -(-len(items) // (4 * n_jobs))
+            parts = Parallel(n_jobs=n_jobs)(delayed(_texts_of)(items[i:i + size], symprec)
+                                            for i in range(0, len(items), size))
+            done = [x for part in parts for x in part]
+        else:
+            done = _texts_of(items, symprec)
+        new = {k: list(v) for k, v in zip(todo, done)}
+        store.update(new)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for shard in sorted({k[:2] for k in new}):
+                path = folder / f"{shard}.json"
+                saved = json.loads(path.read_text()) if path.is_file() else {}
+                saved.update({k: v for k, v in new.items() if k[:2] == shard})
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(saved))
+                os.replace(tmp, path)
+    texts = [store[k][0] for k in keys]
+    skipped = Counter(store[k][1] for k in keys if store[k][0] is None)
     return texts, skipped

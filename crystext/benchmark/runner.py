@@ -88,7 +88,7 @@ def _coverage_reasons(split: Split) -> Counter:
 def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[Run], caps: tuple,
                   structure_layers: Sequence[Any], structure_poolings: Sequence[str], cache_dir: Path | None,
                   log, lm_precision: str = "float32", structure_baselines: Sequence[str] = (),
-                  structure_config: StructureConfig | None = None):
+                  structure_config: StructureConfig | None = None, n_jobs: int = 1):
     """Clean splits + parsed formulas + (structure tasks) structure vectors and graphs, and coverage rows.
 
     Returns ``(splits, parsed, struct, graphs, coverage, test_texts)``: ``struct[split]["name|pooling"]``
@@ -128,7 +128,7 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
             ok_all = np.ones(len(kept), dtype=bool)
             vecs: dict[str, np.ndarray] = {}
             if runs:
-                texts, bad = structure_texts(cifs, cache_dir)
+                texts, bad = structure_texts(cifs, cache_dir, n_jobs=n_jobs)
                 for reason, n in bad.items():
                     reasons[f"no canonical text ({reason})"] += n
                 has_text = np.array([t is not None for t in texts], dtype=bool)
@@ -165,7 +165,7 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                         graphs[name] = g
                         continue
                     log(f"  {task.name} {name}: {base} vectors ({len(cifs)} structures)")
-                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.group)
+                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.name.split("/")[0])
                     finite = np.isfinite(v).all(axis=1) if v.shape[1] else np.zeros(len(cifs), dtype=bool)
                     fail = ~finite & np.array([s is not None for s in structures])
                     if fail.any():
@@ -347,7 +347,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         t0 = time.perf_counter()
         splits, parsed, struct, graphs, cov, test_texts = _prepare_task(
             task, sets, run_list, caps, structure_layers, structure_poolings, cache_dir, log, lm_precision,
-            structure_baselines if task.kind == "structure" else (), structure_config)
+            structure_baselines if task.kind == "structure" else (), structure_config, n_jobs)
         coverage += cov
         if run_list and leakage:
             ids = task_identities(splits["test"].formulas, test_texts if task.kind == "structure" else None)
