@@ -124,7 +124,7 @@ def test_cli_train_and_predict(tmp_path, capsys):
     pd.DataFrame(rows).to_csv(table, index=False)
     out = tmp_path / "head"
     assert main(["heads", "train", "--train", str(table), "--test", str(table), "--target", "y",
-                 "--branches", "composition,ace", "--epochs", "5", "--width", "8", "--out", str(out)]) == 0
+                 "--branches", "composition,ace", "--epochs", "5", "--width", "8", "--n-folds", "2", "--out", str(out)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_train"] == 40 and res["test_mae"] >= 0 and set(res["branch_weights"]) == {"composition", "ace"}
     pred_csv = tmp_path / "pred.csv"
