@@ -448,6 +448,13 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
         return to_structure(decode_cif_bytes(bytes(obj), label), label, block)
     if isinstance(obj, str) and not obj.strip():
         raise CIFParseError(f"{name or 'input'}: empty string (expected CIF text, a path or a Structure)")
+    if isinstance(obj, str) and obj.lstrip().startswith("{"):
+        label = name or "JSON text"
+        try:
+            structure = Structure.from_str(obj, fmt="json")
+        except Exception as exc:  # noqa: BLE001
+            raise CIFParseError(f"{label}: not a pymatgen Structure JSON ({_short(exc)})") from None
+        return _named(check_structure(structure, label), name)
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and _is_pathlike_str(obj)):
         path = Path(obj).expanduser()
         label = str(path) if not name or name == str(path) else f"{name} ({path})"

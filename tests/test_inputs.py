@@ -311,3 +311,11 @@ def test_occupancies_rounded_in_the_cif_are_accepted_too_large_refused():
     assert not s.is_ordered and sum(s[0].species.values()) == pytest.approx(1.0)
     with pytest.raises(CIFParseError, match="x.cif: unparsable CIF .*add up to 1.05, more than 1"):
         to_structure(GOOD.replace("0.5  0.5  0.5  1", "0.5  0.5  0.5  1.05"), name="x.cif")
+
+
+def test_structure_json_text_and_bytes():
+    text = _rocksalt().to(fmt="json")
+    assert to_structure(text).composition.reduced_formula == "NaCl"
+    assert to_structure(text.encode()).composition.reduced_formula == "NaCl"
+    with pytest.raises(CIFParseError, match="item 5: not a pymatgen Structure JSON"):
+        to_structure('{"lattice": 3}', name="item 5")
