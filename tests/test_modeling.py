@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from crystext.errors import ConfigError
+from crystext.errors import ConfigError, DataNotFoundError
 from crystext.modeling import build_model, count_parameters, list_presets, load_preset, model_config
 from crystext.tokenization import load_tokenizer
 from crystext.training import token_loss_sum
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,3 +132,31 @@ def test_a_padded_document_sees_nothing_of_its_batch(tok):
     torch.testing.assert_close(masked, alone, atol=1e-5, rtol=1e-5)
     assert n_batch == n_a + n_b == len(short) + len(long) - 2
     torch.testing.assert_close(loss_batch, loss_a + loss_b, atol=1e-4, rtol=1e-5)
+
+
+def test_float16_release_loads_as_float32_by_default():
+    """models/crystext-compact stores float16 weights; plain from_pretrained (and AutoModel) give
+    float32, because the release's config.json says so, and training_config.json says what is on disk."""
+    from safetensors import safe_open
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    run = REPO / "models" / "crystext-compact"
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+    info = json.loads((run / "training_config.json").read_text())
+    assert info["saved_dtype"] == "float16" and info["loads_as"] == "float32"
+    for auto in (AutoModelForCausalLM, AutoModel):
+        model = auto.from_pretrained(run)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, auto.__name__
+
+
+def test_shipped_resources_come_from_the_package_data_mapping():
+    from crystext.modeling import PRESET_DIR, list_presets
+    from crystext.resources import REPO_FOLDERS, resource_dir
+
+    assert list_presets() == ["base", "crystallm-small", "tiny"]
+    assert (PRESET_DIR / "base.yaml").is_file()
+    for kind in REPO_FOLDERS:
+        assert any(resource_dir(kind).iterdir()), kind
+    with pytest.raises(DataNotFoundError, match="resource kind 'nope'"):
+        resource_dir("nope")
