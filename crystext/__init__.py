@@ -73,13 +73,19 @@ def _register_pipeline() -> None:
     """Register crystext's pipeline tasks; never breaks the user's import of transformers."""
     try:
         from .pipeline import register_pipeline
-    except ImportError:  # transformers or torch missing: nothing to register
-        return
-    try:
+
         register_pipeline()
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in ("torch", "transformers"):
+            return  # not installed: nothing to register
+        _warn_unregistered(exc)
     except Exception as exc:  # noqa: BLE001 - a registration failure must not break transformers
-        warnings.warn(f"crystext: could not register its pipeline tasks with transformers ({exc})",
-                      RuntimeWarning, stacklevel=2)
+        _warn_unregistered(exc)
+
+
+def _warn_unregistered(exc: BaseException) -> None:
+    warnings.warn(f"crystext: could not register its pipeline tasks with transformers ({exc!r})",
+                  RuntimeWarning, stacklevel=3)
 
 
 class _RegisterAfterExec(importlib.abc.Loader):
@@ -92,7 +98,12 @@ class _RegisterAfterExec(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
+        try:
+            self._loader.exec_module(module)
+        except BaseException:  # the import failed: try again at the next import
+            if not any(isinstance(f, _PipelineImportHook) for f in sys.meta_path):
+                sys.meta_path.insert(0, _PipelineImportHook())
+            raise
         # leave no trace: the module's loader is the original one from here on
         module.__loader__ = self._loader
         if getattr(module, "__spec__", None) is not None:
