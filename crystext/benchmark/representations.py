@@ -6,8 +6,9 @@ given): :func:`~crystext.embeddings.element_embeddings` for element vectors and
 ``text_embeddings``) for structure vectors. A run named ``base`` (its folder name, or the
 ``NAME`` of ``NAME=PATH``) is reported as ``crystext-base``.
 
-Structure vectors are expensive on a CPU, so they are cached on disk (``cache_dir``), keyed by the
-run's weights file (size and modification time), the layer, the pooling and the exact texts.
+Structure vectors are expensive on a CPU, so they are cached on disk (``cache_dir``) per structure
+text, in one file per run weights (size and modification time), layer, pooling, precision and task
+folder (:class:`crystext.benchmark.structures.VectorCache`).
 """
 
 from __future__ import annotations
@@ -137,47 +138,67 @@ class Run:
         return self.structure_views(texts, [(layer, pooling)], cache_dir, batch_size, precision)[(layer, pooling)]
 
     def structure_views(self, texts: Sequence[str | None], views: Sequence[tuple[int, str]],
-                        cache_dir: Path | None = None, batch_size: int = 32, precision: str = "float32") -> dict:
-        """:meth:`structure_vectors` for several ``(layer, pooling)`` views: the views not cached
-        yet come from one forward pass per batch. Returns ``{(layer, pooling): (vectors, ok, skipped)}``."""
+                        cache_dir: Path | None = None, batch_size: int = 32, precision: str = "float32",
+                        group: str = "all") -> dict:
+        """:meth:`structure_vectors` for several ``(layer, pooling)`` views, from one forward pass per
+        batch. Returns ``{(layer, pooling): (vectors, ok, skipped)}``.
+
+        With ``cache_dir`` (and a run on disk) vectors are cached per structure text, one file per
+        (run weights, view, precision, ``group``): folds and reruns embed each text once.
+        """
         precision = resolve_precision(precision)
-        tag = "" if precision == "float32" else "-bf16"
         key = self.cache_key()
-        paths: dict = {}
-        out: dict = {}
-        if cache_dir is not None and key is not None:
-            digest = hashlib.sha1("\n\x00".join(t or "" for t in texts).encode()).hexdigest()[:16]
-            for layer, pooling in views:
-                path = Path(cache_dir) / f"{self.name}-{key}" / f"L{layer}-{pooling}{tag}-{digest}.npz"
-                paths[(layer, pooling)] = path
-                if path.is_file():
-                    with np.load(path, allow_pickle=False) as z:
-                        out[(layer, pooling)] = (z["vectors"], z["ok"], Counter(json.loads(str(z["skipped"]))))
-        todo = [v for v in views if v not in out]
-        if not todo:
-            return out
+        if cache_dir is None or key is None:
+            return self._embed_views(texts, views, batch_size, precision)
+        from .structures import VectorCache
+
+        caches = {v: VectorCache(cache_dir, f"{self.name}-{key}", {"layer": int(v[0]), "pooling": v[1]}, precision, group)
+                  for v in views}
+        items = [t if t is not None else "" for t in texts]
+        missing: set[int] = set()
+        for cache in caches.values():
+            missing |= set(cache.missing(items))
+        idx = sorted(i for i in missing if texts[i] is not None)
+        pos = {i: j for j, i in enumerate(idx)}
+        fresh = self._embed_views([texts[i] for i in idx], views, batch_size, precision) if idx else {}
+        skipped: Counter = fresh[views[0]][2] if fresh else Counter()
+        cfg = self.load()[0].config
+        dim = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
+        out = {}
+        for view, cache in caches.items():
+            def compute(todo, view=view):
+                rows = np.full((len(todo), dim), np.nan, dtype=np.float32)
+                for r, i in enumerate(todo):
+                    if i in pos:
+                        rows[r] = fresh[view][0][pos[i]]
+                return rows
+
+            vectors, _ = cache.get(items, compute)
+            ok = np.isfinite(vectors).all(axis=1)
+            counts = Counter(skipped)
+            extra = int((~ok).sum()) - sum(counts.values())
+            if extra > 0:
+                counts["failed before (cached)"] += extra
+            out[view] = (vectors, ok, counts)
+        return out
+
+    def _embed_views(self, texts: Sequence[str | None], views: Sequence[tuple[int, str]], batch_size: int,
+                     precision: str) -> dict:
+        """One forward pass per batch for every view; no cache."""
         from ..embeddings import StructureEmbedder
 
-        embedder = StructureEmbedder(self.load(), views=todo, batch_size=batch_size,
+        embedder = StructureEmbedder(self.load(), views=list(views), batch_size=batch_size,
                                      autocast=None if precision == "float32" else precision)
-        d = embedder.dim // len(todo)
+        d = embedder.dim // len(views)
         records = ((i, t if t is not None else ValueError("no text")) for i, t in enumerate(texts))
-        vectors = np.full((len(texts), d * len(todo)), np.nan, dtype=np.float32)
+        vectors = np.full((len(texts), d * len(views)), np.nan, dtype=np.float32)
         ok = np.zeros(len(texts), dtype=bool)
         for i, vec in embedder.iter_keyed(records, texts=True, skip_errors=True):
             vectors[i] = vec
             ok[i] = True
         skipped = Counter(embedder.skipped)
-        for j, view in enumerate(todo):
-            part = np.ascontiguousarray(vectors[:, j * d:(j + 1) * d])
-            out[view] = (part, ok, skipped)
-            path = paths.get(view)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, vectors=part, ok=ok, skipped=json.dumps(dict(skipped)))
-                os.replace(tmp, path)
-        return out
+        return {view: (np.ascontiguousarray(vectors[:, j * d:(j + 1) * d]), ok, skipped)
+                for j, view in enumerate(views)}
 
 
 def element_sets(baselines: Iterable[str] = (), tables: Mapping[str, Any] | None = None,

@@ -1,16 +1,22 @@
-"""``run_benchmark``: every task x representation x pooling x regressor x seed, under one protocol.
+"""``run_benchmark``: every task x representation x setting x seed, under one protocol.
 
 Order of work (all deterministic):
 
-1. discover the tasks (:func:`~crystext.benchmark.tasks.discover_tasks`) and load the vector sets
+1. discover the tasks (:func:`~crystext.benchmark.tasks.discover_tasks`; composition tasks, and
+   structure tasks = any task folder whose CSVs have a ``cif`` column) and load the vector sets
    (ElementEmbeddings baselines, extra tables, our runs' element vectors);
-2. per task, read the splits (caps on the rows of huge tasks, seeded), parse formulas, and drop
-   from train/val/test, **for every representation alike**, the rows whose formula cannot be
-   parsed or holds an element missing from *any* compared set (and, for structure tasks, the rows
-   whose structure any run cannot embed); the counts go to ``coverage.csv`` and the report;
-3. per (task, representation, pooling): features, then ridge and HGB once (deterministic, seed =
-   the first seed) and the MLP once per seed, test MAE per fit;
-4. intrinsic metrics of the element sets; ``results.csv``, ``report.md`` and plots under ``out``.
+2. per task, read the splits (caps on the rows of huge tasks, seeded; an inner validation split
+   carved from the training rows where a task or fold has none), parse formulas, and drop from
+   train/val/test, **for every representation alike**, the rows whose formula cannot be parsed or
+   holds an element missing from *any* compared set, and, on structure tasks, the rows whose
+   structure any structure representation (our runs' LM vectors, ACE, CHGNet, the graph network)
+   cannot featurise; the counts go to ``coverage.csv`` and the report;
+3. per (task, representation, setting): ridge and HGB once (deterministic, seed = the first
+   seed), the MLP once per seed, the graph network once per graph seed; test and validation MAE
+   per fit (``results.csv``), per-row test errors kept in memory;
+4. per (task group, representation): the setting with the lowest validation MAE, its test MAE,
+   tie-aware ranks by paired bootstrap (``selected.csv``, :mod:`.selection`); the leakage table
+   of our runs (``leakage.csv``, :mod:`.leakage`); intrinsic metrics; ``report.md`` and plots.
 """
 
 from __future__ import annotations
@@ -139,8 +145,8 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                     views = [(layer, pooling) for layer in run.resolve_layers(structure_layers)
                              for pooling in structure_poolings]
                     log(f"  {task.name} {name}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
-                    for (layer, pooling), (v, ok, skipped) in run.structure_views(good_texts, views, cache_dir,
-                                                                                       precision=lm_precision).items():
+                    for (layer, pooling), (v, ok, skipped) in run.structure_views(
+                            good_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
                         for reason, n in skipped.items():  # the same texts fail at every layer: count once
                             key = f"{run.name} cannot embed ({reason})"
                             reasons[key] = max(reasons[key], int(n))

@@ -52,8 +52,8 @@ class StructureConfig:
     cgcnn_layers: int = 3
     cgcnn_cutoff: float = 5.0
     cgcnn_max_neighbors: int = 12
-    cgcnn_epochs: int = 40
-    cgcnn_patience: int = 8
+    cgcnn_epochs: int = 30
+    cgcnn_patience: int = 6
     cgcnn_batch_size: int = 64
     cgcnn_lr: float = 2e-3
     #: seeds of the graph network: the first ``cgcnn_seeds`` of the run's seeds (it is the costliest
@@ -99,6 +99,16 @@ class VectorCache:
             return {}, None
         with np.load(self.path, allow_pickle=False) as z:
             return {k: i for i, k in enumerate(z["keys"].tolist())}, z["vectors"]
+
+    def missing(self, cifs: Sequence[str]) -> list[int]:
+        """Indices (the first of each distinct input) of the inputs not cached yet."""
+        index, _ = self._load()
+        first: dict[str, int] = {}
+        for i, c in enumerate(cifs):
+            k = cif_key(c)
+            if k not in index:
+                first.setdefault(k, i)
+        return sorted(first.values())
 
     def get(self, cifs: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> tuple[np.ndarray, int]:
         keys = [cif_key(c) for c in cifs]
