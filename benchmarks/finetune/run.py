@@ -15,7 +15,7 @@ Full run (hours on 2 CPU cores; minutes per task on one GPU):
 Small run of the README:
 
     python benchmarks/finetune/run.py --run models/crystext-base --tasks perov_5 --seeds 0 \
-        --max-train 2000 --max-test 1000 --epochs 3 --no-grid --out runs/finetune-small
+        --max-train 300 --max-val 200 --max-test 300 --epochs 2 --no-grid --out runs/finetune-small
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--folds", nargs="+", type=int, default=None, help="folds of the fold tasks (default all 5)")
     p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-val", type=int, default=None)
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None,
                    help="maximum epochs of lora/full (default per mode); head mode keeps its own default "
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         s = finetune(args.run, data / folder, out, mode=mode, target=target, fold=fold, seed=seed, lr=lr,
                      epochs=None if mode == "head" else args.epochs, batch_size=args.batch_size, max_train=args.max_train,
-                     max_test=args.max_test, precision=args.precision, device=args.device,
+                     max_val=args.max_val, max_test=args.max_test, precision=args.precision, device=args.device,
                      num_proc=args.num_proc, progress=sys.stderr.isatty(),
                      command="python benchmarks/finetune/run.py " + " ".join(sys.argv[1:]))
         row = {"task": task, "fold": "" if fold is None else fold, "mode": mode, "seed": seed, "lr": f"{lr:g}",
