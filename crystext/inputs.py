@@ -424,13 +424,26 @@ def _from_atoms(atoms: Any, name: str) -> Structure:
         raise CIFParseError(f"{name}: cannot convert the ASE Atoms ({_short(exc)})") from None
 
 
+def _from_text(text: str, label: str, block: str | int | None) -> Structure:
+    """A pymatgen Structure JSON (text starting with ``{``) or CIF text, checked."""
+    from pymatgen.core import Structure
+
+    if text.lstrip().startswith("{"):
+        try:
+            structure = Structure.from_str(text, fmt="json")
+        except Exception as exc:  # noqa: BLE001
+            raise CIFParseError(f"{label}: not a pymatgen Structure JSON ({_short(exc)})") from None
+        return check_structure(structure, label)
+    return check_structure(structure_from_cif(text, label, block), label)
+
+
 def to_structure(obj: StructureLike, name: str | None = None, block: str | int | None = None) -> Structure:
     """Return a pymatgen :class:`Structure` from a Structure, ASE Atoms, CIF text, bytes or a path.
 
     Paths may be ``.cif``, ``.cif.gz``, POSCAR (``.vasp``, ``POSCAR*``, ``CONTCAR*``) or pymatgen
-    ``.json`` files. ``name`` is how errors call
-    the input (default: the path, or the kind of input); ``block`` picks the structure of a CIF
-    that holds several (see :func:`structure_from_cif`).
+    ``.json`` files; text and bytes may be CIF or pymatgen Structure JSON. ``name`` is how errors
+    call the input (default: the path, or the kind of input); ``block`` picks the structure of a
+    CIF that holds several (see :func:`structure_from_cif`).
 
     Raises :class:`CIFParseError`, :class:`EncodingError`, :class:`UnknownElementError`,
     :class:`EmptyStructureError` (all naming the input and the problem), ``FileNotFoundError``
@@ -445,16 +458,14 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
         return _named(check_structure(_from_atoms(obj, label), label), name)
     if isinstance(obj, (bytes, bytearray)):
         label = name or "bytes"
-        return to_structure(decode_cif_bytes(bytes(obj), label), label, block)
+        text = decode_cif_bytes(bytes(obj), label)
+        if not text.strip():
+            raise CIFParseError(f"{label}: empty (no CIF text)")
+        return _named(_from_text(text, label, block), name)
     if isinstance(obj, str) and not obj.strip():
         raise CIFParseError(f"{name or 'input'}: empty string (expected CIF text, a path or a Structure)")
     if isinstance(obj, str) and obj.lstrip().startswith("{"):
-        label = name or "JSON text"
-        try:
-            structure = Structure.from_str(obj, fmt="json")
-        except Exception as exc:  # noqa: BLE001
-            raise CIFParseError(f"{label}: not a pymatgen Structure JSON ({_short(exc)})") from None
-        return _named(check_structure(structure, label), name)
+        return _named(_from_text(obj, name or "JSON text", block), name)
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and _is_pathlike_str(obj)):
         path = Path(obj).expanduser()
         label = str(path) if not name or name == str(path) else f"{name} ({path})"
@@ -478,7 +489,7 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
         if "data_" not in text and not _is_cif_path(path):
             raise CIFParseError(f"{label}: not a CIF (no data_ block); crystext reads CIF (.cif, .cif.gz), "
                                 "POSCAR (.vasp, POSCAR*, CONTCAR*) and pymatgen JSON (.json) files")
-        return to_structure(text, label, block)
+        return _named(_from_text(text, label, block), label)
     if isinstance(obj, str):
         label = name or "CIF text"
         return _named(check_structure(structure_from_cif(obj, label, block), label), name)

@@ -319,3 +319,14 @@ def test_structure_json_text_and_bytes():
     assert to_structure(text.encode()).composition.reduced_formula == "NaCl"
     with pytest.raises(CIFParseError, match="item 5: not a pymatgen Structure JSON"):
         to_structure('{"lattice": 3}', name="item 5")
+
+
+def test_one_line_file_or_bytes_is_parsed_not_taken_for_a_path(tmp_path):
+    path = tmp_path / "short.cif"
+    path.write_text("data_x")
+    with pytest.raises(CIFParseError, match=f"{path}: unparsable CIF"):
+        to_structure(path)
+    with pytest.raises(CIFParseError, match="bytes: unparsable CIF"):
+        to_structure(b"data_x")
+    with pytest.raises(CIFParseError, match="bytes: empty"):
+        to_structure(b"  ")
