@@ -476,3 +476,16 @@ def test_split_fractions_hold_in_expectation():
     assert np.allclose(counts, [0.9, 0.05, 0.05], atol=0.01)
     assert {split_of(i, 0, (1.0, 0.0, 0.0)) for i in ids[:500]} == {0}
     assert [split_of(i, 0, (0.5, 0.25, 0.25)) for i in ids[:50]] != [split_of(i, 1, (0.5, 0.25, 0.25)) for i in ids[:50]]
+
+
+def test_structure_matching_group_over_the_time_limit_is_kept_whole():
+    from crystext.corpus.build import _init_worker, match_group
+
+    texts = [structure_to_text(_nacl()), structure_to_text(_nacl(5.8))]
+    try:
+        _init_worker({"time_limit": None})
+        assert match_group(texts) == [1]  # scaled copy: StructureMatcher finds it
+        _init_worker({"time_limit": 1e-6})
+        assert match_group(texts) is None  # given up: the caller keeps both and counts the group
+    finally:
+        _init_worker({})

@@ -2,7 +2,9 @@
 
 Memory is sampled every 0.2 s with psutil over the whole process tree (the build and its pool
 workers): the peak of the tree's summed RSS, and the peak RSS of the main process alone. Summed RSS
-counts pages shared between forked workers more than once, so it is an upper bound.
+counts pages shared between forked workers more than once, so it is an upper bound. CPU seconds
+(user + system, last sample of each process) do not depend on how busy the machine is, wall time
+does.
 
     python benchmarks/corpus/measure_build.py --json out.json -- crystext corpus build ... --out DIR
 
@@ -24,7 +26,8 @@ import time
 from pathlib import Path
 
 
-def _tree_rss(proc) -> tuple[int, int]:
+def _tree_rss(proc, cpu: dict) -> tuple[int, int]:
+    """RSS of the main process and of the whole tree; records each process's CPU seconds in ``cpu``."""
     import psutil
 
     try:
@@ -32,10 +35,12 @@ def _tree_rss(proc) -> tuple[int, int]:
         kids = proc.children(recursive=True)
     except psutil.NoSuchProcess:
         return 0, 0
-    total = main
-    for k in kids:
+    total = 0
+    for k in [proc, *kids]:
         try:
-            total += k.memory_info().rss
+            total += k.memory_info().rss if k is not proc else main
+            t = k.cpu_times()
+            cpu[k.pid] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
     return main, total
@@ -63,8 +68,9 @@ def run(cmd: list[str], kill_after_shards: int | None = None, sig: str = "KILL")
     ps = psutil.Process(proc.pid)
     peak_main = peak_tree = 0
     killed = False
+    cpu: dict[int, float] = {}
     while proc.poll() is None:
-        main, tree = _tree_rss(ps)
+        main, tree = _tree_rss(ps, cpu)
         peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
         if kill_after_shards is not None and not killed and _shards(out) >= kill_after_shards:
             os.killpg(proc.pid, getattr(signal, f"SIG{sig}"))
@@ -73,6 +79,8 @@ def run(cmd: list[str], kill_after_shards: int | None = None, sig: str = "KILL")
     wall = time.perf_counter() - start
     return {"command": " ".join(cmd), "rc": proc.returncode, "wall_s": round(wall, 1),
             "peak_rss_main_mib": round(peak_main / 2**20, 1), "peak_rss_tree_mib": round(peak_tree / 2**20, 1),
+            "cpu_s_main": round(cpu.get(proc.pid, 0.0), 1),
+            "cpu_s_workers": round(sum(v for k, v in cpu.items() if k != proc.pid), 1),
             "killed": killed, "shards_at_end": _shards(out)}
 
 

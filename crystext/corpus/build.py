@@ -136,6 +136,7 @@ def _init_worker(settings: dict, in_pool: bool = False) -> None:
     if in_pool:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: Pool.terminate() uses SIGTERM
 
 
 def _to_text(rid: str, kind: str, payload: tuple) -> str:
@@ -183,7 +184,7 @@ def _convert_chunk(chunk: list[tuple[int, Record]]) -> list[tuple]:
             converted.append(("skip", gidx, rec, type(exc).__name__, f"{rec.id}: {exc}"))
     tok = _SETTINGS["tokenizer"]
     ok = [r for r in converted if r[0] == "ok"]
-    all_ids = tok([r[3] for r in ok], add_special_tokens=True)["input_ids"] if ok else []
+    all_ids = tok([r[3] for r in ok], add_special_tokens=True, verbose=False)["input_ids"] if ok else []
     ids_of = {r[1]: ids for r, ids in zip(ok, all_ids)}
     unk = tok.unk_token_id
     max_tokens = _SETTINGS.get("max_tokens")
@@ -403,9 +404,20 @@ def _convert_phase(opened: list[Source], limit: int | None, settings: dict, buil
 
 # --------------------------------------------------------------------------- deduplication
 
-def match_group(texts: list[str]) -> list[int]:
+def match_group(texts: list[str]) -> list[int] | None:
     """Indices (into ``texts``) of structures that StructureMatcher (default tolerances) finds
-    equal to an earlier one; the first of each group of equal structures is kept."""
+    equal to an earlier one; the first of each group of equal structures is kept. ``None`` when
+    the group ran past the per-record time limit (then nothing in it is dropped)."""
+    from ..errors import RecordTimeoutError
+
+    try:
+        with _time_limit(_SETTINGS.get("time_limit"), f"dedupe group of {len(texts)}"):
+            return _match_group(texts)
+    except RecordTimeoutError:
+        return None
+
+
+def _match_group(texts: list[str]) -> list[int]:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     from ..text import text_to_structure
@@ -429,11 +441,13 @@ def match_group(texts: list[str]) -> list[int]:
     return sorted(dupes)
 
 
-def _find_duplicates(tables: list, mode: str | None, num_proc: int, progress: bool) -> np.ndarray:
-    """Sorted ``gidx`` of documents to drop as duplicates (the first occurrence is kept). Holds
+def _find_duplicates(tables: list, mode: str | None, num_proc: int, progress: bool,
+                     time_limit: float | None = None) -> tuple[np.ndarray, int]:
+    """Sorted ``gidx`` of documents to drop as duplicates (the first occurrence is kept), and the
+    number of StructureMatcher groups given up after ``time_limit`` seconds (kept whole). Holds
     only 8-byte keys and small bucket lists in memory; texts are read from the mapped shards."""
     if mode is None:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), 0
     drop: set[int] = set()
     seen: set[int] = set()
     best: dict[tuple, tuple[int, str]] = {}
@@ -474,11 +488,16 @@ def _find_duplicates(tables: list, mode: str | None, num_proc: int, progress: bo
         from tqdm.auto import tqdm
 
         groups = ([text_of(g) for g in members] for members in multi)
-        results = bounded_imap(match_group, groups, num_proc, _init_worker, ({},))
+        results = bounded_imap(match_group, groups, num_proc, _init_worker, ({"time_limit": time_limit},))
+        timeouts = 0
         for members, dupes in tqdm(zip(multi, results), total=len(multi), desc="dedupe", unit="group",
                                    disable=not progress or not multi):
-            drop.update(members[j] for j in dupes)
-    return np.asarray(sorted(drop), dtype=np.int64)
+            if dupes is None:
+                timeouts += 1
+            else:
+                drop.update(members[j] for j in dupes)
+        return np.asarray(sorted(drop), dtype=np.int64), timeouts
+    return np.asarray(sorted(drop), dtype=np.int64), 0
 
 
 # --------------------------------------------------------------------------- the build
@@ -520,7 +539,7 @@ def _tokenizer_id(tokenizer, tok) -> str:
 
 
 def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split: Sequence[float], split_by: str,
-              seed: int, num_proc: int, progress: bool) -> tuple[dict, Counter]:
+              seed: int, num_proc: int, progress: bool, time_limit: float | None = None) -> tuple[dict, Counter, int]:
     """Dedupe and split the shards into ``out/{train,validation,test}`` (``save_to_disk``
     layout); return per-split statistics and duplicate counts per source."""
     import pyarrow as pa
@@ -528,7 +547,7 @@ def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split:
     from datasets.utils import logging as ds_logging
 
     tables = [_read_shard(build / s["file"]) for s in manifest["shards"]]
-    drop = _find_duplicates(tables, dedupe, num_proc, progress)
+    drop, timeouts = _find_duplicates(tables, dedupe, num_proc, progress, time_limit)
     feats = features()
     schema = feats.arrow_schema
     names = list(feats)
@@ -578,11 +597,11 @@ def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split:
     shutil.rmtree(stage)
     for name in SPLITS:
         stats[name]["kinds"] = dict(stats[name]["kinds"])
-    return stats, dup_counts
+    return stats, dup_counts, timeouts
 
 
 def _make_summary(opened: list[Source], manifest: dict, stats: dict, dup_counts: Counter, config: dict,
-                  command: str | None) -> dict:
+                  command: str | None, dedupe_timeouts: int = 0) -> dict:
     records: Counter = Counter()
     skipped: Counter = Counter()
     reasons: Counter = Counter()
@@ -616,7 +635,9 @@ def _make_summary(opened: list[Source], manifest: dict, stats: dict, dup_counts:
                     "skip_reasons and listed in skipped.csv",
         },
         "build": {"shards": len(manifest["shards"]), "shard_size": manifest["shard_size"],
-                  "config_hash": manifest["config_hash"]},
+                  "config_hash": manifest["config_hash"],
+                  # StructureMatcher groups (dedupe="structure") over the time limit: kept whole
+                  "dedupe_groups_timed_out": dedupe_timeouts},
         "config": config,
         "command": command,
     }
@@ -641,6 +662,9 @@ def print_summary(summary: dict, file=None) -> None:
     if limits:
         print(f"limits: max_atoms {limits['max_atoms']}, time_limit {limits['time_limit']} s, "
               f"max_tokens {limits['max_tokens']} (longer documents are excluded, never cut)", file=file)
+    timed_out = summary.get("build", {}).get("dedupe_groups_timed_out")
+    if timed_out:
+        print(f"dedupe: {timed_out} StructureMatcher groups over the time limit were kept whole", file=file)
     splits = ", ".join(f"{k} {v['documents']} docs / {v['tokens']} tokens" for k, v in summary["splits"].items())
     print(f"splits: {splits}", file=file)
 
@@ -708,7 +732,9 @@ def build_corpus(
         command: the command line that made the corpus, recorded in ``summary.json``.
         max_atoms: skip (and count) structures with more atoms than this; ``None``: no limit.
         time_limit: skip (and count) records whose conversion takes longer (seconds); ``None``:
-            no limit.
+            no limit. With ``dedupe="structure"`` it also bounds each (formula, space group)
+            group's StructureMatcher run: a group over it is kept whole and counted in
+            ``summary["build"]["dedupe_groups_timed_out"]``.
         max_tokens: exclude (and count) documents of more tokens, ``<bos>``/``<eos>`` included;
             ``None``: keep all.
         shard_size: records per conversion shard (the unit of restart).
@@ -789,8 +815,9 @@ def build_corpus(
                 print(f"stopped after {len(manifest['shards'])} shards ({manifest['shards'][-1]['stop']} records); "
                       "rerun to continue", file=sys.stderr)
             return None
-        stats, dup_counts = _finalise(build, manifest, out_path, dedupe, split, split_by, seed, num_proc, progress)
-        summary = _make_summary(opened, manifest, stats, dup_counts, config, command)
+        stats, dup_counts, timeouts = _finalise(build, manifest, out_path, dedupe, split, split_by, seed, num_proc,
+                                                progress, time_limit)
+        summary = _make_summary(opened, manifest, stats, dup_counts, config, command, timeouts)
         tok.save_pretrained(str(out_path / "tokenizer"))
         _write_skipped(build, manifest, out_path)
         (out_path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
