@@ -2,15 +2,19 @@
 
 Every branch is projected to a common width and the projections are fused either by
 concatenation + MLP (``fusion="concat"``) or by a gated attention over branches
-(``fusion="gated"``: softmax weights per structure, reported by :meth:`MultiScaleRegressor.branch_weights`).
+(``fusion="gated"``: softmax weights per structure, reported by :meth:`MultiScaleRegressor.branch_weights`;
+a branch dropped by branch dropout is masked out of the softmax). For a fusion that is never
+worse than its best branch on validation, see :class:`crystext.heads.StackedRegressor`.
 
 Branch inputs (:class:`BranchInputs`) are precomputed arrays for the vector branches
 (``lm``, ``composition``, ``ace``, ``chgnet``, or any other name) and crystal graphs for the
 trainable ``graph`` branch. :class:`BranchFeaturizer` makes them from structures (the LM branch
 calls :func:`crystext.embeddings.structure_embeddings` with a run, or takes a precomputed array).
 Training uses a validation split with early stopping on its MAE; ``save_pretrained`` writes a
-folder (``config.json`` + ``model.safetensors`` [+ ``element_table.csv``]) that
-``from_pretrained`` reads back.
+native transformers folder (``config.json`` of :class:`crystext.heads.MultiScaleConfig` +
+``model.safetensors`` [+ ``element_table.csv``]) that ``from_pretrained``,
+``MultiScaleModel.from_pretrained`` and ``AutoModel.from_pretrained`` read back. ``score`` is R^2
+(higher is better, as scikit-learn expects); ``mae`` gives the MAE.
 """
 
 from __future__ import annotations
