@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ def _resolve(spec: str, run_dir: Path, data_root: Path | None) -> str | None:
     return next((str(c) for c in candidates if c.exists()), None)
 
 
-def _source_identity(spec: str, symprec: float, cache_dir: Path | None) -> dict:
+def _source_identity(spec: str, symprec: float, cache_dir: Path | None, n_jobs: int = 1) -> dict:
     """``{"formulas", "structures", "formula_spacegroup"}`` lists of one corpus source (cached)."""
     from ..corpus.sources import open_source
 
@@ -105,8 +106,25 @@ def _source_identity(spec: str, symprec: float, cache_dir: Path | None) -> dict:
     from ..text import structure_to_text
 
     formulas, structures, pairs = set(), set(), set()
+
+    def add_text(text: str) -> None:
+        from pymatgen.core import Composition
+
+        m = re.search(r"^_chemical_formula_sum\s+'?([^'\n]+)'?", text, re.MULTILINE)
+        f = Composition(m.group(1)).reduced_formula if m else None
+        structures.add(text_hash(text))
+        spg = _spacegroup_of_text(text)
+        if f:
+            formulas.add(f)
+            if spg is not None:
+                pairs.add((f, spg))
+
+    cifs: list[str] = []
     for rec in source:
         kind, obj = rec.payload
+        if kind == "cif":  # converted below through the benchmark's per-structure text cache
+            cifs.append(obj)
+            continue
         try:
             if kind == "header":
                 comp, spg = obj
@@ -127,6 +145,16 @@ def _source_identity(spec: str, symprec: float, cache_dir: Path | None) -> dict:
                 pairs.add((f, spg))
         except Exception:  # noqa: BLE001 - a record the corpus build skipped too
             continue
+    if cifs:
+        from .representations import structure_texts
+
+        texts, _ = structure_texts(cifs, cache_dir, symprec=symprec, n_jobs=n_jobs)
+        for text in texts:
+            if text:
+                try:
+                    add_text(text)
+                except Exception:  # noqa: BLE001 - an odd formula matches nothing
+                    continue
     out = {"formulas": sorted(formulas), "structures": sorted(structures),
            "formula_spacegroup": sorted([list(p) for p in pairs])}
     if path is not None:
@@ -136,7 +164,7 @@ def _source_identity(spec: str, symprec: float, cache_dir: Path | None) -> dict:
 
 
 def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
-                    data_root: Path | None = None) -> CorpusIdentity:
+                    data_root: Path | None = None, n_jobs: int = 1) -> CorpusIdentity:
     """The identities of the run's pretraining corpus (see the module docstring)."""
     run_dir = Path(run_dir)
     shipped = run_dir / IDENTITY_FILE
@@ -157,7 +185,7 @@ def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
             missing.append(str(spec))
             continue
         try:
-            part = _source_identity(where, symprec, cache_dir)
+            part = _source_identity(where, symprec, cache_dir, n_jobs)
         except Exception as exc:  # noqa: BLE001 - reported, not fatal
             missing.append(f"{spec} ({type(exc).__name__})")
             continue
@@ -185,13 +213,13 @@ def task_identities(formulas: Sequence[Any], texts: Sequence[str | None] | None)
 
 
 def leakage_table(runs: Mapping[str, Any], tasks: Mapping[str, dict], cache_dir: Path | None = None,
-                  data_root: Path | None = None) -> pd.DataFrame:
+                  data_root: Path | None = None, n_jobs: int = 1) -> pd.DataFrame:
     """Rows of :data:`LEAKAGE_COLUMNS` for every run (name -> run folder) and task (name ->
     :func:`task_identities`). Runs given in memory (no folder) read "corpus not available"."""
     rows = []
     for name, source in runs.items():
         if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-            ident = corpus_identity(source, cache_dir, data_root)
+            ident = corpus_identity(source, cache_dir, data_root, n_jobs)
         else:
             ident = CorpusIdentity(status="corpus not available (run given in memory)")
         usable = not ident.status.startswith("corpus not available")

@@ -402,7 +402,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         from .leakage import leakage_table
 
         log("leakage: test rows seen in each run's pretraining corpus")
-        leak = leakage_table({r.name: r.source for r in run_list}, identities, cache_dir, data)
+        leak = leakage_table({r.name: r.source for r in run_list}, identities, cache_dir, data, n_jobs)
     selected = selected_settings(results, errors, n_boot=n_boot or (200 if quick else N_BOOT)) if not results.empty else None
     result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
                              fits=fits, selected=selected, leakage=leak)
