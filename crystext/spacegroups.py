@@ -89,6 +89,47 @@ def operations(symbol: str, number: int | None = None) -> tuple[np.ndarray, np.n
     raise SpaceGroupError(f"unknown space-group symbol {symbol!r}")
 
 
+@lru_cache(maxsize=1)
+def _siblings() -> dict[int, tuple[int, ...]]:
+    """For each Hall number: every Hall number of the same H-M symbol that differs only in its
+    origin choice (``1``/``2``) or axes (``H``/``R``), the default one first."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        if t.choice in ("1", "2", "H", "R"):
+            groups.setdefault((t.number, t.international_short), []).append(hall)
+    return {h: tuple(hs) for hs in groups.values() for h in hs}
+
+
+def settings(symbol: str | None, number: int | None = None) -> tuple[tuple[int, ...], bool]:
+    """The Hall numbers a space-group symbol may stand for, and whether it names one setting.
+
+    A bare symbol of a group with two origin choices (``Fd-3m``) or two axis systems (``R-3m``)
+    may mean either: it returns both Hall numbers, spglib's default first, and ``False``. A symbol
+    with its choice (``Fd-3m:2``, ``R-3m:R``), any other symbol, or a number alone gives one Hall
+    number and ``True``. Symbols only pymatgen knows give ``()``: use :func:`operations`.
+    Raises :class:`SpaceGroupError` if neither symbol nor number is usable.
+    """
+    _, by_symbol, _ = _tables()
+    if symbol:
+        raw = symbol.strip().strip("'\"").replace(" ", "")
+        hall = by_symbol.get(raw)
+        if hall is None:
+            return (), True
+        siblings = _siblings().get(hall, (hall,))
+        if ":" in raw or len(siblings) == 1:
+            return (hall,), True
+        return siblings, False
+    if number is not None and 1 <= int(number) <= 230:
+        return (default_hall_number(int(number)),), True
+    raise SpaceGroupError(f"no usable space-group symbol or number ({symbol!r}, {number!r})")
+
+
+def hall_choice(hall: int) -> str:
+    """The origin choice or axes (``1``, ``2``, ``H``, ``R`` or ``""``) of a Hall number."""
+    return spglib.get_spacegroup_type(hall).choice
+
+
 def number_of(symbol: str) -> int:
     """Space-group number of a symbol in any setting spglib or pymatgen knows."""
     _, by_symbol, _ = _tables()
@@ -154,9 +195,15 @@ def _shift_checker(rot: np.ndarray, trans: np.ndarray, table: dict, m: np.ndarra
     shift_op = np.eye(3) - new_rot
 
     def ok(ts: np.ndarray, sel) -> np.ndarray:
-        new = base[sel][None] + np.einsum("nij,tj->tni", shift_op[sel], ts)  # (T, n, 3)
-        d = (new[:, :, None, :] - allowed[sel][None] + 0.5) % 1.0 - 0.5  # (T, n, width, 3)
-        return np.all(np.any(np.all(np.abs(d) < 1e-6, axis=3), axis=2), axis=1)
+        keep = np.ones(len(ts), dtype=bool)
+        for k in np.arange(len(rot))[sel]:  # one operation at a time: the candidates thin out fast
+            live = np.flatnonzero(keep)
+            if not len(live):
+                break
+            new = base[k] + ts[live] @ shift_op[k].T  # (T, 3)
+            d = (new[:, None, :] - allowed[k][None] + 0.5) % 1.0 - 0.5  # (T, width, 3)
+            keep[live] = np.any(np.all(np.abs(d) < 1e-6, axis=2), axis=1)
+        return keep
 
     return ok
 

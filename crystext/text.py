@@ -19,9 +19,14 @@ import numpy as np
 import spglib
 from pymatgen.core import Composition, Element, Lattice, Structure
 
-from . import spacegroups
+from . import limits, spacegroups
 from .errors import CIFParseError, EmptyStructureError, SpaceGroupError, UnknownElementError
-from .inputs import StructureLike, resolve_disorder, to_structure
+from .inputs import StructureLike, option_hint, resolve_disorder, source_name, to_structure
+
+#: Text styles: ``"default"`` (crystext's layout: loop columns indented, values two spaces apart)
+#: and ``"crystallm"`` (CrystaLLM's preprocessed CIFs: no indentation, single spaces, the
+#: atom-property block right after the ``data_`` line), which CrystaLLM's evaluation code reads.
+STYLES = ("default", "crystallm")
 
 DECIMALS = 4
 _FRAC_TOL = 2e-3  # fractional tolerance for merging symmetry images of rounded coordinates
@@ -169,7 +174,8 @@ def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, 
         images = np.einsum("gij,nj->gni", rot[lo:lo + chunk], y) + trans[lo:lo + chunk, None, :]
         d = images[:, :, None, :] - y[None, None, :, :]
         d -= np.round(d)
-        dist = np.einsum("gnmi,ij,gnmj->gnm", d, metric, d)
+        dc = d @ matrix if matrix is not None else None  # Cartesian differences (a matmul, not a 3-way einsum)
+        dist = np.einsum("gnmi,gnmi->gnm", dc, dc) if dc is not None else np.einsum("gnmi,ij,gnmj->gnm", d, metric, d)
         dist[:, ~same] = np.inf
         partner = np.argmin(dist, axis=2)
         best = np.take_along_axis(dist, partner[..., None], axis=2)[..., 0]
@@ -179,7 +185,7 @@ def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, 
     return out
 
 
-_KDTREE_PAIRS = 3e6  # above this many (operation, atom, atom) triples, use the k-d tree
+_KDTREE_PAIRS = 1e6  # above this many (operation, atom, atom) triples, use the k-d tree
 _CELLS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
 
 
@@ -268,6 +274,11 @@ def structure_to_text(
     properties: bool = False,
     disorder: str = "raise",
     decimals: int = DECIMALS,
+    *,
+    style: str = "default",
+    name: str | None = None,
+    max_atoms: int | None = limits.DEFAULT_MAX_ATOMS,
+    time_limit: float | None = limits.DEFAULT_TIME_LIMIT,
 ) -> str:
     """Write a structure as canonical crystal text.
 
@@ -280,12 +291,38 @@ def structure_to_text(
         disorder: ``"raise"`` (default), ``"dominant"`` or ``"order"`` for partially occupied sites;
             a treatment that was applied is stated in the text as ``_crystext_disorder``.
         decimals: digits after the point for every number.
+        style: ``"default"`` or ``"crystallm"`` (same content in CrystaLLM's whitespace: no
+            indentation, single spaces, so CrystaLLM's evaluation code reads it; see :data:`STYLES`).
+        name: how error messages call the input (default: its file name, or ``structure``).
+        max_atoms: refuse an input cell of more atoms (checked before any symmetry work;
+            ``None`` or 0: no limit; default :data:`crystext.limits.DEFAULT_MAX_ATOMS`).
+        time_limit: give up after this many seconds (``None`` or 0: no limit; default
+            :data:`crystext.limits.DEFAULT_TIME_LIMIT`).
 
     Raises:
-        DisorderError, UnknownElementError, EmptyStructureError, CIFParseError.
+        DisorderError, UnknownElementError, EmptyStructureError, CIFParseError,
+        StructureTooLargeError, RecordTimeoutError.
     """
-    structure = to_structure(structure)
-    structure, treatment = resolve_disorder(structure, disorder)
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, not {style!r}")
+    if type(structure).__name__ in ("Structure", "Atoms") and hasattr(structure, "__len__"):
+        _check_atoms(len(structure), max_atoms, name or source_name(structure))  # before any per-site work
+    structure = to_structure(structure, name=name)
+    label = name or source_name(structure)
+    _check_atoms(len(structure), max_atoms, label)
+    hint = f"raise it with {option_hint('time_limit', 4 * time_limit if time_limit else 0)} (0: no limit)"
+    with limits.time_limit(time_limit, f"{label}: text conversion", hint=hint):
+        return _structure_to_text(structure, label, symprec, angle_tolerance, p1, properties, disorder,
+                                  decimals, style, max_atoms, time_limit)
+
+
+def _check_atoms(n: int, max_atoms: int | None, label: str) -> None:
+    limits.check_size(n, max_atoms, label, hint=f"raise the limit with {option_hint('max_atoms', 2 * n)} (0: no limit)")
+
+
+def _structure_to_text(structure, label, symprec, angle_tolerance, p1, properties, disorder, decimals, style,
+                       max_atoms, time_limit) -> str:
+    structure, treatment = resolve_disorder(structure, disorder, label, max_atoms=max_atoms, time_limit=time_limit)
     if any(getattr(sp, "oxi_state", 0) for sp in structure.composition):
         structure = structure.copy()
         structure.remove_oxidation_states()
@@ -323,7 +360,7 @@ def structure_to_text(
     if treatment:
         lines.append(f"_crystext_disorder {treatment}")
     if properties:
-        lines += [
+        block = [
             "loop_",
             " _atom_type_symbol",
             " _atom_type_electronegativity",
@@ -334,7 +371,11 @@ def structure_to_text(
             x = 0.0 if math.isnan(el.X) else el.X
             radius = float(el.atomic_radius or 0.0)
             ionic = float(el.average_ionic_radius or 0.0)
-            lines.append(f"  {el.symbol}  {_fmt(x, decimals)}  {_fmt(radius, decimals)}  {_fmt(ionic, decimals)}")
+            block.append(f"  {el.symbol}  {_fmt(x, decimals)}  {_fmt(radius, decimals)}  {_fmt(ionic, decimals)}")
+        if style == "crystallm":  # CrystaLLM puts the property block first, after the data_ line
+            lines[1:1] = block
+        else:
+            lines += block
     lines += [
         "loop_",
         " _symmetry_equiv_pos_site_id",
@@ -352,7 +393,14 @@ def structure_to_text(
     for i, s in enumerate(sites):
         x, y, zc = (_fmt(v, decimals) for v in s.frac)
         lines.append(f"  {s.element.symbol}  {s.element.symbol}{i}  {s.multiplicity}  {x}  {y}  {zc}  1")
+    if style == "crystallm":
+        lines = [_single_spaced(line) for line in lines]
     return "\n".join(lines) + "\n"
+
+
+def _single_spaced(line: str) -> str:
+    """A line in CrystaLLM's whitespace: no indentation, one space between values (quoted values kept)."""
+    return " ".join(_TOKEN.findall(line))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -466,6 +514,29 @@ def _rebuild(text: str) -> tuple[ParsedText, _Rebuilt]:
             number = int(parsed.items["_symmetry_Int_Tables_number"])
         except ValueError:
             raise CIFParseError("crystal text: _symmetry_Int_Tables_number is not an integer") from None
+    sites = parsed.loop_with("_atom_site_fract_x")
+    if sites is None:
+        raise EmptyStructureError("crystal text: no _atom_site loop (the cell holds no atoms)")
+    symbols = sites.get("_atom_site_type_symbol") or sites.get("_atom_site_label")
+    if symbols is None:
+        raise CIFParseError("crystal text: _atom_site loop has no _atom_site_type_symbol")
+    n = len(symbols)
+    if n == 0:
+        raise EmptyStructureError("crystal text: the cell holds no atoms")
+    has_mults = "_atom_site_symmetry_multiplicity" in sites
+    mults = sites.get("_atom_site_symmetry_multiplicity", ["0"] * n)
+    fracs, stated, elems = [], [], []
+    for k in range(n):
+        sym = re.sub(r"[^A-Za-z]", "", symbols[k])
+        if not Element.is_valid_symbol(sym):
+            raise UnknownElementError(f"crystal text: unknown element {symbols[k]!r} in site {k}")
+        try:
+            fracs.append(np.array([float(sites[f"_atom_site_fract_{c}"][k].split("(")[0]) for c in "xyz"]))
+            stated.append(int(mults[k]))
+        except ValueError:
+            raise CIFParseError(f"crystal text: site {k} has a non-numeric coordinate or multiplicity") from None
+        elems.append(sym)
+
     symops = parsed.loop_with("_symmetry_equiv_pos_as_xyz")
     if symops and len(symops["_symmetry_equiv_pos_as_xyz"]) > 1:  # explicit operations win
         from pymatgen.core.operations import SymmOp
@@ -477,35 +548,97 @@ def _rebuild(text: str) -> tuple[ParsedText, _Rebuilt]:
         symbol = parsed.items.get("_symmetry_space_group_name_H-M")
         if symbol is None and number is None:
             raise SpaceGroupError("crystal text: no space-group symbol or number")
-        rot, trans = spacegroups.operations(symbol or "", number)
+        halls, _ = spacegroups.settings(symbol, number)
+        if not halls:  # a symbol only pymatgen knows
+            rot, trans = spacegroups.operations(symbol or "", number)
+        else:
+            # the semisymmetrised layout (one x, y, z line, multiplicities) of crystext and
+            # CrystaLLM writes a bare symbol in spglib's default setting
+            conventional = symops is not None and has_mults
+            hall = _choose_setting(symbol or str(number), halls, lattice, fracs, stated if has_mults else None,
+                                   elems, conventional)
+            rot, trans = spacegroups._operations_for_hall(hall)
 
-    sites = parsed.loop_with("_atom_site_fract_x")
-    if sites is None:
-        raise EmptyStructureError("crystal text: no _atom_site loop (the cell holds no atoms)")
-    symbols = sites.get("_atom_site_type_symbol") or sites.get("_atom_site_label")
-    if symbols is None:
-        raise CIFParseError("crystal text: _atom_site loop has no _atom_site_type_symbol")
-    n = len(symbols)
-    if n == 0:
-        raise EmptyStructureError("crystal text: the cell holds no atoms")
-    mults = sites.get("_atom_site_symmetry_multiplicity", ["0"] * n)
-    species, coords, stated, sizes, elems = [], [], [], [], []
-    for k in range(n):
-        sym = re.sub(r"[^A-Za-z]", "", symbols[k])
-        if not Element.is_valid_symbol(sym):
-            raise UnknownElementError(f"crystal text: unknown element {symbols[k]!r} in site {k}")
-        try:
-            frac = np.array([float(sites[f"_atom_site_fract_{c}"][k].split("(")[0]) for c in "xyz"])
-            stated.append(int(mults[k]))
-        except ValueError:
-            raise CIFParseError(f"crystal text: site {k} has a non-numeric coordinate or multiplicity") from None
+    species, coords, sizes = [], [], []
+    for sym, frac in zip(elems, fracs):
         orbit = _orbit(rot, trans, frac)
         species += [sym] * len(orbit)
         coords.extend(orbit)
         sizes.append(len(orbit))
-        elems.append(sym)
     structure = Structure(lattice, species, coords)
     return parsed, _Rebuilt(structure, number, stated, sizes, elems)
+
+
+_MIN_DISTANCE = 0.5  # angstrom: atoms closer than this mean a wrong setting
+
+
+def _metric_fits(rot: np.ndarray, lattice: Lattice, tol: float = 0.02) -> bool:
+    """Whether every rotation keeps the cell's metric (so the operations suit these axes)."""
+    g = lattice.matrix @ lattice.matrix.T
+    moved = np.einsum("nji,jk,nkl->nil", rot, g, rot)
+    return bool(np.max(np.abs(moved - g)) <= tol * np.max(np.abs(g)))
+
+
+def _choose_setting(symbol: str, halls: tuple[int, ...], lattice: Lattice, fracs: list[np.ndarray],
+                    stated: list[int] | None, elems: list[str], conventional: bool) -> int:
+    """The setting (Hall number) in which to expand the sites of a text naming only a symbol.
+
+    Hexagonal vs rhombohedral axes: the one whose rotations keep the cell's metric. Origin
+    choices: the ones where every site's orbit has its stated multiplicity and no two atoms come
+    closer than 0.5 A; if both fit and give different crystals, the semisymmetrised text forms
+    (crystext's, CrystaLLM's) mean spglib's default, anything else is refused as ambiguous.
+    Raises :class:`SpaceGroupError`.
+    """
+    name = symbol.strip().strip("'\"")
+    if len(halls) == 1:
+        if spacegroups.hall_choice(halls[0]) in ("H", "R") and not _metric_fits(
+            spacegroups._operations_for_hall(halls[0])[0], lattice
+        ):
+            raise SpaceGroupError(_axes_message(name, lattice))
+        return halls[0]
+    if spacegroups.hall_choice(halls[0]) in ("H", "R"):
+        fitting = [h for h in halls if _metric_fits(spacegroups._operations_for_hall(h)[0], lattice)]
+        if len(fitting) != 1:
+            raise SpaceGroupError(_axes_message(name, lattice))
+        return fitting[0]
+    built = {}
+    for h in halls:
+        rot, trans = spacegroups._operations_for_hall(h)
+        orbits = [_orbit(rot, trans, f) for f in fracs]
+        if stated is not None and [len(o) for o in orbits] != stated:
+            continue
+        structure = Structure(lattice, [e for e, o in zip(elems, orbits) for _ in o], np.vstack(orbits))
+        if len(structure) > 1:
+            d = structure.distance_matrix
+            np.fill_diagonal(d, np.inf)
+            if d.min() < _MIN_DISTANCE:
+                continue
+        built[h] = structure
+    if not built:
+        return halls[0]  # fits no setting: the text is inconsistent, which check_text reports
+    if len(built) == 1:
+        return next(iter(built))
+    if conventional:
+        return halls[0]
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    first, *others = built.values()
+    if all(StructureMatcher().fit(first, other) for other in others):
+        return halls[0]
+    choices = " or ".join(f"{name}:{spacegroups.hall_choice(h)}" for h in built)
+    raise SpaceGroupError(
+        f"crystal text: {name} has {len(halls)} origin choices and the sites fit both, giving different "
+        f"crystals; name the setting ({choices}) or list the symmetry operations"
+    )
+
+
+def _axes_message(name: str, lattice: Lattice) -> str:
+    return (
+        f"crystal text: {name} on a cell with a={lattice.a:.4f} b={lattice.b:.4f} c={lattice.c:.4f} "
+        f"alpha={lattice.alpha:.2f} beta={lattice.beta:.2f} gamma={lattice.gamma:.2f}: its operations need "
+        "hexagonal axes (a = b, gamma = 120, setting :H) or rhombohedral axes (a = b = c, alpha = beta = gamma, "
+        "setting :R); the cell fits neither the setting named nor any other"
+    )
 
 
 def text_to_structure(text: str) -> Structure:

@@ -215,3 +215,43 @@ def test_disorder_refused_by_default_and_resolved_on_request():
     ordered = structure_to_text(half, disorder="order")
     assert "_crystext_disorder order" in ordered
     assert text_to_structure(ordered).composition.reduced_formula == "FeCo"
+
+
+def test_oversized_input_refused_before_symmetry_work(monkeypatch):
+    import crystext.text as text_module
+    from crystext.errors import StructureTooLargeError
+
+    def no_symmetry(*args, **kwargs):
+        raise AssertionError("symmetry analysis ran on an oversized input")
+
+    monkeypatch.setattr(text_module, "_symmetrised_sites", no_symmetry)
+    from ase.build import bulk
+
+    big = bulk("NaCl", "rocksalt", a=5.69, cubic=True).repeat((20, 20, 20))  # (an Atoms builds fast)
+    assert len(big) == 64_000
+    with pytest.raises(StructureTooLargeError, match=r"NaCl-20x20x20: 64000 atoms is over the limit of 1000.*max_atoms="):
+        structure_to_text(big, name="NaCl-20x20x20")
+    with pytest.raises(StructureTooLargeError, match="8 atoms is over the limit of 2"):
+        structure_to_text(rocksalt(), max_atoms=2)
+
+
+def test_limits_none_or_zero_mean_no_limit_and_time_limit_applies(monkeypatch):
+    import time
+
+    import crystext.text as text_module
+    from crystext.errors import RecordTimeoutError
+
+    reference = structure_to_text(rocksalt())
+    for limit in (None, 0):
+        assert structure_to_text(rocksalt(), max_atoms=limit, time_limit=limit) == reference
+    real = text_module._symmetrised_sites
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(text_module, "_symmetrised_sites", slow)
+    with pytest.raises(RecordTimeoutError, match=r"rocksalt.cif: text conversion: gave up after 0.05 s.*time_limit="):
+        structure_to_text(rocksalt(), time_limit=0.05, name="rocksalt.cif")
+    for limit in (None, 0):
+        assert structure_to_text(rocksalt(), time_limit=limit) == reference

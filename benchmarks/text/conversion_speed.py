@@ -1,173 +1,149 @@
-"""Text-conversion speed: crystext's structure_to_text against the CrystaLLM-style pipeline.
+"""Text-conversion speed on random Materials Project structures: crystext against pymatgen's CifWriter.
 
 Usage:
-    python benchmarks/text/conversion_speed.py [--limit N] [--repeats 5] [--procs 1 2]
+    nice -n 5 python benchmarks/text/conversion_speed.py [--n 2000] [--seed 0]
         [--out benchmarks/text/conversion_speed.md]
 
-Both pipelines start from the same pymatgen Structures (perov_5 val, CIFs parsed beforehand and
-not timed) and end with a string:
+A random sample (numpy ``default_rng(seed)``, without replacement) of the MP structures in
+``<data>/mp/structures-*.parquet`` is parsed to pymatgen Structures (timed, reported apart);
+then, in one process and one pass, each structure is converted by both methods back to back
+(alternating which goes first):
 
-- ``crystext``: ``crystext.text.structure_to_text(structure)`` (symprec 0.1, no property block);
-- ``crystallm-style``: pymatgen ``CifWriter(structure, symprec=0.1)`` followed by CrystaLLM's
-  post-processing, re-implemented here: the ``data_`` line replaced by the cell composition
-  (``_chemical_formula_sum`` without spaces), the symmetry-operation loop cut to the single
-  ``x, y, z`` line, and every number with more than 4 decimals rounded to 4.
+- ``crystext``: ``crystext.text.structure_to_text(s, symprec=0.1)`` (the canonical text);
+- ``CifWriter``: ``str(pymatgen.io.cif.CifWriter(s, symprec=0.1))`` (symmetrised CIF, the step
+  CrystaLLM's preprocessing starts from).
 
-Each repeat times both pipelines back to back (alternating which goes first) on every process
-count; the report gives medians over repeats, in structures per second, with the ratio
-crystext / baseline measured in the same run. Multi-process runs use a forked pool (started
-before timing) that receives chunks of structure indices.
+Per-structure CPU time (``time.process_time``, so other jobs on a shared machine weigh less than
+in wall time) gives median / mean / p99 / max for each method and the ratio of the means and of
+the medians. Caches (crystext's per-space-group tables) start empty, so their build is counted.
+After timing, the round trip ``text_to_structure(structure_to_text(s))`` is checked against the
+input with ``StructureMatcher()`` defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
-import re
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-STRUCTURES: list = []  # filled before the pool forks, so workers inherit it
 
-_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+'?([^'\n]+?)'?\s*$", re.M)
-_DATA_LINE = re.compile(r"^data_.*$", re.M)
-_SYMOP_LOOP = re.compile(r"(_symmetry_equiv_pos_as_xyz\n)(?:[ \t]+\d+[ \t]+'[^'\n]*'\n)+")
-_NUMBER = re.compile(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?")
+def _stats(t: np.ndarray) -> dict[str, float]:
+    return {"median": float(np.median(t)), "mean": float(t.mean()), "p99": float(np.percentile(t, 99)),
+            "max": float(t.max()), "total": float(t.sum())}
 
 
-def _round4(match: re.Match) -> str:
-    text = match.group()
-    if len(text.split(".")[-1]) <= 4:
-        return text
-    return f"{round(float(text), 4):.4f}"
-
-
-def crystallm_style(structure) -> str:
-    """CifWriter(symprec=0.1) plus CrystaLLM's post-processing (see the module docstring)."""
+def main() -> int:
+    warnings.simplefilter("ignore")
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
     from pymatgen.io.cif import CifWriter
 
-    cif = str(CifWriter(structure, symprec=0.1))
-    if int(re.search(r"_cell_formula_units_Z\s+(\d+)", cif).group(1)) == 0:
-        raise ValueError("Z = 0")
-    formula = _FORMULA_SUM.search(cif).group(1).replace(" ", "")
-    cif = _DATA_LINE.sub(lambda _: "data_" + formula, cif, count=1)
-    cif = _SYMOP_LOOP.sub(lambda m: m.group(1) + "  1  'x, y, z'\n", cif, count=1)
-    return _NUMBER.sub(_round4, cif)
-
-
-def crystext_text(structure) -> str:
-    from crystext.text import structure_to_text
-
-    return structure_to_text(structure, symprec=0.1)
-
-
-METHODS = {"crystext": crystext_text, "crystallm-style": crystallm_style}
-
-
-def _work(args: tuple[str, int, int]) -> int:
-    name, start, stop = args
-    fn = METHODS[name]
-    for s in STRUCTURES[start:stop]:
-        fn(s)
-    return stop - start
-
-
-def _time(name: str, pool, n: int, procs: int) -> float:
-    t0 = time.perf_counter()
-    if pool is None:
-        _work((name, 0, n))
-    else:
-        chunk = max(1, n // (procs * 8))
-        list(pool.imap_unordered(_work, [(name, i, min(n, i + chunk)) for i in range(0, n, chunk)]))
-    return n / (time.perf_counter() - t0)
-
-
-def main() -> None:
-    warnings.simplefilter("ignore")
-    from pymatgen.core import Structure
-
     from crystext.settings import data_dir
+    from crystext.text import structure_to_text, text_to_structure
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--limit", type=int, default=1000, help="structures of perov_5 val (default 1000; 0 = all)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--n", type=int, default=2000, help="random MP structures (default 2000)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).with_name("conversion_speed.md")))
     args = ap.parse_args()
 
-    df = pd.read_csv(data_dir(required=True) / "perov_5" / "val.csv")
-    if args.limit:
-        df = df.head(args.limit)
-    STRUCTURES.extend(Structure.from_str(c, fmt="cif") for c in df.cif)
-    n = len(STRUCTURES)
-    # warm-up (imports, caches) and a sanity check that both give text for every structure
-    for fn in METHODS.values():
-        for s in STRUCTURES[:20]:
-            assert fn(s).startswith("# generated using pymatgen\ndata_") or fn(s).startswith("data_")
+    files = sorted((data_dir(required=True) / "mp").glob("structures-*.parquet"))
+    df = pd.concat([pd.read_parquet(f, columns=["material_id", "cif"]) for f in files], ignore_index=True)
+    idx = np.random.default_rng(args.seed).choice(len(df), args.n, replace=False)
+    ids, cifs = df.material_id.to_numpy()[idx], df.cif.to_numpy()[idx]
+    del df
 
-    pools = {p: (None if p == 1 else mp.get_context("fork").Pool(p)) for p in args.procs}
-    for p, pool in pools.items():  # warm the workers
-        if pool is not None:
-            pool.map(_work, [(m, 0, 5) for m in METHODS for _ in range(p)])
+    # warm imports (not the per-group caches) on a structure outside the sample
+    warm = Structure.from_spacegroup("P1", [[3, 0, 0], [0, 3.1, 0], [0, 0, 3.2]], ["Na"], [[0, 0, 0]])
+    structure_to_text(warm), str(CifWriter(warm, symprec=0.1))
+
     load_before = os.getloadavg()[0]
-    rates: dict[tuple[str, int], list[float]] = {(m, p): [] for m in METHODS for p in args.procs}
-    for r in range(args.repeats):
-        for p, pool in pools.items():
-            order = list(METHODS) if r % 2 == 0 else list(METHODS)[::-1]
-            for m in order:
-                rates[(m, p)].append(_time(m, pool, n, p))
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{m} x{p} {v[-1]:.0f}/s" for (m, p), v in rates.items()), flush=True)
-    for pool in pools.values():
-        if pool is not None:
-            pool.close()
+    wall0 = time.perf_counter()
+    structures, parse_t = [], []
+    for cif in cifs:
+        t0 = time.process_time()
+        structures.append(Structure.from_str(cif, fmt="cif"))
+        parse_t.append(time.process_time() - t0)
 
+    times = {"crystext": [], "CifWriter": []}
+    texts, errors = [], {"crystext": 0, "CifWriter": 0}
+    for k, s in enumerate(structures):
+        order = ["crystext", "CifWriter"] if k % 2 == 0 else ["CifWriter", "crystext"]
+        for method in order:
+            t0 = time.process_time()
+            try:
+                if method == "crystext":
+                    texts.append(structure_to_text(s, symprec=0.1))
+                else:
+                    str(CifWriter(s, symprec=0.1))
+            except Exception:
+                errors[method] += 1
+                if method == "crystext":
+                    texts.append(None)
+            times[method].append(time.process_time() - t0)
+        if (k + 1) % 250 == 0:
+            print(f"{k + 1}/{len(structures)} converted", flush=True)
+    convert_wall = time.perf_counter() - wall0
+
+    matcher = StructureMatcher()
+    failed = []
+    for mid, s, text in zip(ids, structures, texts):
+        try:
+            ok = text is not None and matcher.fit(s, text_to_structure(text))
+        except Exception:
+            ok = False
+        if not ok:
+            failed.append(str(mid))
     load_after = os.getloadavg()[0]
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    # ratio within each repeat (both pipelines timed back to back), then the median over repeats
-    paired = {p: statistics.median(a / b for a, b in zip(rates[("crystext", p)], rates[("crystallm-style", p)])) for p in args.procs}
-    base1 = med[("crystallm-style", 1)]
+
+    st = {m: _stats(np.array(v)) for m, v in times.items()}
+    ps = _stats(np.array(parse_t))
+    n = len(structures)
+    natoms = np.array([len(s) for s in structures])
+    c, w = st["crystext"], st["CifWriter"]
     lines = [
-        "# Text conversion speed: crystext vs the CrystaLLM-style pipeline",
+        "# Text conversion speed: crystext vs pymatgen CifWriter(symprec=0.1), random MP structures",
         "",
-        f"Command: `python benchmarks/text/conversion_speed.py --limit {args.limit} --repeats {args.repeats} "
-        f"--procs {' '.join(map(str, args.procs))}`",
+        f"Command: `nice -n 5 python benchmarks/text/conversion_speed.py --n {args.n} --seed {args.seed}`",
         "",
-        f"Data: the first {n} structures of `perov_5/val.csv` (parsed to pymatgen Structures before timing). "
-        f"Machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} CPU cores "
-        f"(shared with other jobs: 1-minute load average {load_before:.1f} before, {load_after:.1f} after), "
-        f"Python {platform.python_version()}. Medians over {args.repeats} repeats; both pipelines "
-        "timed back to back in each repeat (alternating order).",
+        f"Data: {n} structures drawn at random (seed {args.seed}) from the {sum(1 for _ in files)} MP parquet "
+        f"files in `<data>/mp/` ({natoms.min()}-{natoms.max()} atoms per cell, median {int(np.median(natoms))}). "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores shared with other "
+        f"jobs (1-minute load average {load_before:.1f} before, {load_after:.1f} after), Python "
+        f"{platform.python_version()}. One process; both methods on each structure back to back "
+        "(alternating order); CPU seconds per structure (`time.process_time`); crystext's per-space-group "
+        f"caches start empty. Conversion pass took {convert_wall:.0f} s wall.",
         "",
-        "- `crystext`: `crystext.text.structure_to_text(s, symprec=0.1)`",
-        "- `crystallm-style`: `str(CifWriter(s, symprec=0.1))`, then the data_ line replaced by the cell "
-        "composition, the symmetry-operation loop cut to `x, y, z`, numbers rounded to 4 decimals",
-        "",
-        "| pipeline | processes | structures/s (median) | min-max | per process | vs crystallm-style, same processes (median of paired ratios) | vs 1 process |",
+        "| method | median (ms) | mean (ms) | p99 (ms) | max (ms) | total (s) | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for m in METHODS:
-        for p in args.procs:
-            v = rates[(m, p)]
-            lines.append(
-                f"| {m} | {p} | {med[(m, p)]:.0f} | {min(v):.0f}-{max(v):.0f} | {med[(m, p)] / p:.0f} | "
-                f"{paired[p] if m == 'crystext' else 1.0:.2f}x | {med[(m, p)] / med[(m, args.procs[0])]:.2f}x |"
-            )
+    for m in times:
+        s_ = st[m]
+        lines.append(f"| {m} | {1e3 * s_['median']:.1f} | {1e3 * s_['mean']:.1f} | {1e3 * s_['p99']:.0f} | "
+                     f"{1e3 * s_['max']:.0f} | {s_['total']:.1f} | {errors[m]} |")
     lines += [
+        f"| (CIF parsing, `Structure.from_str`, not in the rows above) | {1e3 * ps['median']:.1f} | "
+        f"{1e3 * ps['mean']:.1f} | {1e3 * ps['p99']:.0f} | {1e3 * ps['max']:.0f} | {ps['total']:.1f} | |",
         "",
-        f"Single process, crystext runs at {paired[1]:.2f}x the CrystaLLM-style pipeline "
-        f"({med[('crystext', 1)]:.0f} vs {base1:.0f} structures/s)." if 1 in args.procs else "",
+        f"Ratio crystext / CifWriter: {c['mean'] / w['mean']:.2f}x on the mean, {c['median'] / w['median']:.2f}x "
+        f"on the median, {c['p99'] / w['p99']:.2f}x at p99 (below 1 means crystext is faster).",
+        "",
+        f"Round trip `text_to_structure(structure_to_text(s))` matches `s` under `StructureMatcher()` "
+        f"defaults: {n - len(failed)}/{n} = {100 * (n - len(failed)) / n:.2f} %"
+        + (f" (failures: {', '.join(failed[:20])}{' ...' if len(failed) > 20 else ''})." if failed else "."),
         "",
     ]
     text = "\n".join(lines)
     Path(args.out).write_text(text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
+
 
 def _convert(args) -> int:
     from ..text import structure_to_text
@@ -13,7 +15,8 @@ def _convert(args) -> int:
     for path in args.inputs:
         sys.stdout.write(
             structure_to_text(
-                Path(path), symprec=args.symprec, p1=args.p1, properties=args.properties, disorder=args.disorder
+                Path(path), symprec=args.symprec, p1=args.p1, properties=args.properties, disorder=args.disorder,
+                style=args.style, max_atoms=args.max_atoms or None, time_limit=args.time_limit or None,
             )
         )
     return 0
@@ -50,6 +53,14 @@ def register(sub) -> None:
     c.add_argument("--properties", action="store_true", help="add the atom-property block")
     c.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
                    help="what to do with partially occupied sites (default: refuse)")
+    c.add_argument("--style", choices=["default", "crystallm"], default="default",
+                   help="whitespace of the text: crystext's (default) or CrystaLLM's (no indentation, single "
+                        "spaces, property block first), which CrystaLLM's evaluation code reads")
+    c.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, metavar="N",
+                   help=f"refuse an input cell of more than N atoms, before any symmetry work "
+                        f"(default {DEFAULT_MAX_ATOMS}; 0: no limit)")
+    c.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+                   help=f"give up on a structure after this many seconds (default {DEFAULT_TIME_LIMIT:g}; 0: no limit)")
     c.set_defaults(func=_convert)
     k = verbs.add_parser("check", help="validity report (JSON lines) for crystal text files; exit 1 if any is invalid")
     k.add_argument("inputs", nargs="+", help="crystal text files")
