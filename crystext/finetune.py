@@ -737,7 +737,8 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     }
     (out / "eval.json").write_text(json.dumps(summary, indent=1))
     (out / "training_config.json").write_text(json.dumps({
-        "finetune": asdict(settings), "mixed_precision": precision, "command": command,
+        "finetune": asdict(settings), "mixed_precision": precision, "save_dtype": "float32",
+        "architecture": type(final).__name__, "pooling": "last non-pad token (<eos>)", "command": command,
         "train_time_s": round(train_s + feature_s, 2), "versions": _versions(),
     }, indent=1))
     (out / "README.md").write_text(render_finetune_card(out, summary))
