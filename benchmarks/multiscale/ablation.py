@@ -368,7 +368,12 @@ def main(argv=None) -> int:
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["dataset", "fold", "branches", "seed", "mae"])
     if "fold" not in done:
         done["fold"] = 0
-    have = {(r.dataset, int(r.fold), r.branches, int(r.seed)) for r in done.itertuples()}
+    if "method" not in done:  # rows written before --method existed came from the gated network
+        done["method"] = np.where(done["branches"] == "dummy", "", "gated")
+    done["method"] = done["method"].fillna("")
+    # a row counts as done only for the method that made it (dummy rows: for every method)
+    have = {(r.dataset, int(r.fold), r.branches, int(r.seed)) for r in done.itertuples()
+            if r.method in ("", args.method)}
     rows = done.to_dict("records")
     graph_encoder = dict(cutoff=args.graph_cutoff, hidden=args.graph_hidden, n_layers=args.graph_layers)
     base_params = dict(width=args.width, max_epochs=args.max_epochs, patience=args.patience, graph_encoder=graph_encoder,
@@ -388,7 +393,8 @@ def main(argv=None) -> int:
                 continue
             x_train, y_train, x_test, y_test = featurise(args, name, branches, train_split, test_split)
             if (name, fold, "dummy", 0) not in have:
-                rows.append(dict(dataset=name, fold=fold, branches="dummy", seed=0, mae=float(np.mean(np.abs(y_test - y_train.mean())))))
+                rows.append(dict(dataset=name, fold=fold, branches="dummy", seed=0, method="",
+                                 mae=float(np.mean(np.abs(y_test - y_train.mean())))))
                 flush()
             for seed in args.seeds:
                 todo = [c for c in wanted if (name, fold, ",".join(c), seed) not in have]
@@ -404,7 +410,7 @@ def main(argv=None) -> int:
                     for combo in todo:
                         sub = model.restrict(list(combo))
                         mae = sub.mae(x_test, y_test)
-                        rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, mae=mae,
+                        rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method="stack", mae=mae,
                                          val_mae=sub.best_val_mae_, choice=sub.choice_,
                                          weights=json.dumps({b: round(float(w), 4) for b, w in zip(combo, sub.weights_)}) if len(combo) > 1 else "",
                                          missing=json.dumps(sub.missing_), seconds=round(secs, 1)))
@@ -421,13 +427,15 @@ def main(argv=None) -> int:
                     model.fit(x_train, y_train)
                     mae = model.mae(x_test, y_test)
                     weights = model.branch_weights(x_test) if len(combo) > 1 else None
-                    rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, mae=mae, val_mae=model.best_val_mae_,
+                    rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=args.method,
+                                     mae=mae, val_mae=model.best_val_mae_,
                                      epochs=model.n_epochs_, seconds=round(time.perf_counter() - t, 1),
                                      weights=json.dumps(weights) if weights else ""))
                     flush()
                     print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed}: test MAE {mae:.4f} ({model.n_epochs_} epochs, "
                           f"{time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     df = pd.DataFrame(rows)
+    df = df[df["method"].fillna("").isin(["", args.method])]  # report one method at a time
     if args.md:
         cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         notes = Path(args.notes).read_text() if args.notes else None
