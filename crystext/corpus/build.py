@@ -532,6 +532,17 @@ def resolve_tokenizer(tokenizer):
     return tokenizer
 
 
+def _code_id() -> str:
+    """A hash of the modules that make the canonical text: shards written by other code are not reused."""
+    from .. import inputs, spacegroups, text
+    from . import headers
+
+    digest = hashlib.sha256()
+    for mod in (text, spacegroups, inputs, headers):
+        digest.update(Path(mod.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _tokenizer_id(tokenizer, tok) -> str:
     name = str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", "")
     vocab = json.dumps(sorted(tok.get_vocab().items()))
@@ -782,7 +793,7 @@ def build_corpus(
     }
     # what the shards depend on (not num_proc, dedupe or split: those are free to change on a rerun)
     conversion = {
-        "format": _FORMAT, "sources": [[s.name, s.spec, s.fingerprint] for s in opened],
+        "format": _FORMAT, "code": _code_id(), "sources": [[s.name, s.spec, s.fingerprint] for s in opened],
         "tokenizer": _tokenizer_id(tokenizer, tok), "symprec": symprec, "properties": properties,
         "disorder": disorder, "limit": limit, "header_cell": "primitive", "max_atoms": max_atoms,
         "time_limit": time_limit, "max_tokens": max_tokens, "shard_size": int(shard_size),
@@ -802,7 +813,8 @@ def build_corpus(
             if not fresh:
                 raise ConfigError(
                     f"{out_path}: holds conversion shards of a different build (config hash {old.get('config_hash')}, "
-                    f"this one {config_hash}: sources, their files, tokenizer, limits or shard size differ); "
+                    f"this one {config_hash}: sources, their files, tokenizer, limits, shard size or the text-conversion "
+                    "code differ); "
                     "use another --out, or --fresh to discard them")
             shutil.rmtree(build)
         build.mkdir(parents=True, exist_ok=True)
