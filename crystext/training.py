@@ -475,7 +475,7 @@ def _setup(preset_or_config, corpus, out: Path, init, max_steps, overrides, toke
            num_threads) -> _Session:
     """Config, precision, accelerator, data, model, optimiser and schedule of a run."""
     import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -506,7 +506,7 @@ def _setup(preset_or_config, corpus, out: Path, init, max_steps, overrides, toke
     resolved = resolve_precision(setting, device_type, announce=False)
     reason = bf16_speed(device_type)["reason"] if setting == "auto" else "set explicitly"
     precision = {"setting": setting, "resolved": resolved, "device": device_type, "reason": reason}
-    if PartialState().is_main_process:
+    if int(os.environ.get("RANK", "0")) == 0:  # no PartialState() yet: it would fix the distributed set-up too early
         print(f"crystext pretrain: precision {resolved} (setting {setting!r}; {reason})", file=sys.stderr)
 
     # accelerate keeps process-wide state; forget a previous run's precision (notebooks, tests)

@@ -115,9 +115,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     )
     import json
 
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch only the main process reports
         return 0
     report = json.loads((Path(run) / "eval.json").read_text())
     info = json.loads((Path(run) / "training_config.json").read_text())
