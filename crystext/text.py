@@ -14,6 +14,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import spglib
@@ -121,7 +122,7 @@ def _symmetrise(structure: Structure, dataset, rot: np.ndarray, trans: np.ndarra
     x = np.mod(structure.frac_coords @ P.T + p, 1.0)  # input atoms in the standard cell
     z = np.array([site.specie.Z for site in structure])
     # the conventional cell holds det(P^-1) copies of the input cell: add the centring images
-    cent = np.array([t for r, t in zip(rot, trans) if np.allclose(r, np.eye(3))])
+    cent = _centrings(int(dataset.number))
     x = np.mod((x[None, :, :] + cent[:, None, :]).reshape(-1, 3), 1.0)
     z = np.tile(z, len(cent))
     if len(x) > len(dataset.std_types):  # a supercell was given: its copies coincide here
@@ -150,6 +151,13 @@ def _symmetrise(structure: Structure, dataset, rot: np.ndarray, trans: np.ndarra
     # atom i's estimate from operation g: g^-1 of the partner of g(y_i), unwrapped near y_i
     estimates = y[None, :, :] - np.einsum("gij,gnj->gni", np.linalg.inv(rot), e)
     return np.mod(estimates.mean(axis=0), 1.0), z
+
+
+@lru_cache(maxsize=None)
+def _centrings(number: int) -> np.ndarray:
+    """The pure translations (centring vectors) of a space group's standard setting."""
+    rot, trans = spacegroups._operations_for_hall(spacegroups.default_hall_number(number))
+    return np.array([t for r, t in zip(rot, trans) if np.allclose(r, np.eye(3))])
 
 
 def _mismatch(y: np.ndarray, z: np.ndarray, rot: np.ndarray, trans: np.ndarray, metric: np.ndarray,
