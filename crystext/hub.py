@@ -70,38 +70,45 @@ def _count_params(run: Path) -> int:
     return total
 
 
-def benchmark_tables(results: pd.DataFrame, representation: str) -> tuple[str, list[dict]]:
-    """Markdown table (tasks x representations, best pooling/regressor per cell, mean ± std over
-    seeds, best per task in bold) and model-index entries for ``representation``."""
-    mae = results[results.metric == "mae"]
-    if mae.empty or representation not in set(mae.representation):
+def benchmark_tables(results: pd.DataFrame, representation: str,
+                     selected: pd.DataFrame | None = None) -> tuple[str, list[dict]]:
+    """Markdown table (tasks x representations) and model-index entries for ``representation``.
+
+    Every representation is shown at the setting (pooling x regressor x layer) picked on its
+    *validation* MAE; the cell is the test MAE of that setting only, mean ± std over seeds (and
+    folds). Bold marks every representation ranked first with ties counted (differences within
+    the noise). ``selected``: the benchmark's ``selected.csv`` (bootstrap ranks); without it the
+    picks are recomputed from ``results`` with seed-noise ranks.
+    """
+    from .benchmark.selection import selected_settings
+
+    if results is None or "val_mae" not in set(results.metric):
+        return ("Benchmark results predate validation picking (no `val_mae` rows); rerun "
+                "`crystext benchmark`.", [])
+    best = selected if selected is not None else selected_settings(results)
+    if best.empty or representation not in set(best.representation):
         return "No benchmark results for this model yet.", []
-    grouped = (
-        mae.groupby(["task", "representation", "pooling", "regressor"]).value.agg(["mean", "std"]).reset_index()
-    )
-    best = grouped.loc[grouped.groupby(["task", "representation"])["mean"].idxmin()]
     reps = [representation] + [r for r in CARD_BASELINES if r in set(best.representation)]
     tasks = sorted(set(best[best.representation == representation].task))
     lines = [
-        "Test MAE, mean ± std over seeds, each representation with its best pooling and regressor "
-        "(ridge, HistGradientBoosting, MLP) under the same protocol; lower is better, best in bold.",
+        "Test MAE, mean ± std over seeds (and folds), each representation at the pooling and regressor "
+        "(ridge, HistGradientBoosting, MLP) picked on its validation MAE, under the same protocol; lower "
+        "is better. Bold: ranked first, differences within the noise counted as ties.",
         "",
         "| task | " + " | ".join(reps) + " |",
         "|---|" + "---|" * len(reps),
     ]
     index: list[dict] = []
     for task in tasks:
-        rows = best[best.task == task].set_index("representation")
-        present = [r for r in reps if r in rows.index]
-        winner = min(present, key=lambda r: rows.loc[r, "mean"])
+        rows = best[best.task == task].drop_duplicates("representation").set_index("representation")
         cells = []
         for r in reps:
             if r not in rows.index:
                 cells.append("–")
                 continue
-            std = rows.loc[r, "std"]
-            cell = f"{rows.loc[r, 'mean']:.4g} ± {0.0 if pd.isna(std) else std:.2g}"
-            cells.append(f"**{cell}**" if r == winner else cell)
+            std = rows.loc[r, "test_std"]
+            cell = f"{rows.loc[r, 'test_mae']:.4g} ± {0.0 if pd.isna(std) else std:.2g}"
+            cells.append(f"**{cell}**" if int(rows.loc[r, "rank"]) == 1 else cell)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
         ours = rows.loc[representation]
         index.append(
@@ -111,8 +118,8 @@ def benchmark_tables(results: pd.DataFrame, representation: str) -> tuple[str, l
                 "metrics": [
                     {
                         "type": "mae",
-                        "value": round(float(ours["mean"]), 6),
-                        "name": f"test MAE ({ours['pooling']} pooling, {ours['regressor']})",
+                        "value": round(float(ours["test_mae"]), 6),
+                        "name": f"test MAE ({ours['pooling']} pooling, {ours['regressor']}; picked on validation)",
                     }
                 ],
             }
@@ -164,8 +171,10 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: benchmark results not found")
         results = pd.read_csv(path)
+        selected = pd.read_csv(path.parent / "selected.csv") if (path.parent / "selected.csv").is_file() else None
     bench_md, model_index = (
-        benchmark_tables(results, representation) if results is not None else ("No benchmark results yet.", [])
+        benchmark_tables(results, representation, selected) if results is not None
+        else ("No benchmark results yet.", [])
     )
     if benchmark is not None and model_index:
         bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from `{Path(benchmark)}`)."

@@ -32,19 +32,30 @@ def results_csv(tmp_path):
     rows = []
     for rep, base in [("crystext-tiny-test", 10.0), ("magpie", 12.0), ("mat2vec", 13.0)]:
         for seed in (0, 1):
+            # hgb wins on validation; ridge has the lower *test* MAE, which must not be picked
             rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "hgb", seed, "mae", base + seed))
-            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "ridge", seed, "mae", base + 5))
+            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "hgb", seed, "val_mae", base))
+            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "ridge", seed, "mae", base - 5))
+            rows.append(("aflow__ael_bulk_modulus_vrh", rep, "mean", "ridge", seed, "val_mae", base + 5))
     df = pd.DataFrame(rows, columns=["task", "representation", "pooling", "regressor", "seed", "metric", "value"])
     path = tmp_path / "results.csv"
     df.to_csv(path, index=False)
     return path
 
 
-def test_benchmark_tables_pick_best_and_bold_winner(results_csv):
+def test_benchmark_tables_pick_on_validation_and_bold_winner(results_csv):
     md, index = benchmark_tables(pd.read_csv(results_csv), "crystext-tiny-test")
-    assert "**10.5 ± 0.71**" in md  # best regressor, mean ± std over two seeds, bold as the winner
+    # hgb is picked on validation although ridge has the lower test MAE; mean ± std over two seeds
+    assert "**10.5 ± 0.71**" in md and "**5 ±" not in md and "| 7 ±" not in md
     assert "12.5 ± 0.71" in md and "magpie" in md
     assert index[0]["metrics"][0]["value"] == pytest.approx(10.5)
+    assert "picked on validation" in index[0]["metrics"][0]["name"]
+
+
+def test_benchmark_tables_refuse_results_without_validation_rows(results_csv):
+    df = pd.read_csv(results_csv)
+    md, index = benchmark_tables(df[df.metric == "mae"], "crystext-tiny-test")
+    assert index == [] and "validation" in md
 
 
 def test_card_metadata_parses(tiny_run, results_csv):
