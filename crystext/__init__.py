@@ -50,6 +50,12 @@ _EXPORTS = {
     # benchmarks, heads, hub
     "run_benchmark": "benchmark",
     "MultiScaleRegressor": "heads",
+    # fine-tuning on a property
+    "finetune": "finetune",
+    "predict": "finetune",
+    "finetuned_features": "finetune",
+    "element_counts": "embeddings",
+    "resolve_precision": "precision",
     "publish": "hub",
     "export_for_hub": "hub",
 }

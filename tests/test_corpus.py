@@ -188,7 +188,7 @@ def test_bad_records_are_skipped_and_counted(tok, tmp_path):
     folder.mkdir()
     (folder / "good.cif").write_text(_cif("  Na  Na0  0 0 0 1\n  Cl  Cl0  0.5 0.5 0.5 1\n"))
     (folder / "garbage.cif").write_text("data_x\n_cell_length_a foo\nloop_\n_atom_site_label\n")
-    (folder / "latin1.cif").write_bytes(_cif("  Na  Na0  0 0 0 1\n").encode() + b"# caf\xe9\n")
+    (folder / "latin1.cif").write_bytes(_cif("  Na  Na0  0 0 0 1\n").encode().replace(b"Na0", b"Na\xe9"))
     (folder / "disordered.cif").write_text(_cif("  Na  Na0  0 0 0 0.5\n  K  K0  0 0 0 0.5\n  Cl  Cl0  0.5 0.5 0.5 1\n"))
     (folder / "unknown.cif").write_text(_cif("  Xx  Xx0  0 0 0 1\n"))
     (folder / "empty.cif").write_text(_cif(""))

@@ -141,17 +141,17 @@ def _init_worker(settings: dict, in_pool: bool = False) -> None:
 
 def _to_text(rid: str, kind: str, payload: tuple) -> str:
     """Canonical text of one record; raises a :class:`CrystextError` saying why not."""
-    from ..inputs import decode_bytes, to_structure
+    from ..inputs import option_hint, read_text_file, to_structure
     from ..text import structure_to_text
 
     what, obj = payload
     if what == "header":
         return header_text(obj[0], obj[1], cell=_SETTINGS.get("header_cell", "primitive"))
-    hint = "raise --time-limit to allow more"
+    hint = f"raise {option_hint('time_limit')} to allow more"
     with _time_limit(_SETTINGS.get("time_limit"), rid, hint):
         try:
             if what == "file":
-                obj = decode_bytes(Path(obj).read_bytes(), rid)
+                obj = read_text_file(obj, rid)  # .cif.gz; non-UTF-8 bytes in comments only warn
             if what == "cif" and not obj.strip():
                 raise CIFParseError(f"{rid}: empty CIF text")
             if isinstance(obj, dict) and not obj.get("sites"):
@@ -161,7 +161,7 @@ def _to_text(rid: str, kind: str, payload: tuple) -> str:
             raise
         except Exception as exc:  # pymatgen's CIF parser raises arbitrary errors on garbage
             raise CIFParseError(f"{rid}: unparsable ({type(exc).__name__}: {exc})") from None
-        check_size(len(structure), _SETTINGS.get("max_atoms"), rid, "raise --max-atoms to allow more")
+        check_size(len(structure), _SETTINGS.get("max_atoms"), rid, f"raise {option_hint('max_atoms')} to allow more")
         return structure_to_text(
             structure,
             symprec=_SETTINGS.get("symprec", 0.1),
