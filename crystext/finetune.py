@@ -45,7 +45,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections import Counter

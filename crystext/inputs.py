@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from . import limits
 from .errors import (
     CIFParseError,
+    CrystextError,
     DisorderError,
     EmptyStructureError,
     EncodingError,
@@ -308,6 +309,8 @@ def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = N
         _check_cell(with_atoms[chosen].data, label)
         if len(blocks) > 1:
             parser = CifParser.from_str(str(with_atoms[chosen]), occupancy_tolerance=_OCCUPANCY_TOLERANCE)
+        if _needs_setting_choice(with_atoms[chosen].data):
+            return _rebuild_symbol_only(str(with_atoms[chosen]), label)
         try:
             structures = parser.parse_structures(primitive=False, on_error="raise")
         except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, IndexError, ZeroDivisionError...
@@ -316,6 +319,58 @@ def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = N
         said = "; ".join(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))[:300]
         raise CIFParseError(f"{label}: CIF holds no structure{f' ({said})' if said else ''}")
     return structures[0]
+
+
+_SYMOP_KEYS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz",
+               "_space_group_symop.operation_xyz", "_symmetry_equiv_pos_as_xyz_")
+_SYMBOL_KEYS = ("_symmetry_space_group_name_h-m", "_space_group_name_h-m_alt", "_space_group.name_h-m_alt")
+_NUMBER_KEYS = ("_symmetry_int_tables_number", "_space_group_it_number", "_space_group.it_number")
+
+
+def _multi_setting_groups() -> set[int]:
+    """Space-group numbers with two origin choices or hexagonal/rhombohedral axes."""
+    import spglib
+
+    return {spglib.get_spacegroup_type(h).number for h in range(1, 531)
+            if spglib.get_spacegroup_type(h).choice in ("1", "2", "H", "R")}
+
+
+def _needs_setting_choice(data: dict) -> bool:
+    """True for a CIF block that names its space group by symbol only (no symmetry-operation
+    loop) where the symbol alone does not fix the setting: a group with two origin choices or
+    two axis systems, or an explicit ``:1``/``:2``/``:H``/``:R`` suffix, which pymatgen misreads
+    (origin-2 diamond came back with 16 atoms, ``Fd-3m:2`` as P1)."""
+    keys = {k.lower(): v for k, v in data.items()}
+    if any(k in keys for k in _SYMOP_KEYS):
+        return False
+    symbol = next((str(keys[k]) for k in _SYMBOL_KEYS if k in keys), "").strip().strip("'\"")
+    if not symbol or symbol.replace(" ", "") in ("P1", "P-1"):
+        return False
+    if ":" in symbol:
+        return True
+    number = next((keys[k] for k in _NUMBER_KEYS if k in keys), None)
+    try:
+        if number is None:
+            from pymatgen.symmetry.groups import SpaceGroup
+
+            number = SpaceGroup(symbol).int_number
+        return int(str(number).split("(")[0]) in _multi_setting_groups()
+    except Exception:  # noqa: BLE001 - an unknown symbol: let pymatgen say what it makes of it
+        return False
+
+
+def _rebuild_symbol_only(text: str, label: str) -> Structure:
+    """Rebuild a symbol-only CIF block with crystext's reader, which picks the setting that the
+    sites fit or refuses when the symbol is ambiguous (never rebuilds in a wrong setting)."""
+    from .errors import SpaceGroupError
+    from .text import text_to_structure
+
+    try:
+        return text_to_structure(text)
+    except SpaceGroupError as exc:
+        raise SpaceGroupError(f"{label}: {str(exc).removeprefix('crystal text: ')}") from None
+    except CrystextError as exc:
+        raise CIFParseError(f"{label}: unparsable CIF ({exc})") from None
 
 
 def _choose_block(with_atoms: dict, block: str | int | None, name: str) -> str:

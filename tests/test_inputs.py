@@ -330,3 +330,32 @@ def test_one_line_file_or_bytes_is_parsed_not_taken_for_a_path(tmp_path):
         to_structure(b"data_x")
     with pytest.raises(CIFParseError, match="bytes: empty"):
         to_structure(b"  ")
+
+
+def _symbol_only_cif(symbol: str, x: float) -> str:
+    return (f"data_Si\n_symmetry_space_group_name_H-M '{symbol}'\n_cell_length_a 5.43\n_cell_length_b 5.43\n"
+            "_cell_length_c 5.43\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+            "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+            f"_atom_site_fract_z\n_atom_site_occupancy\nSi1 Si {x} {x} {x} 1\n")
+
+
+@pytest.mark.parametrize("symbol, x", [("Fd-3m:1", 0.0), ("Fd-3m:2", 0.125), ("F d -3 m :2", 0.125)])
+def test_symbol_only_cif_in_a_named_origin_is_rebuilt_right(symbol, x):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from crystext.inputs import structure_from_cif
+
+    diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    got = structure_from_cif(_symbol_only_cif(symbol, x), name="si.cif")
+    assert len(got) == 8 and StructureMatcher().fit(got, diamond)  # pymatgen alone gave 1 atom
+
+
+@pytest.mark.parametrize("x", [0.0, 0.125])
+def test_symbol_only_cif_with_an_ambiguous_origin_is_refused_not_guessed(x):
+    from crystext.errors import SpaceGroupError
+    from crystext.inputs import structure_from_cif
+
+    # pymatgen alone rebuilt x=0.125 (origin 2 coordinates) with 16 atoms: a wrong crystal
+    with pytest.raises(SpaceGroupError, match=r"si\.cif: .*origin choices.*Fd-3m:2"):
+        structure_from_cif(_symbol_only_cif("Fd-3m", x), name="si.cif")
