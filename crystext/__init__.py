@@ -77,6 +77,9 @@ _PIPELINES = "transformers.pipelines"
 
 def _register_pipeline() -> None:
     """Register crystext's pipeline tasks; never breaks the user's import of transformers."""
+    partial = sys.modules.get(f"{__name__}.pipeline")
+    if partial is not None and not hasattr(partial, "register_pipeline"):
+        return  # crystext.pipeline is being imported (it imported transformers): it registers at its end
     try:
         from .pipeline import register_pipeline
 
