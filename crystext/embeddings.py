@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
 from .errors import ConfigError, CrystextError, DataNotFoundError, TokenizerError
 from .settings import REPO_ROOT
 
@@ -409,12 +410,9 @@ class StructureEmbedder:
 
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):  # right padding
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        from .tokenization import pad_batch
+
+        input_ids, mask = pad_batch(batch, self.tokenizer.pad_token_id)
         amp = (torch.autocast(self.device.type, dtype=getattr(torch, self.autocast)) if self.autocast
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
@@ -520,7 +518,6 @@ def text_embeddings(texts: Iterable[str], run: RunLike, layer: int = DEFAULT_LAY
 # --------------------------------------------------------------------------- files -> parquet
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".ndjson")
-ID_COLUMNS = ("material_id", "mbid", "id", "name")  # as crystext.corpus: first present names a row
 
 
 @dataclass
@@ -552,24 +549,12 @@ def describe_input(path: str | os.PathLike) -> InputSource:
         if suffix == ".cif":
             return InputSource(path, "cif-file", 1)
         if suffix in TABLE_SUFFIXES:
-            columns = _table_columns(path)
+            columns = table_columns(path)
             if "cif" not in columns:
                 raise ConfigError(f"{path}: table has no 'cif' column (columns: {', '.join(columns)})")
             return InputSource(path, "table", _table_rows(path))
         raise ConfigError(f"{path}: not a CIF, a CIF folder, a table ({', '.join(TABLE_SUFFIXES)}) or a saved corpus")
     raise DataNotFoundError(f"{path}: no such file or folder")
-
-
-def _table_columns(path: Path) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    if suffix == ".csv":
-        return list(pd.read_csv(path, nrows=0).columns)
-    first = next(pd.read_json(path, lines=True, chunksize=1))
-    return list(first.columns)
 
 
 def _table_rows(path: Path) -> int | None:
@@ -581,7 +566,7 @@ def _table_rows(path: Path) -> int | None:
         return pq.ParquetFile(path).metadata.num_rows
     try:
         if suffix == ".csv":  # CIF cells span lines: count records with the CSV parser, one narrow column
-            first = _table_columns(path)[0]
+            first = table_columns(path)[0]
             return int(sum(len(c) for c in pd.read_csv(path, usecols=[first], chunksize=65536)))
         with open(path, "rb") as fh:  # JSON lines: one record per non-blank line
             return sum(1 for line in fh if line.strip())
@@ -597,18 +582,14 @@ def _corpus_rows(path: Path) -> int:
 
 
 def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        cols = [c for c in pf.schema_arrow.names if c == "cif" or c in ID_COLUMNS]
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
-            yield batch.to_pandas()
-    elif suffix == ".csv":
-        yield from pd.read_csv(path, chunksize=chunk_rows, dtype={c: str for c in ID_COLUMNS})
-    else:
-        yield from pd.read_json(path, lines=True, chunksize=chunk_rows, dtype={c: str for c in ID_COLUMNS})
+    """The ``cif`` and id columns of a table, streamed by crystext's one table reader."""
+    names = table_columns(path)
+    cols = [c for c in names if c == "cif" or c in ID_COLUMNS]
+    for frame in iter_table_chunks(path, columns=cols, chunk_rows=chunk_rows):
+        for c in cols:
+            if c != "cif":
+                frame[c] = frame[c].astype(str)
+        yield frame
 
 
 def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[str, Any]]:

@@ -355,15 +355,9 @@ def load_for_regression(run: str | os.PathLike, seed: int = 0, dtype: str = "flo
 
 
 def _pad(batch: list[list[int]], pad_id: int):
-    import torch
+    from .tokenization import pad_batch
 
-    width = max(len(r) for r in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, r in enumerate(batch):  # right padding: positions equal those of the unpadded text
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    return pad_batch(batch, pad_id)  # over-long texts were excluded and counted before
 
 
 def _batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

@@ -479,3 +479,24 @@ class PythonRegexTokenizer:
         """Concatenate the tokens of ``ids`` (special tokens dropped unless ``skip_special_tokens=False``)."""
         tokens = (self._id_to_token[i] for i in ids)
         return "".join(t for t in tokens if not (skip_special_tokens and t in SPECIAL_TOKENS))
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None):
+    """Right-pad token-id lists into ``(input_ids, attention_mask)`` long tensors.
+
+    The one padding collate of crystext (pretraining, fine-tuning, embeddings). Right padding keeps
+    each document's positions equal to those of the unpadded text. ``max_length`` truncates; callers
+    that must never cut a document check lengths before (``DocumentTooLongError``).
+    """
+    import torch
+
+    if max_length is not None:
+        rows = [r[:max_length] for r in rows]
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+

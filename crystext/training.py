@@ -146,16 +146,9 @@ class BatchPlan:
 
 def collate(rows: list[list[int]], pad_id: int, block_size: int):
     """Right-pad ``rows`` (truncated to ``block_size``) -> (input_ids, attention_mask) tensors."""
-    import torch
+    from .tokenization import pad_batch
 
-    rows = [r[:block_size] for r in rows]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    return pad_batch(rows, pad_id, block_size)
 
 
 def token_loss_sum(model, ids, mask):

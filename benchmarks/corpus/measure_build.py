@@ -59,7 +59,7 @@ def _shards(out: Path | None) -> int:
         return 0
 
 
-def run(cmd: list[str], kill_after_shards: int | None = None, sig: str = "KILL") -> dict:
+def run(cmd: list[str], kill_after_shards: int | None = None, sig: str = "KILL", trace: str | None = None) -> dict:
     import psutil
 
     out = _out_dir(cmd)
@@ -69,9 +69,18 @@ def run(cmd: list[str], kill_after_shards: int | None = None, sig: str = "KILL")
     peak_main = peak_tree = 0
     killed = False
     cpu: dict[int, float] = {}
+    last_shards = -1
     while proc.poll() is None:
         main, tree = _tree_rss(ps, cpu)
         peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
+        shards = _shards(out) if trace else 0
+        if trace and shards != last_shards:  # one line per finished shard: memory against records
+            last_shards = shards
+            with open(trace, "a") as fh:
+                fh.write(json.dumps({"t_s": round(time.perf_counter() - start, 1), "shards": shards,
+                                     "peak_rss_main_mib": round(peak_main / 2**20, 1),
+                                     "peak_rss_tree_mib": round(peak_tree / 2**20, 1),
+                                     "cpu_s": round(sum(cpu.values()), 1)}) + "\n")
         if kill_after_shards is not None and not killed and _shards(out) >= kill_after_shards:
             os.killpg(proc.pid, getattr(signal, f"SIG{sig}"))
             killed = True
@@ -105,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--kill-after-shards", type=int, default=None)
     p.add_argument("--signal", default="KILL", choices=["KILL", "TERM", "INT"])
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    p.add_argument("--trace", help="append one JSON line per finished shard (time, peak RSS so far, CPU s)")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     if args.compare:
@@ -112,7 +122,7 @@ def main(argv=None) -> int:
         result = {"compare": args.compare, "a": a, "b": b, "identical": a == b}
     else:
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        result = run(cmd, args.kill_after_shards, args.signal)
+        result = run(cmd, args.kill_after_shards, args.signal, args.trace)
     print(json.dumps(result))
     if args.json:
         with open(args.json, "a") as fh:

@@ -710,32 +710,47 @@ def _json_default(obj: Any):
 
 # ----------------------------------------------------------------------------- one-call training
 def read_structures_table(path: str | os.PathLike, target: str | None, limit: int | None = None):
-    """(structures, targets, ids) from a CSV/Parquet with a ``cif`` column and a target column
-    (``target=None``: targets are NaN). Unparsable rows are skipped and counted (printed)."""
+    """(structures, targets, ids) from a CSV/Parquet/JSON-lines table with a ``cif`` column and a
+    target column (``target=None``: targets are NaN), read by crystext's one table reader
+    (:func:`crystext.corpus.sources.iter_table_chunks`). Unparsable rows and missing targets are
+    skipped and counted (printed)."""
     import pandas as pd
-    from pymatgen.core import Structure
+
+    from ..corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
+    from ..inputs import structure_from_cif
 
     p = Path(path)
     if not p.is_file():
         raise DataNotFoundError(f"table {p} not found")
-    df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
-    if "cif" not in df.columns or (target is not None and target not in df.columns):
-        raise ConfigError(f"{p} needs columns 'cif' and {target!r} (has {', '.join(map(str, df.columns))})")
-    if limit:
-        df = df.iloc[:limit]
-    structures, ys, ids, bad = [], [], [], 0
-    for k, row in enumerate(df.itertuples(index=False)):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                structures.append(Structure.from_str(getattr(row, "cif"), fmt="cif"))
-        except Exception:  # noqa: BLE001 - a bad row is counted, not fatal
-            bad += 1
-            continue
-        ys.append(float(getattr(row, target)) if target is not None else float("nan"))
-        ids.append(str(getattr(row, "material_id", k)))
-    if bad:
-        print(f"[heads] {p.name}: skipped {bad} unparsable rows", file=sys.stderr, flush=True)
+    names = table_columns(p)
+    if "cif" not in names or (target is not None and target not in names):
+        raise ConfigError(f"{p} needs columns 'cif' and {target!r} (has {', '.join(map(str, names))})")
+    id_col = next((c for c in ID_COLUMNS if c in names), None)
+    cols = ["cif"] + ([target] if target is not None else []) + ([id_col] if id_col else [])
+    structures, ys, ids, bad, no_target = [], [], [], 0, 0
+    for frame in iter_table_chunks(p, columns=list(dict.fromkeys(cols))):
+        for k, row in zip(frame.index, frame.to_dict("records")):
+            if limit and k >= limit:
+                break
+            y = float(pd.to_numeric(row[target], errors="coerce")) if target is not None else float("nan")
+            if target is not None and not np.isfinite(y):
+                no_target += 1
+                continue
+            key = str(row[id_col]) if id_col else f"{p.name}:{k}"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    structures.append(structure_from_cif(str(row["cif"]), key))
+            except Exception:  # noqa: BLE001 - a bad row is counted, not fatal
+                bad += 1
+                continue
+            ys.append(y)
+            ids.append(key)
+        if limit and len(frame) and frame.index[-1] >= limit - 1:
+            break
+    if bad or no_target:
+        print(f"[heads] {p.name}: skipped {bad} unparsable rows and {no_target} rows without a target",
+              file=sys.stderr, flush=True)
     return structures, np.array(ys), ids
 
 
