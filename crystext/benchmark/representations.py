@@ -34,22 +34,14 @@ PREFIX = "crystext-"
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 matrices natively (AMX or AVX512-BF16; Linux only)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
-
-
 def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``"bfloat16"`` on a CPU with native bf16 matmuls, else ``"float32"``."""
+    """``"auto"`` -> ``"bfloat16"`` where :func:`crystext.precision.resolve_precision` finds bf16
+    fast on this CPU (capability and a timed matmul), else ``"float32"``."""
+    from ..precision import resolve_precision as resolve
+
     if precision not in PRECISIONS:
         raise ConfigError(f"LM precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision == "auto":
-        return "bfloat16" if cpu_has_bf16() else "float32"
-    return precision
+    return resolve(precision)
 
 
 def representation_name(run_name: str) -> str:
