@@ -221,3 +221,14 @@ def test_cli(run_dir, task_dir, tmp_path, capsys):
     assert main(["finetune", str(run_dir), "--data", str(task_dir), "--mode", "head", "--out",
                  str(tmp_path / "cli2"), "--no-progress"]) == 2
     assert "no column 'target'" in capsys.readouterr().err
+
+
+def test_a_finetuned_folder_is_the_lm_branch_of_the_heads(trained, task_dir):
+    from crystext.heads import BranchFeaturizer
+
+    out, _ = trained
+    cifs = pd.read_csv(task_dir / "val.csv").cif.tolist()[:4]
+    inputs = BranchFeaturizer(branches=("lm", "composition"), run=str(out)).fit(cifs).transform(cifs)
+    d = transformers.AutoConfig.from_pretrained(out).n_embd
+    assert inputs.features["lm"].shape == (4, d + 1)  # <eos> states and the fine-tuned prediction
+    np.testing.assert_allclose(inputs.features["lm"][:, d], predict(out, cifs), rtol=1e-4)

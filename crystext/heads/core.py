@@ -173,9 +173,14 @@ class BranchFeaturizer:
                 if lm_embeddings is None:
                     if self.run is None:
                         raise ConfigError("the lm branch needs run=... or a precomputed lm_embeddings array")
-                    from ..embeddings import structure_embeddings
+                    if _is_finetuned(self.run):  # a fine-tuned folder: its <eos> states + its prediction
+                        from ..finetune import finetuned_features
 
-                    lm_embeddings = structure_embeddings(structures, self.run, **self.lm_params)
+                        lm_embeddings = finetuned_features(self.run, structures, with_prediction=True)
+                    else:
+                        from ..embeddings import structure_embeddings
+
+                        lm_embeddings = structure_embeddings(structures, self.run, **self.lm_params)
                 lm = np.asarray(lm_embeddings, dtype=np.float64)
                 if lm.shape[0] != len(structures):
                     raise ConfigError(f"lm_embeddings has {lm.shape[0]} rows for {len(structures)} structures")
@@ -698,6 +703,18 @@ class MultiScaleRegressor(ParamsMixin):
         if run is not None:
             cfg["run"] = run
         return BranchFeaturizer(**cfg)
+
+
+def _is_finetuned(run: Any) -> bool:
+    """True for a ``crystext finetune`` output folder (its config.json carries ``crystext_target``)."""
+    import json
+
+    try:
+        config = Path(run) / "config.json"
+        return isinstance(run, (str, os.PathLike)) and config.is_file() and "crystext_target" in json.loads(
+            config.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _json_default(obj: Any):
