@@ -467,19 +467,8 @@ class MultiScaleRegressor(ParamsMixin):
         ``val_fraction`` split of the training data). Rows a featuriser could not handle (NaN
         features, missing graphs) are dropped and counted in ``dropped_``."""
         torch = _torch()
-        inputs = self._check_inputs(inputs)
-        y = np.asarray(y, dtype=np.float64)
-        if len(y) != len(inputs):
-            raise ConfigError(f"{len(inputs)} inputs but {len(y)} targets")
-        rng = np.random.default_rng(self.seed)
-        if val_inputs is None:
-            perm = rng.permutation(len(y))
-            n_val = max(1, int(round(self.val_fraction * len(y))))
-            val_inputs, y_val = inputs.subset(perm[:n_val]), y[perm[:n_val]]
-            inputs, y = inputs.subset(perm[n_val:]), y[perm[n_val:]]
-        else:
-            val_inputs = self._check_inputs(val_inputs)
-            y_val = np.asarray(y_val, dtype=np.float64)
+        inputs, y, val_inputs, y_val, rng = train_validation_split(
+            self._check_inputs, inputs, y, val_inputs, y_val, self.val_fraction, self.seed)
         ok, ok_val = inputs.valid_rows() & np.isfinite(y), val_inputs.valid_rows() & np.isfinite(y_val)
         self.dropped_ = int((~ok).sum() + (~ok_val).sum())
         inputs, y = inputs.subset(np.flatnonzero(ok)), y[ok]
@@ -703,6 +692,26 @@ class MultiScaleRegressor(ParamsMixin):
         if run is not None:
             cfg["run"] = run
         return BranchFeaturizer(**cfg)
+
+
+def train_validation_split(check, inputs: BranchInputs, y, val_inputs: BranchInputs | None, y_val,
+                           val_fraction: float, seed: int):
+    """Checked ``(inputs, y, val_inputs, y_val, rng)`` for a head's ``fit``: the given validation
+    set, or a seeded ``val_fraction`` of the training rows when none is given. ``check`` validates
+    an inputs object against the head's branches (raising a clear error)."""
+    inputs = check(inputs)
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) != len(inputs):
+        raise ConfigError(f"{len(inputs)} inputs but {len(y)} targets")
+    rng = np.random.default_rng(seed)
+    if val_inputs is None:
+        perm = rng.permutation(len(y))
+        n_val = max(1, int(round(val_fraction * len(y))))
+        val_inputs, y_val = inputs.subset(perm[:n_val]), y[perm[:n_val]]
+        inputs, y = inputs.subset(perm[n_val:]), y[perm[n_val:]]
+    else:
+        val_inputs, y_val = check(val_inputs), np.asarray(y_val, dtype=np.float64)
+    return inputs, y, val_inputs, y_val, rng
 
 
 def _is_finetuned(run: Any) -> bool:

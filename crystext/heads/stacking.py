@@ -27,7 +27,7 @@ import numpy as np
 
 from ..descriptors.params import ParamsMixin
 from ..errors import ConfigError, DataNotFoundError
-from .core import BranchInputs, MultiScaleRegressor
+from .core import BranchInputs, MultiScaleRegressor, train_validation_split
 
 __all__ = ["StackedRegressor"]
 
@@ -129,18 +129,8 @@ class StackedRegressor(ParamsMixin):
         branches = list(self.branches)
         if not branches:
             raise ConfigError("at least one branch is needed")
-        inputs = self._check_inputs(inputs)
-        y = np.asarray(y, dtype=np.float64)
-        if len(y) != len(inputs):
-            raise ConfigError(f"{len(inputs)} inputs but {len(y)} targets")
-        rng = np.random.default_rng(self.seed)
-        if val_inputs is None:
-            perm = rng.permutation(len(y))
-            n_val = max(1, int(round(self.val_fraction * len(y))))
-            val_inputs, y_val = inputs.subset(perm[:n_val]), y[perm[:n_val]]
-            inputs, y = inputs.subset(perm[n_val:]), y[perm[n_val:]]
-        else:
-            val_inputs, y_val = self._check_inputs(val_inputs), np.asarray(y_val, dtype=np.float64)
+        inputs, y, val_inputs, y_val, rng = train_validation_split(
+            self._check_inputs, inputs, y, val_inputs, y_val, self.val_fraction, self.seed)
         keep = np.isfinite(y)
         inputs, y = inputs.subset(np.flatnonzero(keep)), y[keep]
         keep_val = np.isfinite(y_val)
