@@ -277,6 +277,38 @@ def _check_cell(data: dict, name: str) -> None:
             raise CIFParseError(f"{name}: unparsable CIF ({key} {value:g} is not an angle between 0 and 180 degrees)")
 
 
+def cif_site_count(text: str) -> int:
+    """Rows of the atom-site loops of CIF text (summed over data blocks), without parsing it.
+
+    Each listed site gives at least one atom, so this is a lower bound on the atoms of the cell
+    (the exact count for a P1 CIF). Batch jobs use it to refuse a 64,000-atom supercell before
+    pymatgen spends minutes parsing it.
+    """
+    count, in_loop, header, is_site_loop = 0, False, False, False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        low = line.lower()
+        if low.startswith("loop_"):
+            in_loop, header, is_site_loop = True, True, False
+            continue
+        if low.startswith("data_"):
+            in_loop = False
+            continue
+        if line.startswith("_"):
+            if in_loop and header:
+                is_site_loop |= low.split()[0] in _ATOM_SITE_COORDS
+            else:
+                in_loop = False
+            continue
+        if in_loop:
+            header = False
+            if is_site_loop and not line.startswith(";"):
+                count += 1
+    return count
+
+
 def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = None) -> Structure:
     """Parse CIF text with pymatgen, raising :class:`CIFParseError` naming ``name`` on any failure.
 

@@ -11,10 +11,12 @@ inputs (rotated, translated, permuted) give the same text.
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import spglib
@@ -315,13 +317,30 @@ def structure_to_text(
         raise ValueError(f"style must be one of {', '.join(STYLES)}, not {style!r}")
     if type(structure).__name__ in ("Structure", "Atoms") and hasattr(structure, "__len__"):
         _check_atoms(len(structure), max_atoms, name or source_name(structure))  # before any per-site work
-    structure = to_structure(structure, name=name)
-    label = name or source_name(structure)
-    _check_atoms(len(structure), max_atoms, label)
+    elif isinstance(structure, (str, os.PathLike)) and max_atoms:
+        structure, name = _precount_cif(structure, name, max_atoms)  # before pymatgen parses it
     hint = f"raise it with {option_hint('time_limit', 4 * time_limit if time_limit else 0)} (0: no limit)"
-    with limits.time_limit(time_limit, f"{label}: text conversion", hint=hint):
+    with limits.time_limit(time_limit, f"{name or source_name(structure)}: text conversion", hint=hint):
+        structure = to_structure(structure, name=name)
+        label = name or source_name(structure)
+        _check_atoms(len(structure), max_atoms, label)
         return _structure_to_text(structure, label, symprec, angle_tolerance, p1, properties, disorder,
                                   decimals, style, max_atoms, time_limit)
+
+
+def _precount_cif(obj, name: str | None, max_atoms: int):
+    """For a CIF path or text: refuse from the atom-site rows alone when they exceed ``max_atoms``
+    (pymatgen needs minutes for a 64,000-atom supercell). Returns what to parse and its name."""
+    from .inputs import cif_site_count, read_text_file
+
+    path = Path(obj) if isinstance(obj, os.PathLike) or (
+        isinstance(obj, str) and "\n" not in obj and len(obj) < 4096) else None
+    if path is not None and path.name.lower().endswith((".cif", ".cif.gz")) and path.is_file():
+        name = name or str(path)
+        obj = read_text_file(path, name)
+    if isinstance(obj, str) and "data_" in obj:
+        _check_atoms(cif_site_count(obj), max_atoms, name or "CIF text")
+    return obj, name
 
 
 def _check_atoms(n: int, max_atoms: int | None, label: str) -> None:

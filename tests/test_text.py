@@ -255,3 +255,26 @@ def test_limits_none_or_zero_mean_no_limit_and_time_limit_applies(monkeypatch):
         structure_to_text(rocksalt(), time_limit=0.05, name="rocksalt.cif")
     for limit in (None, 0):
         assert structure_to_text(rocksalt(), time_limit=limit) == reference
+
+
+def test_a_huge_cif_is_refused_from_its_site_rows_before_pymatgen_parses_it(tmp_path, monkeypatch):
+    import pymatgen.io.cif
+
+    from crystext.errors import StructureTooLargeError
+    from crystext.inputs import cif_site_count
+
+    rows = "".join(f"Na Na{i} {i / 2000:.5f} 0 0 1\n" for i in range(2000))
+    cif = ("data_big\n_symmetry_space_group_name_H-M 'P 1'\n_cell_length_a 400\n_cell_length_b 4\n"
+           "_cell_length_c 4\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n"
+           " _atom_site_type_symbol\n _atom_site_label\n _atom_site_fract_x\n _atom_site_fract_y\n"
+           " _atom_site_fract_z\n _atom_site_occupancy\n" + rows)
+    assert cif_site_count(cif) == 2000
+    (tmp_path / "big.cif").write_text(cif)
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("pymatgen should not parse an oversized CIF")
+
+    monkeypatch.setattr(pymatgen.io.cif.CifParser, "from_str", no_parse)
+    for given, label in ((cif, "CIF text"), (tmp_path / "big.cif", "big.cif"), (str(tmp_path / "big.cif"), "big.cif")):
+        with pytest.raises(StructureTooLargeError, match=rf"{label}: 2000 atoms is over the limit of 1000"):
+            structure_to_text(given)

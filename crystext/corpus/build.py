@@ -141,7 +141,7 @@ def _init_worker(settings: dict, in_pool: bool = False) -> None:
 
 def _to_text(rid: str, kind: str, payload: tuple) -> str:
     """Canonical text of one record; raises a :class:`CrystextError` saying why not."""
-    from ..inputs import option_hint, read_text_file, to_structure
+    from ..inputs import cif_site_count, option_hint, read_text_file, to_structure
     from ..text import structure_to_text
 
     what, obj = payload
@@ -154,6 +154,9 @@ def _to_text(rid: str, kind: str, payload: tuple) -> str:
                 obj = read_text_file(obj, rid)  # .cif.gz; non-UTF-8 bytes in comments only warn
             if what == "cif" and not obj.strip():
                 raise CIFParseError(f"{rid}: empty CIF text")
+            if isinstance(obj, str) and "data_" in obj:  # refuse a huge cell before pymatgen parses it
+                check_size(cif_site_count(obj), _SETTINGS.get("max_atoms"), rid,
+                           f"raise {option_hint('max_atoms')} to allow more")
             if isinstance(obj, dict) and not obj.get("sites"):
                 raise EmptyStructureError(f"{rid}: the cell holds no atoms")
             structure = to_structure(obj, name=rid)
