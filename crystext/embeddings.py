@@ -596,11 +596,14 @@ def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[
     """``(id, item)`` records of one input, streamed. Items are paths, CIF strings or crystal texts
     (corpus); a record that is broken before parsing (empty cell) comes as an exception instance."""
     from .errors import CIFParseError
-    from .inputs import check_structure, read_text_file, structure_from_cif
+    from .inputs import check_structure, cif_site_count, read_text_file, structure_from_cif
+    from .limits import DEFAULT_MAX_ATOMS, check_size
 
     def parse(text_or_file: Any, key: str) -> Any:
         try:  # a file or a cell holds CIF text, never a path: parse it as such
             text = read_text_file(text_or_file) if isinstance(text_or_file, Path) else text_or_file
+            # a huge cell is refused from its site rows, before pymatgen spends minutes on it
+            check_size(cif_site_count(text), DEFAULT_MAX_ATOMS, key, "split the file or convert it alone")
             return check_structure(structure_from_cif(text, key), key)
         except Exception as exc:  # noqa: BLE001 - counted as a skipped record downstream
             return exc
