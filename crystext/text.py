@@ -336,8 +336,10 @@ def _precount_cif(obj, name: str | None, max_atoms: int):
     path = Path(obj) if isinstance(obj, os.PathLike) or (
         isinstance(obj, str) and "\n" not in obj and len(obj) < 4096) else None
     if path is not None and path.name.lower().endswith((".cif", ".cif.gz")) and path.is_file():
-        name = name or str(path)
-        obj = read_text_file(path, name)
+        text = read_text_file(path, str(path))
+        if "data_" not in text:  # empty or not a CIF: to_structure says what is wrong with the file
+            return obj, name
+        name, obj = name or str(path), text
     if isinstance(obj, str) and "data_" in obj:
         _check_atoms(cif_site_count(obj), max_atoms, name or "CIF text")
     return obj, name
