@@ -647,3 +647,20 @@ def test_structure_texts_are_cached_per_structure(tmp_path, monkeypatch):
     assert calls == [4, 3]  # only the two new structures and the bad one are converted
     assert again[:2] == first[2:] and again[-1] is None and sum(bad.values()) == 1
     assert reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)[0] == again and calls == [4, 3]
+
+
+def test_structure_featurisation_in_processes_equals_one_process():
+    """Parsing and ACE vectors computed over two worker processes are those of one process, in
+    input order, with unreadable CIFs counted and left as NaN rows."""
+    from crystext.benchmark.structures import QUICK_STRUCTURE, parse_structures, structure_vectors
+
+    cifs = list(_perovskite_rows(70, 3)["cif"])
+    cifs[5] = "not a cif"
+    one, bad1 = parse_structures(cifs)
+    two, bad2 = parse_structures(cifs, n_jobs=2)
+    assert bad1 == bad2 and sum(bad1.values()) == 1 and one[5] is None and two[5] is None
+    assert all(a is None or a == b for a, b in zip(one, two))
+    v1, n1 = structure_vectors("ace", cifs, one, QUICK_STRUCTURE, None, "t")
+    v2, n2 = structure_vectors("ace", cifs, two, QUICK_STRUCTURE, None, "t", n_jobs=2)
+    assert n1 == n2 == 1 and np.isnan(v2[5]).all()
+    np.testing.assert_allclose(v1, v2, rtol=1e-12, equal_nan=True)

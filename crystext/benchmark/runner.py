@@ -157,7 +157,7 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                 ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
                 all_texts = texts
             if structure_baselines:
-                structures, bad = parse_structures(cifs)
+                structures, bad = parse_structures(cifs, n_jobs=n_jobs)
                 for reason, n in bad.items():
                     reasons[f"unreadable CIF ({reason})"] += n
                 ok_all &= np.array([s is not None for s in structures], dtype=bool)
@@ -171,7 +171,8 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
                         graphs[name] = g
                         continue
                     log(f"  {task.name} {name}: {base} vectors ({len(cifs)} structures)")
-                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.name.split("/")[0])
+                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.name.split("/")[0],
+                                                    n_jobs=n_jobs)
                     finite = np.isfinite(v).all(axis=1) if v.shape[1] else np.zeros(len(cifs), dtype=bool)
                     fail = ~finite & np.array([s is not None for s in structures])
                     if fail.any():

@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,11 @@ class VectorCache:
         return out, int((~np.isfinite(out).all(axis=1)).sum()) if dim else len(cifs)
 
 
-def parse_structures(cifs: Sequence[str]) -> tuple[list[Any], Counter]:
-    """pymatgen Structures of CIF texts (``None`` where a CIF cannot be read) and the failure counts."""
+def _parse_chunk(cifs: Sequence[str], start: int) -> tuple[list[Any], Counter]:
     from ..inputs import to_structure
 
     out, bad = [], Counter()
-    for i, cif in enumerate(cifs):
+    for i, cif in enumerate(cifs, start):
         try:
             out.append(to_structure(cif, name=f"row {i}"))
         except Exception as exc:  # noqa: BLE001 - batch work counts bad records
@@ -148,9 +148,58 @@ def parse_structures(cifs: Sequence[str]) -> tuple[list[Any], Counter]:
     return out, bad
 
 
-def _rows_of(featurise: Callable[[list], np.ndarray], structures: Sequence[Any], idx: list[int], dim_hint: int = 0) -> np.ndarray:
+def _chunks(n: int, n_jobs: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges: a few per worker, so one slow chunk does not hold the others."""
+    size = max(1, -(-n // (4 * n_jobs)))
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _parallel(n_jobs: int, n: int) -> bool:
+    return n_jobs > 1 and n >= 64
+
+
+def parse_structures(cifs: Sequence[str], n_jobs: int = 1) -> tuple[list[Any], Counter]:
+    """pymatgen Structures of CIF texts (``None`` where a CIF cannot be read) and the failure counts;
+    ``n_jobs`` > 1 parses in that many processes (same result)."""
+    if not _parallel(n_jobs, len(cifs)):
+        return _parse_chunk(cifs, 0)
+    from joblib import Parallel, delayed
+
+    parts = Parallel(n_jobs=n_jobs)(delayed(_parse_chunk)(cifs[a:b], a) for a, b in _chunks(len(cifs), n_jobs))
+    out, bad = [], Counter()
+    for sts, b in parts:
+        out += sts
+        bad.update(b)
+    return out, bad
+
+
+def _featurise_in_worker(featurise: Callable[[list], np.ndarray], sts: list) -> np.ndarray:
+    """``featurise`` in a worker process, single-threaded (the workers are the parallelism)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            return featurise(sts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rows_of(featurise: Callable[[list], np.ndarray], structures: Sequence[Any], idx: list[int], dim_hint: int = 0,
+             n_jobs: int = 1) -> np.ndarray:
     good = [i for i in idx if structures[i] is not None]
-    part = featurise([structures[i] for i in good]) if good else np.zeros((0, dim_hint))
+    sts = [structures[i] for i in good]
+    if not good:
+        part = np.zeros((0, dim_hint))
+    elif _parallel(n_jobs, len(sts)):
+        from joblib import Parallel, delayed
+
+        part = np.concatenate(Parallel(n_jobs=n_jobs)(delayed(_featurise_in_worker)(featurise, sts[a:b])
+                                                      for a, b in _chunks(len(sts), n_jobs)))
+    else:
+        part = featurise(sts)
     out = np.full((len(idx), part.shape[1]), np.nan)
     pos = {i: j for j, i in enumerate(idx)}
     for j, i in enumerate(good):
@@ -161,34 +210,41 @@ def _rows_of(featurise: Callable[[list], np.ndarray], structures: Sequence[Any],
 _CHGNET: dict[str, Any] = {}
 
 
-def structure_vectors(name: str, cifs: Sequence[str], structures: Sequence[Any], config: StructureConfig,
-                      cache_dir: Path | None, group: str) -> tuple[np.ndarray, int]:
-    """``(vectors, n_failed)`` of ``ace`` or ``chgnet`` for the structures (NaN rows = failed)."""
-    if name == "ace":
-        from ..descriptors import ACE
+def _ace_features(settings: dict, sts: list) -> np.ndarray:
+    from ..descriptors import ACE
 
-        settings = dict(config.ace)
-        ace_kwargs = dict(settings)
-        if isinstance(ace_kwargs.get("species_table"), str):
-            from ..composition import load_element_table
+    kwargs = dict(settings)
+    if isinstance(kwargs.get("species_table"), str):
+        from ..composition import load_element_table
 
-            ace_kwargs["species_table"] = load_element_table(ace_kwargs["species_table"])
+        kwargs["species_table"] = load_element_table(kwargs["species_table"])
+    return ACE(on_error="nan", **kwargs).fit(sts).transform(sts)
 
-        def featurise(sts: list) -> np.ndarray:
-            return ACE(on_error="nan", **ace_kwargs).fit(sts).transform(sts)
 
-        cache = VectorCache(cache_dir, "ace", settings, "float64", group)
-        return cache.get(cifs, lambda idx: _rows_of(featurise, structures, idx))
-    if name == "chgnet":
+def _chgnet_features(model_name: str, sts: list) -> np.ndarray:
+    # module-level cache: a joblib worker process loads the model once and keeps it across calls
+    if model_name not in _CHGNET:
         from ..descriptors import CHGNetFeaturizer
 
-        def featurise(sts: list) -> np.ndarray:
-            if config.chgnet_model not in _CHGNET:
-                _CHGNET[config.chgnet_model] = CHGNetFeaturizer(model_name=config.chgnet_model, on_error="nan").fit()
-            return _CHGNET[config.chgnet_model].transform(sts)
+        _CHGNET[model_name] = CHGNetFeaturizer(model_name=model_name, on_error="nan").fit()
+    return _CHGNET[model_name].transform(sts)
 
+
+def structure_vectors(name: str, cifs: Sequence[str], structures: Sequence[Any], config: StructureConfig,
+                      cache_dir: Path | None, group: str, n_jobs: int = 1) -> tuple[np.ndarray, int]:
+    """``(vectors, n_failed)`` of ``ace`` or ``chgnet`` for the structures (NaN rows = failed);
+    ``n_jobs`` > 1 featurises uncached structures in that many processes (same vectors: both
+    featurisers treat each structure on its own, ACE with a fixed element table)."""
+    if name == "ace":
+        settings = dict(config.ace)
+        cache = VectorCache(cache_dir, "ace", settings, "float64", group)
+        # with one-hot species the feature layout follows the elements seen: featurise all at once
+        jobs = n_jobs if settings.get("species_table") is not None else 1
+        return cache.get(cifs, lambda idx: _rows_of(partial(_ace_features, settings), structures, idx, n_jobs=jobs))
+    if name == "chgnet":
         cache = VectorCache(cache_dir, "chgnet", {"model": config.chgnet_model}, "float32", group)
-        return cache.get(cifs, lambda idx: _rows_of(featurise, structures, idx, 64))
+        return cache.get(cifs, lambda idx: _rows_of(partial(_chgnet_features, config.chgnet_model), structures, idx, 64,
+                                                     n_jobs=n_jobs))
     raise ValueError(f"unknown structure vector baseline {name!r}")
 
 
