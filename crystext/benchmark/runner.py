@@ -325,6 +325,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     if cache_dir is None:
         cache_dir = Path(os.environ.get("CRYSTEXT_CACHE", Path.home() / ".cache" / "crystext")) / "benchmark"
     cache_dir = Path(cache_dir)
+    cached_at_start = len(list((cache_dir / "structure-vectors").rglob("*.npz")))  # 0: a cold run
 
     lm_precision = resolve_precision(lm_precision)
     structure_config = structure_config or (QUICK_STRUCTURE if quick else StructureConfig())
@@ -349,6 +350,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     errors: dict = {}
     coverage: list[dict] = []
     task_seconds: dict[str, float] = {}
+    prepare_seconds: dict[str, float] = {}
     identities: dict[str, dict] = {}
     for task in task_list:
         t0 = time.perf_counter()
@@ -356,6 +358,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
             task, sets, run_list, caps, structure_layers, structure_poolings, cache_dir, log, lm_precision,
             structure_baselines if task.kind == "structure" else (), structure_config, n_jobs)
         coverage += cov
+        prepare_seconds[task.name] = round(time.perf_counter() - t0, 1)
         if run_list and leakage:
             ids = task_identities(splits["test"].formulas, test_texts if task.kind == "structure" else None)
             if task.group in identities:  # folds: their test rows are disjoint, count them all
@@ -379,7 +382,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
             errors.update(e)
         task_seconds[task.name] = round(time.perf_counter() - t0, 1)
         log(f"{task.name}: {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} rows, "
-            f"{task_seconds[task.name]:.0f} s")
+            f"{task_seconds[task.name]:.0f} s ({prepare_seconds[task.name]:.0f} s preparing features)")
 
     everything = pd.DataFrame(rows, columns=RESULT_COLUMNS + ["_seconds", "_cpu", "_features", "_info"])
     everything = everything.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
@@ -395,16 +398,20 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     else:
         similarity = pd.DataFrame(columns=["set_a", "set_b", "n_elements", "pearson", "spearman"])
         nn = pd.DataFrame(columns=["representation", "n_elements", "group_accuracy", "block_accuracy"])
-    seconds = time.perf_counter() - start
     from .selection import N_BOOT, selected_settings
 
     leak = None
+    t_leak = time.perf_counter()
     if run_list and leakage:
         from .leakage import leakage_table
 
         log("leakage: test rows seen in each run's pretraining corpus")
         leak = leakage_table({r.name: r.source for r in run_list}, identities, cache_dir, data, n_jobs)
+    t_select = time.perf_counter()
     selected = selected_settings(results, errors, n_boot=n_boot or (200 if quick else N_BOOT)) if not results.empty else None
+    phase_seconds = {"tasks": round(t_leak - start, 1), "leakage": round(t_select - t_leak, 1),
+                     "selection": round(time.perf_counter() - t_select, 1)}
+    seconds = time.perf_counter() - start  # everything but writing the report and plots
     result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
                              fits=fits, selected=selected, leakage=leak)
     if out is not None:
@@ -416,7 +423,8 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                 "caps": {"train": caps[0], "val": caps[1], "test": caps[2]}, "quick": quick, "n_jobs": n_jobs,
                 "lm_precision": lm_precision if run_list else None,
                 "structure_baselines": list(structure_baselines), "structure_config": structure_config.as_dict(),
-                "notes": notes, "task_seconds": task_seconds,
+                "notes": notes, "task_seconds": task_seconds, "prepare_seconds": prepare_seconds,
+                "phase_seconds": phase_seconds, "cached_vector_files_at_start": cached_at_start,
                 "protocol": config.as_dict(), "data": str(data), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
         result.files = write_outputs(result, Path(out), info, report=report, plots=plots)
