@@ -802,15 +802,19 @@ Made by `{command}`.
 """
 
 
-def render_finetune_card(out: str | os.PathLike, summary: dict) -> str:
-    """The model card (README.md) of a fine-tuned folder from its ``eval.json`` summary."""
+def render_finetune_card(out: str | os.PathLike, summary: dict, repo_id: str | None = None) -> str:
+    """The model card (README.md) of a fine-tuned folder from its ``eval.json`` summary; ``repo_id``
+    (``OWNER/NAME``) names the model in the card's title and usage snippet (default: the folder)."""
     out = Path(out)
+    if summary.get("status") != "done":
+        raise ConfigError(f"{out}: the fine-tuning has not finished (eval.json status "
+                          f"{summary.get('status')!r}); rerun the same crystext finetune command first")
     cfg = {}
     if (out / "training_config.json").is_file():
         cfg = json.loads((out / "training_config.json").read_text())
     unit = summary.get("unit") or ""
     return CARD.format(
-        base=Path(str(summary["base_run"])).name, title=out.name, target=summary["target"],
+        base=Path(str(summary["base_run"])).name, title=repo_id or out.name, target=summary["target"],
         unit=unit, unit_text=f" ({unit})" if unit else "", task=summary["task"],
         files=", ".join(f"{k}: `{Path(v.split(' ')[0]).name}`{' (carved)' if 'carved' in v else ''}"
                         for k, v in summary["files"].items()),

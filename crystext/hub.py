@@ -40,6 +40,8 @@ RUN_FILES = (
     "loss.png",
     "corpus_summary.json",
 )
+#: what a fine-tuned folder adds to a release
+FINETUNE_FILES = ("test_predictions.csv",)
 #: the baselines a card compares against, when the benchmark has them
 CARD_BASELINES = ("magpie", "mat2vec", "crystallm", "skipatom", "megnet16", "oliynyk", "random_200")
 
@@ -309,17 +311,47 @@ print(json.dumps({"n_params": sum(p.numel() for p in model.parameters()), "vocab
 """
 
 
+_VERIFY_FINETUNED = r"""
+import json, sys, os
+os.environ["HF_HUB_OFFLINE"] = "1"
+folder = sys.argv[1]
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+import crystext
+from huggingface_hub import ModelCard
+from pymatgen.core import Lattice, Structure
+model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+assert model.config.num_labels == 1 and model.config.problem_type == "regression", model.config
+tok = AutoTokenizer.from_pretrained(folder)
+predict = pipeline("crystal-property", model=folder)
+nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+out = predict(nacl)
+card = ModelCard.load(os.path.join(folder, "README.md"))
+meta = card.data.to_dict()
+assert meta.get("library_name") == "transformers", meta
+print(json.dumps({"n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+                  "prediction": float(out["value"]), "target": out.get("target"), "card_tags": meta.get("tags", [])}))
+"""
+
+
+def is_finetuned(run: str | Path) -> bool:
+    """True for a ``crystext finetune`` output folder (its ``config.json`` has ``crystext_target``)."""
+    return "crystext_target" in _read_json(Path(run) / "config.json")
+
+
 def verify_export(folder: str | Path, timeout: int = 600) -> dict:
     """Load an exported folder back in a fresh process with ``HF_HUB_OFFLINE=1``:
     ``AutoModelForCausalLM``, ``AutoTokenizer``, ``pipeline("crystal-embedding")`` and the card's
-    metadata through ``huggingface_hub.ModelCard``. Also refuses pickles. Raises :class:`HubError`."""
+    metadata through ``huggingface_hub.ModelCard`` (for a fine-tuned folder
+    ``AutoModelForSequenceClassification`` and ``pipeline("crystal-property")`` instead). Also
+    refuses pickles. Raises :class:`HubError`."""
     folder = Path(folder)
     pickles = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
     if pickles:
         raise HubError(f"{folder}: pickle files would be published ({', '.join(pickles)}); only safetensors are allowed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", _VERIFY, str(folder)], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-c", _VERIFY_FINETUNED if is_finetuned(folder) else _VERIFY, str(folder)],
+        capture_output=True, text=True, env=env, timeout=timeout
     )
     if proc.returncode != 0:
         raise HubError(f"{folder}: the exported folder does not load back offline:\n{proc.stderr[-2000:]}")
@@ -328,12 +360,21 @@ def verify_export(folder: str | Path, timeout: int = 600) -> dict:
 
 def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: str | Path | None = None,
                    verify: bool = True, overwrite: bool = False) -> Path:
-    """Assemble and (by default) verify a Hub-ready folder for ``run`` in ``out``."""
+    """Assemble and (by default) verify a Hub-ready folder for ``run`` in ``out``.
+
+    A pretrained run gets its element vectors (``element_embeddings.csv``), the benchmark tables
+    and the pretraining card; a fine-tuned folder (``crystext finetune``) its task card, metrics
+    and test predictions, and is verified as a sequence-regression model.
+    """
     from .embeddings import element_embeddings, save_element_csv
 
     run, out = Path(run), Path(out)
     if not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run}: no model.safetensors (only safetensors weights are published)")
+    finetuned = is_finetuned(run)
+    if finetuned and benchmark is not None:
+        raise ConfigError(f"{run}: a fine-tuned folder's card carries its own task metrics; "
+                          "benchmark tables are for pretrained runs (leave out --benchmark)")
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise ConfigError(f"repo id {repo_id!r} must look like OWNER/NAME")
     if out.exists():
@@ -341,9 +382,16 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
             raise ConfigError(f"{out}: export folder exists and is not empty (pass overwrite=True)")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for name in RUN_FILES:
+    for name in RUN_FILES + (FINETUNE_FILES if finetuned else ()):
         if (run / name).is_file():
             shutil.copy2(run / name, out / name)
+    if finetuned:
+        from .finetune import render_finetune_card
+
+        (out / "README.md").write_text(render_finetune_card(run, _read_json(run / "eval.json"), repo_id=repo_id))
+        if verify:
+            verify_export(out)
+        return out
     save_element_csv(element_embeddings(run), out / "element_embeddings.csv")
     if benchmark is not None:
         src = Path(benchmark)

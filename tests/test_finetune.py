@@ -232,3 +232,20 @@ def test_a_finetuned_folder_is_the_lm_branch_of_the_heads(trained, task_dir):
     d = transformers.AutoConfig.from_pretrained(out).n_embd
     assert inputs.features["lm"].shape == (4, d + 1)  # <eos> states and the fine-tuned prediction
     np.testing.assert_allclose(inputs.features["lm"][:, d], predict(out, cifs), rtol=1e-4)
+
+
+def test_a_finetuned_folder_exports_for_the_hub_with_its_task_card(trained, tmp_path):
+    """The Hub export of a fine-tuned folder keeps its task card (named by the repo id) and
+    predictions, loads back offline as a regression model with the crystal-property pipeline,
+    and refuses pretraining benchmark tables."""
+    from crystext.hub import export_for_hub
+
+    out, summary = trained
+    folder = export_for_hub(out, tmp_path / "export", "someone/toy-heat")
+    card = (folder / "README.md").read_text()
+    assert "someone/toy-heat" in card and "pipeline_tag: tabular-regression" in card
+    assert f"{summary['test']['mae']:.4g}" in card and "element_embeddings" not in card
+    assert (folder / "test_predictions.csv").is_file() and not (folder / "element_embeddings.csv").exists()
+    assert not (folder / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="fine-tuned folder's card carries its own task metrics"):
+        export_for_hub(out, tmp_path / "export2", "someone/toy-heat", benchmark=tmp_path)
