@@ -9,9 +9,10 @@ by :func:`crystext.generation.validity_report` (parsable, formula / multiplicity
 consistency, CrystaLLM's bond-length rule, and all of them = valid):
 
 - ``unconditional``: the prompt ``data_`` alone (``--n`` samples);
-- ``perov_5 test``: the ``data_`` line of ``--n`` structures of ``perov_5/test.csv`` (never in the
-  pretraining corpus), one sample each;
-- ``carbon_24 test``: likewise for ``carbon_24/test.csv``;
+- ``<set> test`` for each of ``--sets`` (default ``perov_5 carbon_24``): the ``data_`` line of ``--n``
+  seeded structures of that shared set's ``test.csv`` (never in the pretraining corpora), one
+  sample each. ``--sets mp_e_form`` prompts with held-out Materials Project compositions (the
+  benchmark structures that ``mp/`` leaves out): the check of issue 11 for ``crystext-mp``;
 
 each at every ``--temperatures`` value. A sample is as good as its worst token: one digit
 sampled from the tail of the distribution breaks a number, so small models gain much from a
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
                     help="sampling temperatures (CrystaLLM samples at 1.0)")
+    ap.add_argument("--sets", nargs="+", default=["perov_5", "carbon_24"],
+                    help="shared data sets whose test.csv gives the data_ prompts")
+    ap.add_argument("--no-unconditional", action="store_true", help="leave out the bare data_ prompt set")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).with_name("validity.md")))
@@ -63,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = _load(args.run)
     start = time.perf_counter()
-    sets = {"unconditional": ["data_"] * args.n,
-            "perov_5 test": data_lines("perov_5", args.n, args.seed),
-            "carbon_24 test": data_lines("carbon_24", args.n, args.seed)}
+    sets = {} if args.no_unconditional else {"unconditional": ["data_"] * args.n}
+    for name in args.sets:
+        sets[f"{name} test"] = data_lines(name, args.n, args.seed)
     summary, tables = {}, []
     for temperature, (name, prompts) in ((t, item) for t in args.temperatures for item in sets.items()):
         label = f"{name}, T={temperature:g}"
