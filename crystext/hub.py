@@ -39,6 +39,7 @@ RUN_FILES = (
     "log.csv",
     "loss.png",
     "corpus_summary.json",
+    "corpus_identity.json",
 )
 #: what a fine-tuned folder adds to a release
 FINETUNE_FILES = ("test_predictions.csv",)

@@ -341,8 +341,8 @@ def structure_from_cif(text: str, name: str = "CIF", block: str | int | None = N
         _check_cell(with_atoms[chosen].data, label)
         if len(blocks) > 1:
             parser = CifParser.from_str(str(with_atoms[chosen]), occupancy_tolerance=_OCCUPANCY_TOLERANCE)
-        if _needs_setting_choice(with_atoms[chosen].data):
-            return _rebuild_symbol_only(str(with_atoms[chosen]), label)
+        if _needs_setting_choice(with_atoms[chosen].data) or _symmetry_implied_by_symbol(with_atoms[chosen].data):
+            return _rebuild_symbol_only(text if len(blocks) == 1 else str(with_atoms[chosen]), label)
         try:
             structures = parser.parse_structures(primitive=False, on_error="raise")
         except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, IndexError, ZeroDivisionError...
@@ -388,6 +388,25 @@ def _needs_setting_choice(data: dict) -> bool:
             number = SpaceGroup(symbol).int_number
         return int(str(number).split("(")[0]) in _multi_setting_groups()
     except Exception:  # noqa: BLE001 - an unknown symbol: let pymatgen say what it makes of it
+        return False
+
+
+def _symmetry_implied_by_symbol(data: dict) -> bool:
+    """True for crystext / CrystaLLM text: an operation loop holding the identity alone, while the
+    atom sites state multiplicities above 1. The operations are those of the space-group symbol;
+    pymatgen would apply the identity only and return the asymmetric unit (2 of 6 atoms of
+    I4/mmm MoSi2)."""
+    keys = {k.lower(): v for k, v in data.items()}
+    ops = next((keys[k] for k in _SYMOP_KEYS if k in keys), None)
+    mult = keys.get("_atom_site_symmetry_multiplicity")
+    if ops is None or mult is None:
+        return False
+    ops = ops if isinstance(ops, list) else [ops]
+    if [str(o).replace(" ", "").strip("'\"").lower() for o in ops] != ["x,y,z"]:
+        return False
+    try:
+        return any(int(float(str(m).strip("'\""))) > 1 for m in (mult if isinstance(mult, list) else [mult]))
+    except ValueError:
         return False
 
 

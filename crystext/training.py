@@ -810,9 +810,28 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
     if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
         scrubbed = _portable_json(json.loads(summary.read_text()), out)
         (out / "corpus_summary.json").write_text(json.dumps(scrubbed, indent=2))
+    _write_identity(s, out)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     plot_loss(out / "log.csv", out / "loss.png", title=f"{s.preset['name']}: {out.name}")
     return report
+
+
+def _write_identity(s: _Session, out: Path) -> None:
+    """``corpus_identity.json``: what the corpus held (formulas, structure-text hashes, formula and
+    space-group pairs), so the benchmark's leakage table needs neither the corpus nor its sources."""
+    from .benchmark.leakage import IDENTITY_FILE, identity_of_corpus
+
+    needed = {"kind", "text", "formula", "spacegroup"}
+    if not all(needed <= set(s.dd[sp].column_names) for sp in s.dd):
+        return  # a corpus from before these columns: the leakage table rebuilds from its sources
+    ident = identity_of_corpus(s.dd[sp] for sp in s.dd)
+    summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
+    config = json.loads(summary.read_text()).get("config", {}) if summary is not None and summary.is_file() else {}
+    (out / IDENTITY_FILE).write_text(json.dumps({
+        "symprec": config.get("symprec", 0.1), "corpus": s.corpus_info.get("name"),
+        "init": None if s.init is None else s.init.name,
+        "formulas": ident["formulas"], "structure_text_sha1": ident["structures"],
+        "formula_spacegroup": ident["formula_spacegroup"]}))
 
 
 def pretrain(

@@ -359,3 +359,22 @@ def test_symbol_only_cif_with_an_ambiguous_origin_is_refused_not_guessed(x):
     # pymatgen alone rebuilt x=0.125 (origin 2 coordinates) with 16 atoms: a wrong crystal
     with pytest.raises(SpaceGroupError, match=r"si\.cif: .*origin choices.*Fd-3m:2"):
         structure_from_cif(_symbol_only_cif("Fd-3m", x), name="si.cif")
+
+
+@pytest.mark.parametrize("style", ["default", "crystallm"])
+def test_crystal_text_read_as_cif_keeps_every_atom(style):
+    """crystext / CrystaLLM text lists the asymmetric unit with an identity-only operation loop;
+    read as a CIF it must be expanded by its space group (pymatgen alone returned 2 of the 6 atoms
+    of I4/mmm MoSi2), giving what crystext's own reader gives."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from crystext.text import structure_to_text, text_to_structure
+
+    mosi2 = Structure.from_spacegroup("I4/mmm", Lattice.tetragonal(3.2, 7.85), ["Mo", "Si"],
+                                      [[0, 0, 0], [0, 0, 0.3353]])
+    text = structure_to_text(mosi2, style=style)
+    assert "x, y, z" in text and " 4 " in text  # identity only, multiplicity 4
+    got = to_structure(text)
+    assert len(got) == len(text_to_structure(text)) == len(mosi2) == 6
+    assert StructureMatcher().fit(got, mosi2)

@@ -259,3 +259,32 @@ def test_two_process_ddp_stays_in_step_and_equals_one_process(corpus, tmp_path):
     a, b = pd.read_csv(tmp_path / "ddp" / "log.csv"), pd.read_csv(single / "log.csv")
     np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-5)
     assert _max_diff(_weights(tmp_path / "ddp"), _weights(single)) < 1e-5
+
+
+def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leakage(corpus, tmp_path):
+    """corpus_identity.json holds every structure document's text hash (the identity the leakage
+    table computes for a test structure), formulas and (formula, space group) pairs; a run trained
+    from another counts the init run's corpus too, and says so when the init run is missing."""
+    from datasets import load_from_disk
+
+    from crystext.benchmark.leakage import IDENTITY_FILE, corpus_identity, text_hash
+    from crystext.corpus import build_corpus
+
+    base = pretrain(_tiny(dropout=0.0, mixed_precision="no"), corpus, tmp_path / "runs" / "base", max_steps=1,
+                    progress=False)
+    ident = json.loads((base / IDENTITY_FILE).read_text())
+    dd = load_from_disk(str(corpus))
+    texts = [r["text"] for sp in dd for r in dd[sp] if r["kind"] == "structure"]
+    assert set(ident["structure_text_sha1"]) == {text_hash(t) for t in texts} and len(texts) >= 30
+    assert ["Fe2O3", 167] in ident["formula_spacegroup"] and "LiFePO4" in ident["formulas"]
+
+    table = tmp_path / "more.csv"
+    pd.DataFrame([("CsCl", 221), ("KBr", 225)], columns=["composition", "spg_num"]).to_csv(table, index=False)
+    more = build_corpus([str(table)], out=tmp_path / "more", split=(0.5, 0.25, 0.25), progress=False)
+    tuned = pretrain(None, more, tmp_path / "runs" / "tuned", init=base, max_steps=1, progress=False)
+    both = corpus_identity(tuned)
+    assert {"CsCl", "KBr", "Fe2O3"} <= both.formulas and {text_hash(t) for t in texts} <= both.structures
+    assert "plus init run base" in both.status
+    shutil.rmtree(base)
+    alone = corpus_identity(tuned)
+    assert "Fe2O3" not in alone.formulas and "init run base not found" in alone.status

@@ -8,7 +8,8 @@ structures whose (reduced formula, space-group number) pair matches a header-onl
 
 Where the identities come from, in order:
 
-1. ``<run>/corpus_identity.json`` (:data:`IDENTITY_FILE`), written by the training run:
+1. ``<run>/corpus_identity.json`` (:data:`IDENTITY_FILE`), written by ``crystext pretrain`` from
+   the corpus documents themselves (:func:`identity_of_corpus`):
    ``{"symprec": 0.1, "formulas": [...reduced formulas...], "structure_text_sha1": [...16-hex
    SHA-1 of each structure document's canonical text...], "formula_spacegroup": [["Fe2O3", 167], ...],
    "sources": [...]}``; checked directly;
@@ -16,6 +17,10 @@ Where the identities come from, in order:
    that can be opened here (shared data, the built-in ``aflow-prototypes``), cached on disk per
    source fingerprint. A source that cannot be found is reported, and a run none of whose sources
    can be found reads "corpus not available".
+
+A run trained from another (``crystext pretrain --init``) saw that run's corpus too: the
+identities of the init run (``init`` in ``training_config.json``, found as a sibling folder) are
+added, and the status says when it cannot be found (the counts are then a lower bound).
 
 Counts are against every document of the sources (train, validation and test splits of the
 corpus alike): an upper bound on what pretraining saw.
@@ -164,9 +169,36 @@ def _source_identity(spec: str, symprec: float, cache_dir: Path | None, n_jobs: 
 
 
 def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
-                    data_root: Path | None = None, n_jobs: int = 1) -> CorpusIdentity:
-    """The identities of the run's pretraining corpus (see the module docstring)."""
+                    data_root: Path | None = None, n_jobs: int = 1, _seen: tuple = ()) -> CorpusIdentity:
+    """The identities of the run's pretraining corpus, and of its init run's (see the module docstring)."""
     run_dir = Path(run_dir)
+    ident = _own_identity(run_dir, cache_dir, data_root, n_jobs)
+    try:
+        init = json.loads((run_dir / "training_config.json").read_text()).get("init")
+    except (OSError, ValueError):
+        init = None
+    if not init or init in _seen:
+        return ident
+    parent = run_dir.parent / Path(str(init)).name
+    if not parent.is_dir():
+        ident.status += f"; init run {init} not found (its corpus is not counted: a lower bound)"
+        return ident
+    more = corpus_identity(parent, cache_dir, data_root, n_jobs, _seen + (init,))
+    if more.status.startswith("corpus not available"):
+        ident.status += f"; init run {init}: {more.status} (a lower bound)"
+        return ident
+    if ident.status.startswith("corpus not available"):
+        ident.status = f"init run {init} only ({more.status})"
+    else:
+        ident.status += f"; plus init run {init} ({more.status})"
+    ident.formulas |= more.formulas
+    ident.structures |= more.structures
+    ident.formula_spacegroup |= more.formula_spacegroup
+    return ident
+
+
+def _own_identity(run_dir: Path, cache_dir: Path | None, data_root: Path | None, n_jobs: int) -> CorpusIdentity:
+    """The identities of the run's own pretraining corpus."""
     shipped = run_dir / IDENTITY_FILE
     if shipped.is_file():
         d = json.loads(shipped.read_text())
@@ -238,6 +270,30 @@ def leakage_table(runs: Mapping[str, Any], tasks: Mapping[str, dict], cache_dir:
     return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
 
 
+def identity_of_corpus(datasets: Iterable[Any]) -> dict:
+    """``{"formulas", "structures", "formula_spacegroup"}`` of built corpus splits (``datasets``
+    ``Dataset`` objects with ``kind``, ``text``, ``formula`` and ``spacegroup`` columns): every
+    document's reduced formula, each structure document's text hash, and (formula, space group)
+    of every document. Reads the columns in batches (bounded memory on a 140k-document corpus)."""
+    formulas, structures, pairs = set(), set(), set()
+    reduced: dict[str, str | None] = {}
+    for ds in datasets:
+        ds = ds.select_columns(["kind", "text", "formula", "spacegroup"])
+        for batch in ds.iter(batch_size=4096):
+            for kind, text, formula, spg in zip(batch["kind"], batch["text"], batch["formula"], batch["spacegroup"]):
+                if formula not in reduced:
+                    reduced[formula] = reduced_formula(formula) if formula else None
+                f = reduced[formula]
+                if kind == "structure" and text:
+                    structures.add(text_hash(text))
+                if f:
+                    formulas.add(f)
+                    if spg is not None and int(spg) > 0:
+                        pairs.add((f, int(spg)))
+    return {"formulas": sorted(formulas), "structures": sorted(structures),
+            "formula_spacegroup": sorted([list(p) for p in pairs])}
+
+
 def write_identity(path: str | os.PathLike, formulas: Iterable[str], texts: Iterable[str],
                    formula_spacegroup: Iterable[tuple[str, int]] = (), symprec: float = 0.1,
                    sources: Sequence[str] = ()) -> Path:
@@ -252,5 +308,5 @@ def write_identity(path: str | os.PathLike, formulas: Iterable[str], texts: Iter
     return path
 
 
-__all__ = ["IDENTITY_FILE", "LEAKAGE_COLUMNS", "CorpusIdentity", "corpus_identity", "leakage_table",
-           "reduced_formula", "task_identities", "text_hash", "write_identity"]
+__all__ = ["IDENTITY_FILE", "LEAKAGE_COLUMNS", "CorpusIdentity", "corpus_identity", "identity_of_corpus",
+           "leakage_table", "reduced_formula", "task_identities", "text_hash", "write_identity"]
