@@ -44,7 +44,8 @@ RUN_FILES = (
 #: what a fine-tuned folder adds to a release
 FINETUNE_FILES = ("test_predictions.csv",)
 #: the baselines a card compares against, when the benchmark has them
-CARD_BASELINES = ("magpie", "mat2vec", "crystallm", "skipatom", "megnet16", "oliynyk", "random_200")
+CARD_BASELINES = ("magpie", "mat2vec", "crystallm", "skipatom", "megnet16", "oliynyk", "random_200",
+                  "chgnet", "cgcnn", "ace")
 
 
 class HubError(CrystextError, RuntimeError):
@@ -84,6 +85,7 @@ def benchmark_tables(results: pd.DataFrame, representation: str,
     picks are recomputed from ``results`` with seed-noise ranks.
     """
     from .benchmark.selection import selected_settings
+    from .benchmark.structures import TRAINED_ON_TARGET
 
     if results is None or "val_mae" not in set(results.metric):
         return ("Benchmark results predate validation picking (no `val_mae` rows); rerun "
@@ -94,7 +96,7 @@ def benchmark_tables(results: pd.DataFrame, representation: str,
     reps = [representation] + [r for r in CARD_BASELINES if r in set(best.representation)]
     tasks = sorted(set(best[best.representation == representation].task))
     lines = [
-        "Test MAE, mean ± std over seeds (and folds), each representation at the pooling and regressor "
+        "Test MAE, mean ± std over seeds (and folds; no ± for a single deterministic fit), each representation at the pooling and regressor "
         "(ridge, HistGradientBoosting, MLP) picked on its validation MAE, under the same protocol; lower "
         "is better. Bold: ranked first, differences within the noise counted as ties.",
         "",
@@ -109,8 +111,11 @@ def benchmark_tables(results: pd.DataFrame, representation: str,
             if r not in rows.index:
                 cells.append("–")
                 continue
-            std = rows.loc[r, "test_std"]
-            cell = f"{rows.loc[r, 'test_mae']:.4g} ± {0.0 if pd.isna(std) else std:.2g}"
+            std = rows.loc[r, "test_std"]  # NaN: one deterministic fit, no spread to show
+            single = pd.isna(std) or int(rows.loc[r].get("n", 2)) < 2
+            cell = f"{rows.loc[r, 'test_mae']:.4g}" + ("" if single else f" ± {std:.2g}")
+            if (r, task.split("/")[0]) in TRAINED_ON_TARGET:
+                cell += " †"
             cells.append(f"**{cell}**" if int(rows.loc[r, "rank"]) == 1 else cell)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
         ours = rows.loc[representation]
@@ -127,6 +132,10 @@ def benchmark_tables(results: pd.DataFrame, representation: str,
                 ],
             }
         )
+    marked = sorted({TRAINED_ON_TARGET[(r, t.split("/")[0])] for t in tasks for r in reps
+                     if (r, t.split("/")[0]) in TRAINED_ON_TARGET})
+    if marked:
+        lines += ["", "† " + "; ".join(marked) + "."]
     return "\n".join(lines), index
 
 
