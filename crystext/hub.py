@@ -300,46 +300,30 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     )
 
 
+#: the check run in a fresh process on an exported folder: load the model with the Auto class and
+#: the pipeline a user would use, run it on rock salt, read the card's metadata
 _VERIFY = r"""
 import json, sys, os
 os.environ["HF_HUB_OFFLINE"] = "1"
-folder = sys.argv[1]
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+folder, kind = sys.argv[1], sys.argv[2]
+import transformers
 import crystext
 from huggingface_hub import ModelCard
 from pymatgen.core import Lattice, Structure
-model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
-tok = AutoTokenizer.from_pretrained(folder)
-embed = pipeline("crystal-embedding", model=folder)
+auto = transformers.AutoModelForSequenceClassification if kind == "finetuned" else transformers.AutoModelForCausalLM
+model = auto.from_pretrained(folder, use_safetensors=True)
+tok = transformers.AutoTokenizer.from_pretrained(folder)
 nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-vec = embed(nacl)
-card = ModelCard.load(os.path.join(folder, "README.md"))
-meta = card.data.to_dict()
+info = {"n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}
+if kind == "finetuned":
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression", model.config
+    out = transformers.pipeline("crystal-property", model=folder)(nacl)
+    info.update(prediction=float(out["value"]), target=out.get("target"))
+else:
+    info["embedding_dim"] = int(transformers.pipeline("crystal-embedding", model=folder)(nacl).shape[-1])
+meta = ModelCard.load(os.path.join(folder, "README.md")).data.to_dict()
 assert meta.get("library_name") == "transformers", meta
-print(json.dumps({"n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-                  "embedding_dim": int(vec.shape[-1]), "card_tags": meta.get("tags", [])}))
-"""
-
-
-_VERIFY_FINETUNED = r"""
-import json, sys, os
-os.environ["HF_HUB_OFFLINE"] = "1"
-folder = sys.argv[1]
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-import crystext
-from huggingface_hub import ModelCard
-from pymatgen.core import Lattice, Structure
-model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-assert model.config.num_labels == 1 and model.config.problem_type == "regression", model.config
-tok = AutoTokenizer.from_pretrained(folder)
-predict = pipeline("crystal-property", model=folder)
-nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-out = predict(nacl)
-card = ModelCard.load(os.path.join(folder, "README.md"))
-meta = card.data.to_dict()
-assert meta.get("library_name") == "transformers", meta
-print(json.dumps({"n_params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-                  "prediction": float(out["value"]), "target": out.get("target"), "card_tags": meta.get("tags", [])}))
+print(json.dumps({**info, "card_tags": meta.get("tags", [])}))
 """
 
 
@@ -360,7 +344,7 @@ def verify_export(folder: str | Path, timeout: int = 600) -> dict:
         raise HubError(f"{folder}: pickle files would be published ({', '.join(pickles)}); only safetensors are allowed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", _VERIFY_FINETUNED if is_finetuned(folder) else _VERIFY, str(folder)],
+        [sys.executable, "-c", _VERIFY, str(folder), "finetuned" if is_finetuned(folder) else "pretrained"],
         capture_output=True, text=True, env=env, timeout=timeout
     )
     if proc.returncode != 0:
