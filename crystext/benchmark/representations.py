@@ -226,6 +226,10 @@ def _texts_of(cifs: Sequence[str], symprec: float) -> list[tuple[str | None, str
     return out
 
 
+def _text_chunk(cifs: Sequence[str], start: int, symprec: float) -> list[tuple[str | None, str | None]]:
+    return _texts_of(cifs, symprec)
+
+
 def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = 0.1,
                     n_jobs: int = 1) -> tuple[list[str | None], Counter]:
     """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts.
@@ -249,15 +253,9 @@ def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec:
         for k, c in zip(keys, cifs):
             first.setdefault(k, c)
         items = [first[k] for k in todo]
-        if n_jobs > 1 and len(items) >= 64:
-            from joblib import Parallel, delayed
+        from .structures import map_chunks
 
-            size = -(-len(items) // (4 * n_jobs))
-            parts = Parallel(n_jobs=n_jobs)(delayed(_texts_of)(items[i:i + size], symprec)
-                                            for i in range(0, len(items), size))
-            done = [x for part in parts for x in part]
-        else:
-            done = _texts_of(items, symprec)
+        done = [x for part in map_chunks(_text_chunk, items, n_jobs, symprec) for x in part]
         new = {k: list(v) for k, v in zip(todo, done)}
         store.update(new)
         if folder is not None:

@@ -27,6 +27,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -148,33 +149,21 @@ def _parse_chunk(cifs: Sequence[str], start: int) -> tuple[list[Any], Counter]:
     return out, bad
 
 
-def _chunks(n: int, n_jobs: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges: a few per worker, so one slow chunk does not hold the others."""
-    size = max(1, -(-n // (4 * n_jobs)))
-    return [(i, min(n, i + size)) for i in range(0, n, size)]
-
-
-def _parallel(n_jobs: int, n: int) -> bool:
-    return n_jobs > 1 and n >= 64
-
-
-def parse_structures(cifs: Sequence[str], n_jobs: int = 1) -> tuple[list[Any], Counter]:
-    """pymatgen Structures of CIF texts (``None`` where a CIF cannot be read) and the failure counts;
-    ``n_jobs`` > 1 parses in that many processes (same result)."""
-    if not _parallel(n_jobs, len(cifs)):
-        return _parse_chunk(cifs, 0)
+def map_chunks(fn: Callable[..., Any], items: Sequence[Any], n_jobs: int, *args: Any) -> list[Any]:
+    """``[fn(chunk, start, *args), ...]`` over consecutive chunks of ``items``, in order: one call in
+    this process when ``n_jobs`` is 1 or there are fewer than 64 items, else a few chunks per worker
+    over ``n_jobs`` joblib processes (so one slow chunk does not hold the others)."""
+    if n_jobs <= 1 or len(items) < 64:
+        return [fn(items, 0, *args)]
     from joblib import Parallel, delayed
 
-    parts = Parallel(n_jobs=n_jobs)(delayed(_parse_chunk)(cifs[a:b], a) for a, b in _chunks(len(cifs), n_jobs))
-    out, bad = [], Counter()
-    for sts, b in parts:
-        out += sts
-        bad.update(b)
-    return out, bad
+    size = -(-len(items) // (4 * n_jobs))
+    return Parallel(n_jobs=n_jobs)(delayed(fn)(items[i:i + size], i, *args) for i in range(0, len(items), size))
 
 
-def _featurise_in_worker(featurise: Callable[[list], np.ndarray], sts: list) -> np.ndarray:
-    """``featurise`` in a worker process, single-threaded (the workers are the parallelism)."""
+@contextmanager
+def single_threaded():
+    """torch, BLAS and OpenMP on one thread inside the block (workers or seeds are the parallelism)."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -182,9 +171,24 @@ def _featurise_in_worker(featurise: Callable[[list], np.ndarray], sts: list) -> 
     torch.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
-            return featurise(sts)
+            yield
     finally:
         torch.set_num_threads(threads)
+
+
+def parse_structures(cifs: Sequence[str], n_jobs: int = 1) -> tuple[list[Any], Counter]:
+    """pymatgen Structures of CIF texts (``None`` where a CIF cannot be read) and the failure counts;
+    ``n_jobs`` > 1 parses in that many processes (same result)."""
+    out, bad = [], Counter()
+    for sts, b in map_chunks(_parse_chunk, cifs, n_jobs):
+        out += sts
+        bad.update(b)
+    return out, bad
+
+
+def _featurise_chunk(sts: list, start: int, featurise: Callable[[list], np.ndarray]) -> np.ndarray:
+    with single_threaded():
+        return featurise(sts)
 
 
 def _rows_of(featurise: Callable[[list], np.ndarray], structures: Sequence[Any], idx: list[int], dim_hint: int = 0,
@@ -193,11 +197,8 @@ def _rows_of(featurise: Callable[[list], np.ndarray], structures: Sequence[Any],
     sts = [structures[i] for i in good]
     if not good:
         part = np.zeros((0, dim_hint))
-    elif _parallel(n_jobs, len(sts)):
-        from joblib import Parallel, delayed
-
-        part = np.concatenate(Parallel(n_jobs=n_jobs)(delayed(_featurise_in_worker)(featurise, sts[a:b])
-                                                      for a, b in _chunks(len(sts), n_jobs)))
+    elif n_jobs > 1:
+        part = np.concatenate(map_chunks(_featurise_chunk, sts, n_jobs, featurise))
     else:
         part = featurise(sts)
     out = np.full((len(idx), part.shape[1]), np.nan)
@@ -269,32 +270,25 @@ def fit_cgcnn_seeds(graphs: dict[str, list], y: dict[str, np.ndarray], seeds: Se
                     config: StructureConfig) -> list[tuple[np.ndarray, dict]]:
     """Train the graph network on ``graphs['train']`` (early stopping on ``'val'``) once per seed;
     test predictions (clipped to the training target range, as every protocol fit) and fit info."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from ..heads import BranchInputs, MultiScaleRegressor
     from .protocol import clip_predictions, mae
 
     out = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            for seed in seeds:
-                model = MultiScaleRegressor(
-                    branches=("graph",), width=config.cgcnn_hidden, hidden=2 * config.cgcnn_hidden, dropout=0.0,
-                    branch_dropout=0.0, aux_weight=0.0, fusion="concat", batch_size=config.cgcnn_batch_size,
-                    max_epochs=config.cgcnn_epochs, patience=config.cgcnn_patience, lr=config.cgcnn_lr,
-                    graph_encoder=dict(hidden=config.cgcnn_hidden, n_layers=config.cgcnn_layers,
-                                       cutoff=config.cgcnn_cutoff), seed=int(seed))
-                model.fit(BranchInputs(graphs=graphs["train"]), y["train"], BranchInputs(graphs=graphs["val"]), y["val"])
-                val = clip_predictions(model.predict(BranchInputs(graphs=graphs["val"])), y["train"])
-                pred = clip_predictions(model.predict(BranchInputs(graphs=graphs["test"])), y["train"])
-                out.append((pred, {"epochs": int(model.n_epochs_), "val_mae": mae(y["val"], val)}))
-    finally:
-        torch.set_num_threads(threads)
+    with single_threaded():
+        for seed in seeds:
+            model = MultiScaleRegressor(
+                branches=("graph",), width=config.cgcnn_hidden, hidden=2 * config.cgcnn_hidden, dropout=0.0,
+                branch_dropout=0.0, aux_weight=0.0, fusion="concat", batch_size=config.cgcnn_batch_size,
+                max_epochs=config.cgcnn_epochs, patience=config.cgcnn_patience, lr=config.cgcnn_lr,
+                graph_encoder=dict(hidden=config.cgcnn_hidden, n_layers=config.cgcnn_layers,
+                                   cutoff=config.cgcnn_cutoff), seed=int(seed))
+            model.fit(BranchInputs(graphs=graphs["train"]), y["train"], BranchInputs(graphs=graphs["val"]), y["val"])
+            val = clip_predictions(model.predict(BranchInputs(graphs=graphs["val"])), y["train"])
+            pred = clip_predictions(model.predict(BranchInputs(graphs=graphs["test"])), y["train"])
+            out.append((pred, {"epochs": int(model.n_epochs_), "val_mae": mae(y["val"], val)}))
     return out
 
 
 __all__ = ["QUICK_STRUCTURE", "STRUCTURE_BASELINES", "TRAINED_ON_TARGET", "StructureConfig", "VectorCache",
-           "cif_key", "crystal_graphs", "fit_cgcnn_seeds", "parse_structures", "structure_vectors"]
+           "cif_key", "crystal_graphs", "fit_cgcnn_seeds", "map_chunks", "parse_structures", "single_threaded",
+           "structure_vectors"]
