@@ -828,6 +828,17 @@ def render_finetune_card(out: str | os.PathLike, summary: dict, repo_id: str | N
 # --------------------------------------------------------------------------- using a fine-tuned folder
 
 
+def is_finetuned(run: Any) -> bool:
+    """True for a ``crystext finetune`` output folder (its ``config.json`` carries ``crystext_target``);
+    False for anything else (a pretrained run, a model in memory, a missing folder)."""
+    try:
+        config = Path(run) / "config.json"
+        return isinstance(run, (str, os.PathLike)) and config.is_file() and "crystext_target" in json.loads(
+            config.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def load_finetuned(path: str | os.PathLike, device: Any = None):
     """``(model, tokenizer, target)`` of a fine-tuned folder: the model in eval mode, float32,
     right padding; ``target`` is ``config.crystext_target`` (``{}`` when absent)."""

@@ -327,11 +327,6 @@ print(json.dumps({**info, "card_tags": meta.get("tags", [])}))
 """
 
 
-def is_finetuned(run: str | Path) -> bool:
-    """True for a ``crystext finetune`` output folder (its ``config.json`` has ``crystext_target``)."""
-    return "crystext_target" in _read_json(Path(run) / "config.json")
-
-
 def verify_export(folder: str | Path, timeout: int = 600) -> dict:
     """Load an exported folder back in a fresh process with ``HF_HUB_OFFLINE=1``:
     ``AutoModelForCausalLM``, ``AutoTokenizer``, ``pipeline("crystal-embedding")`` and the card's
@@ -342,6 +337,8 @@ def verify_export(folder: str | Path, timeout: int = 600) -> dict:
     pickles = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
     if pickles:
         raise HubError(f"{folder}: pickle files would be published ({', '.join(pickles)}); only safetensors are allowed")
+    from .finetune import is_finetuned
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", _VERIFY, str(folder), "finetuned" if is_finetuned(folder) else "pretrained"],
@@ -361,6 +358,7 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
     and test predictions, and is verified as a sequence-regression model.
     """
     from .embeddings import element_embeddings, save_element_csv
+    from .finetune import is_finetuned
 
     run, out = Path(run), Path(out)
     if not (run / "model.safetensors").is_file():

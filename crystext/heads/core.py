@@ -173,9 +173,9 @@ class BranchFeaturizer:
                 if lm_embeddings is None:
                     if self.run is None:
                         raise ConfigError("the lm branch needs run=... or a precomputed lm_embeddings array")
-                    if _is_finetuned(self.run):  # a fine-tuned folder: its <eos> states + its prediction
-                        from ..finetune import finetuned_features
+                    from ..finetune import finetuned_features, is_finetuned
 
+                    if is_finetuned(self.run):  # a fine-tuned folder: its <eos> states + its prediction
                         lm_embeddings = finetuned_features(self.run, structures, with_prediction=True)
                     else:
                         from ..embeddings import structure_embeddings
@@ -712,18 +712,6 @@ def train_validation_split(check, inputs: BranchInputs, y, val_inputs: BranchInp
     else:
         val_inputs, y_val = check(val_inputs), np.asarray(y_val, dtype=np.float64)
     return inputs, y, val_inputs, y_val, rng
-
-
-def _is_finetuned(run: Any) -> bool:
-    """True for a ``crystext finetune`` output folder (its config.json carries ``crystext_target``)."""
-    import json
-
-    try:
-        config = Path(run) / "config.json"
-        return isinstance(run, (str, os.PathLike)) and config.is_file() and "crystext_target" in json.loads(
-            config.read_text())
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def _json_default(obj: Any):
