@@ -416,6 +416,24 @@ def test_kill_and_resume_gives_the_same_corpus(tok, tmp_path):
     assert (out / "_build" / "shard-00000.arrow").stat().st_mtime_ns == stamp
 
 
+def test_skip_and_limit_take_a_slice_whose_records_keep_their_split(tok, tmp_path):
+    _p1_table(12).to_parquet(tmp_path / "mp.parquet", row_group_size=5)
+    src = [str(tmp_path / "mp.parquet")]
+    kw = dict(tokenizer=tok, dedupe="text", progress=False, split=(0.5, 0.25, 0.25))
+    whole = build_corpus(src, **kw)
+    part = build_corpus(src, out=tmp_path / "part", skip=4, limit=5, **kw)
+    ids = {s: set(part[s]["id"]) for s in part}
+    assert sorted(i.rsplit("/", 1)[-1] for s in ids for i in ids[s]) == sorted(f"mp:m-{k}" for k in range(4, 9))
+    for s in part:  # a record falls in the same split whichever slice holds it
+        assert ids[s] <= set(whole[s]["id"])
+    assert part.summary["config"]["skip"] == 4 and [v["records"] for v in part.summary["sources"].values()] == [5]
+    # the rest of the source (limit unset) and past its end
+    assert sum(len(c) for c in build_corpus(src, skip=9, **kw).values()) == 3
+    assert sum(len(c) for c in build_corpus(src, skip=50, **kw).values()) == 0
+    with pytest.raises(ConfigError, match="skip must be"):
+        build_corpus(src, skip=-1, **kw)
+
+
 def test_parallel_build_matches_serial(tok, tmp_path):
     _p1_table(40).to_parquet(tmp_path / "mp.parquet")
     kw = dict(tokenizer=tok, progress=False, shard_size=7, dedupe=None)

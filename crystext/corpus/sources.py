@@ -404,13 +404,15 @@ def open_sources(sources: Any) -> list[Source]:
     return opened
 
 
-def iter_records(sources: Sequence[Source], limit: int | None = None) -> Iterator[Record]:
-    """Every record of every source in order, at most ``limit`` per source; records carry the
+def iter_records(sources: Sequence[Source], limit: int | None = None, skip: int = 0) -> Iterator[Record]:
+    """Every record of every source in order, after the first ``skip`` and at most ``limit`` per
+    source (``skip`` and ``limit`` together take a slice of each source); records carry the
     (possibly renamed) source name."""
     from itertools import islice
 
+    skip = max(0, int(skip or 0))
     for src in sources:
-        it = iter(src) if limit is None else islice(iter(src), max(0, int(limit)))
+        it = islice(iter(src), skip, None if limit is None else skip + max(0, int(limit)))
         for rec in it:
             if rec.source != src.name:
                 rid = src.name + rec.id[len(rec.source):] if rec.id.startswith(rec.source) else rec.id
