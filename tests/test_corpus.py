@@ -416,22 +416,24 @@ def test_kill_and_resume_gives_the_same_corpus(tok, tmp_path):
     assert (out / "_build" / "shard-00000.arrow").stat().st_mtime_ns == stamp
 
 
-def test_skip_and_limit_take_a_slice_whose_records_keep_their_split(tok, tmp_path):
-    _p1_table(12).to_parquet(tmp_path / "mp.parquet", row_group_size=5)
+def test_parts_are_disjoint_random_samples_that_keep_their_split(tok, tmp_path):
+    _p1_table(24).to_parquet(tmp_path / "mp.parquet", row_group_size=5)
     src = [str(tmp_path / "mp.parquet")]
     kw = dict(tokenizer=tok, dedupe="text", progress=False, split=(0.5, 0.25, 0.25))
     whole = build_corpus(src, **kw)
-    part = build_corpus(src, out=tmp_path / "part", skip=4, limit=5, **kw)
-    ids = {s: set(part[s]["id"]) for s in part}
-    assert sorted(i.rsplit("/", 1)[-1] for s in ids for i in ids[s]) == sorted(f"mp:m-{k}" for k in range(4, 9))
-    for s in part:  # a record falls in the same split whichever slice holds it
-        assert ids[s] <= set(whole[s]["id"])
-    assert part.summary["config"]["skip"] == 4 and [v["records"] for v in part.summary["sources"].values()] == [5]
-    # the rest of the source (limit unset) and past its end
-    assert sum(len(c) for c in build_corpus(src, skip=9, **kw).values()) == 3
-    assert sum(len(c) for c in build_corpus(src, skip=50, **kw).values()) == 0
-    with pytest.raises(ConfigError, match="skip must be"):
-        build_corpus(src, skip=-1, **kw)
+    parts = [build_corpus(src, out=tmp_path / f"p{k}", part=f"{k}/3", **kw) for k in (1, 2, 3)]
+    ids = [{s: set(p[s]["id"]) for s in p} for p in parts]
+    for s in whole:  # the parts add up to the whole, split by split
+        assert set().union(*(i[s] for i in ids)) == set(whole[s]["id"])
+    every = [x for i in ids for s in i for x in i[s]]
+    assert len(every) == len(set(every)) == 24 and all(len(every_part) < 24 for every_part in
+                                                       [[x for s in i for x in i[s]] for i in ids])
+    assert parts[0].summary["config"]["part"] == "1/3"
+    assert sum(v["records"] for v in parts[0].summary["sources"].values()) == len([x for s in ids[0] for x in ids[0][s]])
+    assert sum(len(c) for c in build_corpus(src, part=(2, 3), limit=2, **kw).values()) == 2
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        with pytest.raises(ConfigError, match="part must be"):
+            build_corpus(src, part=bad, **kw)
 
 
 def test_parallel_build_matches_serial(tok, tmp_path):

@@ -23,8 +23,8 @@ def _build_command(args) -> str:
         parts.append("--properties")
     if args.limit is not None:
         parts.append(f"--limit {args.limit}")
-    if args.skip:
-        parts.append(f"--skip {args.skip}")
+    if args.part:
+        parts.append(f"--part {args.part}")
     return " ".join(parts)
 
 
@@ -57,7 +57,7 @@ def _build(args) -> int:
         properties=args.properties,
         disorder=args.disorder,
         limit=args.limit,
-        skip=args.skip,
+        part=args.part,
         progress=not args.quiet,
         command=_build_command(args),
         max_atoms=args.max_atoms or None,
@@ -141,9 +141,10 @@ def register(sub) -> None:
     b.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
                    help="partially occupied sites: skip the record (raise), keep the majority species, or order")
     b.add_argument("--limit", type=int, default=None, help="at most N records per source")
-    b.add_argument("--skip", type=int, default=0, metavar="N",
-                   help="leave out the first N records of each source; with --limit, a slice of each source "
-                        "(--skip 20000 --limit 20000: records 20,000-39,999)")
+    b.add_argument("--part", default=None, metavar="K/N",
+                   help="only part K of N disjoint random parts of every source (a hash of the record id), "
+                        "e.g. 1/4: a corpus too large for one training session, built and trained part by part; "
+                        "records keep the split they have in the whole corpus")
     b.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,
                    help=f"skip (and count) structures with more atoms; 0: no limit (default: {DEFAULT_MAX_ATOMS})")
     b.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,

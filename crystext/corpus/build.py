@@ -311,7 +311,7 @@ def _load_manifest(build: Path) -> dict | None:
         return None
 
 
-def _convert_phase(opened: list[Source], limit: int | None, skip: int, settings: dict, build: Path, config_hash: str,
+def _convert_phase(opened: list[Source], limit: int | None, part: tuple[int, int] | None, settings: dict, build: Path, config_hash: str,
                    shard_size: int, num_proc: int, progress: bool, max_new_shards: int | None) -> dict:
     """Run (or continue) the conversion phase; return the manifest (``complete`` says whether
     every record is covered)."""
@@ -333,10 +333,11 @@ def _convert_phase(opened: list[Source], limit: int | None, skip: int, settings:
     start = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
     resumed = start > 0
     counts = [src.count for src in opened]
-    total = None if any(c is None for c in counts) else sum(
-        max(0, c - skip) if limit is None else min(max(0, c - skip), limit) for c in counts)
+    # a part's size is only known once read
+    total = None if part is not None or any(c is None for c in counts) else sum(
+        c if limit is None else min(c, limit) for c in counts)
 
-    records = islice(iter_records(opened, limit, skip), start, None)
+    records = islice(iter_records(opened, limit, part), start, None)
 
     def chunks() -> Iterator[list[tuple[int, Record]]]:
         it = enumerate(records, start)
@@ -536,6 +537,19 @@ def resolve_tokenizer(tokenizer):
     return tokenizer
 
 
+def _parse_part(part) -> tuple[int, int] | None:
+    """``"k/n"`` or ``(k, n)`` -> ``(k, n)`` with 1 <= k <= n; ``None`` stays ``None``."""
+    if part is None:
+        return None
+    try:
+        k, n = (int(x) for x in (part.split("/") if isinstance(part, str) else part))
+    except (TypeError, ValueError):
+        raise ConfigError(f"part must be 'k/n' (part k of n, e.g. '1/4'), not {part!r}") from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"part must be 'k/n' with 1 <= k <= n, not {part!r}")
+    return k, n
+
+
 def _code_id() -> str:
     """A hash of the modules that make the canonical text: shards written by other code are not reused."""
     from .. import inputs, spacegroups, text
@@ -710,7 +724,7 @@ def build_corpus(
     progress: bool = True,
     command: str | None = None,
     *,
-    skip: int = 0,
+    part: str | tuple[int, int] | None = None,
     max_atoms: int | None = DEFAULT_MAX_ATOMS,
     time_limit: float | None = DEFAULT_TIME_LIMIT,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
@@ -744,10 +758,11 @@ def build_corpus(
         seed: the seed of the split; the same inputs and seed give the same corpus.
         symprec, properties, disorder: passed to :func:`crystext.text.structure_to_text`.
         limit: at most this many records from each source (quick runs).
-        skip: leave out the first ``skip`` records of each source; with ``limit``, a slice of each
-            source (``skip=20000, limit=20000``: records 20,000-39,999), e.g. the next slice of a
-            corpus too large for one training session. Splits hash record ids, so a record falls in
-            the same split whichever slice holds it.
+        part: ``"k/n"`` or ``(k, n)``: only the records of part k (1-based) of n disjoint parts
+            that a hash of the record id deals each source into (about 1/n of it, a random sample
+            whatever the source's order: MP files sorted by id are not). The n parts together make
+            the whole corpus, with every record in the split it has there; for corpora too large
+            for one training session, taken part by part. ``limit`` applies within the part.
         progress: show progress bars and print the summary table.
         command: the command line that made the corpus, recorded in ``summary.json``.
         max_atoms: skip (and count) structures with more atoms than this; ``None``: no limit.
@@ -786,9 +801,7 @@ def build_corpus(
         raise ConfigError(f"split must be three non-negative fractions adding up to 1, not {split}")
     if int(shard_size) < 1:
         raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
-    if int(skip or 0) < 0:
-        raise ConfigError(f"skip must be a number of records (0 or more), not {skip}")
-    skip = int(skip or 0)
+    part = _parse_part(part)
     max_atoms = int(max_atoms) if max_atoms else None
     time_limit = float(time_limit) if time_limit else None
     max_tokens = int(max_tokens) if max_tokens else None
@@ -800,7 +813,8 @@ def build_corpus(
         "sources": [s.spec for s in opened],
         "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", ""),
         "num_proc": num_proc, "dedupe": dedupe, "split": list(split), "split_by": split_by, "seed": seed,
-        "symprec": symprec, "properties": properties, "disorder": disorder, "limit": limit, "skip": skip,
+        "symprec": symprec, "properties": properties, "disorder": disorder, "limit": limit,
+        "part": None if part is None else f"{part[0]}/{part[1]}",
         "header_cell": "primitive", "max_atoms": max_atoms, "time_limit": time_limit, "max_tokens": max_tokens,
     }
     # what the shards depend on (not num_proc, dedupe or split: those are free to change on a rerun)
@@ -810,8 +824,8 @@ def build_corpus(
         "disorder": disorder, "limit": limit, "header_cell": "primitive", "max_atoms": max_atoms,
         "time_limit": time_limit, "max_tokens": max_tokens, "shard_size": int(shard_size),
     }
-    if skip:  # only when set, so that builds without it keep their config hash (and their shards)
-        conversion["skip"] = skip
+    if part is not None:  # only when set, so that builds without it keep their config hash (and shards)
+        conversion["part"] = list(part)
     config_hash = hashlib.sha256(json.dumps(conversion, sort_keys=True).encode()).hexdigest()[:16]
 
     tmp = None
@@ -834,7 +848,7 @@ def build_corpus(
         build.mkdir(parents=True, exist_ok=True)
         settings = {"symprec": symprec, "properties": properties, "disorder": disorder, "header_cell": "primitive",
                     "max_atoms": max_atoms, "time_limit": time_limit, "max_tokens": max_tokens, "tokenizer": tok}
-        manifest = _convert_phase(opened, limit, skip, settings, build, config_hash, int(shard_size), num_proc, progress,
+        manifest = _convert_phase(opened, limit, part, settings, build, config_hash, int(shard_size), num_proc, progress,
                                   max_new_shards)
         if not manifest["complete"]:
             if progress:

@@ -404,17 +404,34 @@ def open_sources(sources: Any) -> list[Source]:
     return opened
 
 
-def iter_records(sources: Sequence[Source], limit: int | None = None, skip: int = 0) -> Iterator[Record]:
-    """Every record of every source in order, after the first ``skip`` and at most ``limit`` per
-    source (``skip`` and ``limit`` together take a slice of each source); records carry the
-    (possibly renamed) source name."""
+def in_part(record_id: str, part: tuple[int, int] | None) -> bool:
+    """Whether ``record_id`` falls in ``part = (k, n)``: part k (1-based) of n disjoint parts that a
+    hash of the id deals records into (about 1/n of any source each, independent of the source's
+    order and of the split, which hashes the id with another key). ``None``: every record."""
+    if part is None:
+        return True
+    import hashlib
+
+    k, n = part
+    h = hashlib.blake2b(f"part\x00{record_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % n == k - 1
+
+
+def iter_records(sources: Sequence[Source], limit: int | None = None,
+                 part: tuple[int, int] | None = None) -> Iterator[Record]:
+    """Every record of every source in order (only those of ``part``, see :func:`in_part`), at most
+    ``limit`` per source; records carry the (possibly renamed) source name."""
     from itertools import islice
 
-    skip = max(0, int(skip or 0))
     for src in sources:
-        it = islice(iter(src), skip, None if limit is None else skip + max(0, int(limit)))
+        it = (rec for rec in iter(src) if in_part(_renamed(rec, src).id, part))
+        it = it if limit is None else islice(it, max(0, int(limit)))
         for rec in it:
-            if rec.source != src.name:
-                rid = src.name + rec.id[len(rec.source):] if rec.id.startswith(rec.source) else rec.id
-                rec = Record(rid, src.name, rec.kind, rec.payload, rec.properties)
-            yield rec
+            yield _renamed(rec, src)
+
+
+def _renamed(rec: Record, src: Source) -> Record:
+    if rec.source == src.name:
+        return rec
+    rid = src.name + rec.id[len(rec.source):] if rec.id.startswith(rec.source) else rec.id
+    return Record(rid, src.name, rec.kind, rec.payload, rec.properties)
