@@ -150,6 +150,28 @@ def test_float16_release_loads_as_float32_by_default():
         assert {p.dtype for p in model.parameters()} == {torch.float32}, auto.__name__
 
 
+RELEASES = sorted(p for p in (REPO / "models").iterdir() if (p / "config.json").is_file()) \
+    if (REPO / "models").is_dir() else []
+
+
+@pytest.mark.parametrize("run", RELEASES, ids=[p.name for p in RELEASES])
+def test_every_release_fits_the_limit_and_loads_natively(run):
+    """Every folder in models/ is at most 60 MB, loads as a float32 GPT-2 with its tokenizer and no
+    custom code, and records what it was trained on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert sum(f.stat().st_size for f in run.iterdir() if f.is_file()) <= 60 * 1024**2
+    model = AutoModelForCausalLM.from_pretrained(run)
+    assert model.config.model_type == "gpt2" and model.config.n_embd == 512
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    tok = AutoTokenizer.from_pretrained(run)
+    assert len(tok) == model.config.vocab_size
+    info = json.loads((run / "training_config.json").read_text())
+    assert info["steps"] > 0 and info["tokens"] > 0
+    evals = json.loads((run / "eval.json").read_text())
+    assert evals["held_out_loss"] < evals["unigram_baseline_entropy"]
+
+
 def test_shipped_resources_come_from_the_package_data_mapping():
     from crystext.modeling import PRESET_DIR, list_presets
     from crystext.resources import REPO_FOLDERS, resource_dir
