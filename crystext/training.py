@@ -827,9 +827,19 @@ def _write_identity(s: _Session, out: Path) -> None:
     ident = identity_of_corpus(s.dd[sp] for sp in s.dd)
     summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
     config = json.loads(summary.read_text()).get("config", {}) if summary is not None and summary.is_file() else {}
+    # a run trained from another carries the init run's identity too (when that run has one), so a
+    # chain of runs (a corpus trained part by part) keeps the whole history in one file
+    inherited = s.init / IDENTITY_FILE if s.init is not None else None
+    includes_init = inherited is not None and inherited.is_file()
+    if includes_init:
+        old = json.loads(inherited.read_text())
+        ident["formulas"] = sorted(set(ident["formulas"]) | set(old.get("formulas", [])))
+        ident["structures"] = sorted(set(ident["structures"]) | set(old.get("structure_text_sha1", [])))
+        pairs = {tuple(p) for p in ident["formula_spacegroup"]} | {tuple(p) for p in old.get("formula_spacegroup", [])}
+        ident["formula_spacegroup"] = sorted([f, int(g)] for f, g in pairs)
     (out / IDENTITY_FILE).write_text(json.dumps({
         "symprec": config.get("symprec", 0.1), "corpus": s.corpus_info.get("name"),
-        "init": None if s.init is None else s.init.name,
+        "init": None if s.init is None else s.init.name, "includes_init": includes_init,
         "formulas": ident["formulas"], "structure_text_sha1": ident["structures"],
         "formula_spacegroup": ident["formula_spacegroup"]}))
 

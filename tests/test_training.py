@@ -284,7 +284,15 @@ def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leak
     tuned = pretrain(None, more, tmp_path / "runs" / "tuned", init=base, max_steps=1, progress=False)
     both = corpus_identity(tuned)
     assert {"CsCl", "KBr", "Fe2O3"} <= both.formulas and {text_hash(t) for t in texts} <= both.structures
-    assert "plus init run base" in both.status
+    assert "includes init run base" in both.status
+    # an init run without corpus_identity.json (older releases) is looked up beside the run
+    (base / IDENTITY_FILE).unlink()
+    older = pretrain(None, more, tmp_path / "runs" / "older", init=base, max_steps=1, progress=False)
+    assert "Fe2O3" not in json.loads((older / IDENTITY_FILE).read_text())["formulas"]
+    assert "plus init run base" in corpus_identity(older).status  # rebuilt from base's sources
     shutil.rmtree(base)
-    alone = corpus_identity(tuned)
+    # the tuned run's own file carries its init run's corpus: nothing is lost with the init run
+    kept = corpus_identity(tuned)
+    assert "Fe2O3" in kept.formulas and {text_hash(t) for t in texts} <= kept.structures
+    alone = corpus_identity(older)
     assert "Fe2O3" not in alone.formulas and "init run base not found" in alone.status

@@ -82,6 +82,7 @@ class CorpusIdentity:
     structures: set = field(default_factory=set)  # text hashes
     formula_spacegroup: set = field(default_factory=set)  # (reduced formula, spg number)
     status: str = ""
+    includes_init: bool = False  # the shipped identity already holds the init run's corpus
 
 
 def _resolve(spec: str, run_dir: Path, data_root: Path | None) -> str | None:
@@ -179,6 +180,9 @@ def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
         init = None
     if not init or init in _seen:
         return ident
+    if ident.includes_init:
+        ident.status += f" (includes init run {init}'s corpus)"
+        return ident
     parent = run_dir.parent / Path(str(init)).name
     if not parent.is_dir():
         ident.status += f"; init run {init} not found (its corpus is not counted: a lower bound)"
@@ -203,7 +207,8 @@ def _own_identity(run_dir: Path, cache_dir: Path | None, data_root: Path | None,
     if shipped.is_file():
         d = json.loads(shipped.read_text())
         return CorpusIdentity(set(d.get("formulas", [])), set(d.get("structure_text_sha1", [])),
-                              {(f, int(s)) for f, s in d.get("formula_spacegroup", [])}, f"{IDENTITY_FILE} of the run")
+                              {(f, int(s)) for f, s in d.get("formula_spacegroup", [])}, f"{IDENTITY_FILE} of the run",
+                              includes_init=bool(d.get("includes_init")))
     summary = run_dir / SUMMARY_FILE
     if not summary.is_file():
         return CorpusIdentity(status=f"corpus not available (no {SUMMARY_FILE} or {IDENTITY_FILE})")
