@@ -222,8 +222,11 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     training_data += "\n\nTargets (properties) are never part of the pretraining text."
 
     train_lines = []
+    if train_cfg.get("init"):
+        train_lines.append(f"- initialised from: `{train_cfg['init']}` (its training data came first; "
+                           "the table above is this run's own corpus)")
     hyper = {**train_cfg.get("training", {}), **train_cfg}
-    for key in ("preset", "steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
+    for key in ("preset", "steps", "max_steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
                 "min_learning_rate", "warmup_steps", "betas", "weight_decay", "grad_clip", "dropout",
                 "mixed_precision", "seed", "train_time_s", "hardware"):
         if key == "train_time_s":
@@ -287,7 +290,9 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
         n_head=config.get("n_head", "?"),
         n_positions=n_pos,
         n_params=_fmt_params(n_params) if n_params else "?",
-        dtype=config.get("dtype") or config.get("torch_dtype") or "float32",
+        dtype=(f"{train_cfg['saved_dtype']}, loads as {train_cfg.get('loads_as', 'float32')}"
+               if train_cfg.get("saved_dtype") not in (None, "float32")
+               else config.get("dtype") or config.get("torch_dtype") or "float32"),
         tokenizer_name=tok_cfg.get("name_or_path") or (corpus.get("config") or {}).get("tokenizer")
         or train_cfg.get("tokenizer", "crystext"),
         vocab_size=vocab,
