@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared data sets whose test.csv gives the data_ prompts")
     ap.add_argument("--no-unconditional", action="store_true", help="leave out the bare data_ prompt set")
     ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="cap on sampled tokens per sample (default: the rest of the context); a sample "
+                         "cut by it counts as invalid (it has not ended), so a cap only makes runaway "
+                         "samples cheaper, unless a valid text would be longer than the cap")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).with_name("validity.md")))
     ap.add_argument("--json", default=None, help="also write the summary here (default RUN/generation.json)")
@@ -76,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         texts: list[str] = []
         if len(set(prompts)) == 1:
             texts = generate(model, prompt=prompts[0], n=len(prompts), temperature=temperature,
-                             top_k=args.top_k, seed=args.seed, batch_size=8)
+                             top_k=args.top_k, seed=args.seed, batch_size=8,
+                             max_new_tokens=args.max_new_tokens)
         else:
             for i, prompt in enumerate(prompts):
                 texts += generate(model, prompt=prompt, n=1, temperature=temperature, top_k=args.top_k,
-                                  seed=args.seed + i)
+                                  seed=args.seed + i, max_new_tokens=args.max_new_tokens)
         report = validity_report(texts)
         summary[label] = {check: round(report.summary[check]["rate"], 4) for check in CHECKS}
         summary[label]["n"] = len(texts)
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Validity of sampled crystal text", "", f"Command: `{cmd}` ({seconds:.0f} s)", "",
              f"Run: `{args.run}`; temperatures {', '.join(f'{t:g}' for t in args.temperatures)}, top-k {args.top_k}, "
              f"seed {args.seed}; "
+             + (f"at most {args.max_new_tokens} new tokens per sample; " if args.max_new_tokens else "") +
              "samples forced to be full structures. Rates are fractions of the samples.", "",
              "| prompt set | samples | " + " | ".join(CHECKS) + " |", "|---|---|" + "---|" * len(CHECKS)]
     for label, s in summary.items():
