@@ -424,10 +424,8 @@ def iter_records(sources: Sequence[Source], limit: int | None = None,
     from itertools import islice
 
     for src in sources:
-        it = (rec for rec in iter(src) if in_part(_renamed(rec, src).id, part))
-        it = it if limit is None else islice(it, max(0, int(limit)))
-        for rec in it:
-            yield _renamed(rec, src)
+        it = (rec for rec in (_renamed(r, src) for r in iter(src)) if in_part(rec.id, part))
+        yield from (it if limit is None else islice(it, max(0, int(limit))))
 
 
 def _renamed(rec: Record, src: Source) -> Record:
