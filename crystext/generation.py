@@ -16,9 +16,19 @@ CHECKS = ("parsable", "formula_consistent", "multiplicity_consistent", "space_gr
           "bond_lengths_reasonable", "valid")
 
 
-#: the token a header-only document writes right after the space group, and the last cell token
+#: the key a header-only document writes right after the space group, and the last cell key
 #: of a full structure (which writes the Int_Tables number after its cell)
 HEADER_BRANCH, CELL_DONE = "_symmetry_Int_Tables_number", "_cell_angle_gamma"
+
+
+def line_start_token(tok, key: str) -> int | None:
+    """The id of the token a line ``key <value>`` starts with under ``tok``, or None when that token
+    is not ``key`` itself (with its separator). ``crystext-cif`` has ``key`` as a token,
+    ``crystext-compact`` ``key`` + space: looking ``key`` up in the vocabulary would miss the latter."""
+    ids = tok(f"{key} 1\n", add_special_tokens=False)["input_ids"]
+    if not ids or tok.decode(ids[:1]).strip() != key:
+        return None
+    return ids[0]
 
 
 class _NoHeaderOnly:
@@ -52,6 +62,7 @@ def generate(
     max_new_tokens: int | None = None,
     temperature: float = 1.0,
     top_k: int | None = 10,
+    top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
     full_structures: bool = True,
@@ -61,7 +72,13 @@ def generate(
 
     ``run``: a run folder, Hub id or ``(model, tokenizer)``. Each sample starts at ``<bos>`` +
     prompt and ends at ``<eos>`` or after ``max_new_tokens`` (default: the rest of the context).
-    ``temperature`` > 0 scales logits; ``top_k`` keeps the k likeliest tokens (None: all).
+    ``temperature`` > 0 scales logits; ``top_k`` keeps the k likeliest tokens (None or 0: all);
+    ``top_p`` < 1 keeps the smallest set of likeliest tokens whose probability reaches it (nucleus).
+    Top-k depends on the tokenizer: with digit tokens (``crystext-cif``, CrystaLLM) k = 10 never cuts
+    a digit, but ``crystext-compact`` spreads a number's decimals over ~10,000 tokens, each less
+    likely than a single integer digit, so top-k 10 keeps only digits and numbers never end. Use
+    ``top_k=None`` (the model's own distribution over texts, the same under any tokenizer) or
+    ``top_p`` with compact runs.
     ``full_structures``: a corpus may mix in header-only documents (composition and space group,
     no cell or sites: see :func:`crystext.corpus.header_text`); they branch off right after the
     space-group line with ``_symmetry_Int_Tables_number`` where a full structure writes its
@@ -74,6 +91,8 @@ def generate(
         raise ConfigError(f"generate: n must be >= 1, not {n}")
     if temperature <= 0:
         raise ConfigError(f"generate: temperature must be > 0, not {temperature}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"generate: top_p must be in (0, 1], not {top_p}")
     model, tok = _load(run)
     model.eval()
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -89,9 +108,9 @@ def generate(
     if full_structures:
         from transformers import LogitsProcessorList
 
-        vocab = tok.get_vocab()
-        if HEADER_BRANCH in vocab and CELL_DONE in vocab:
-            processors = LogitsProcessorList([_NoHeaderOnly(vocab[HEADER_BRANCH], vocab[CELL_DONE])])
+        banned, until = line_start_token(tok, HEADER_BRANCH), line_start_token(tok, CELL_DONE)
+        if banned is not None and until is not None:
+            processors = LogitsProcessorList([_NoHeaderOnly(banned, until)])
     texts: list[str] = []
     with torch.no_grad():
         while len(texts) < n:
@@ -100,7 +119,7 @@ def generate(
             inp = torch.tensor([ids] * k)
             out = model.generate(
                 input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True,
-                temperature=temperature, top_k=top_k or 0, top_p=1.0,
+                temperature=temperature, top_k=top_k or 0, top_p=top_p,
                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                 logits_processor=processors,
             )

@@ -73,17 +73,29 @@ def test_generate_cli_prints_a_validity_table(run, capsys):
     assert "| parsable | " in out and "/2 |" in out
 
 
-def test_full_structures_forbid_the_header_only_branch_until_the_cell_is_written():
-    from crystext.generation import CELL_DONE, HEADER_BRANCH, _NoHeaderOnly
+@pytest.mark.parametrize("name", ["crystext-cif", "crystext-compact"])
+def test_full_structures_forbid_the_header_only_branch_until_the_cell_is_written(name):
+    from crystext.generation import CELL_DONE, HEADER_BRANCH, _NoHeaderOnly, line_start_token
 
-    tok = load_tokenizer("crystext-cif")
+    tok = load_tokenizer(name)
     vocab = tok.get_vocab()
-    banned, until = vocab[HEADER_BRANCH], vocab[CELL_DONE]
+    # the token each tokenizer starts those lines with (compact fuses the key with its space)
+    banned, until = line_start_token(tok, HEADER_BRANCH), line_start_token(tok, CELL_DONE)
+    header = tok("data_Na1Cl1\n_symmetry_space_group_name_H-M Fm-3m\n_symmetry_Int_Tables_number 225\n",
+                 add_special_tokens=False)["input_ids"]
+    assert banned in header and until is not None
     processor = _NoHeaderOnly(banned, until)
     ids = torch.tensor([[tok.bos_token_id, 5, 6], [tok.bos_token_id, until, 6]])
     scores = processor(ids, torch.zeros(2, len(vocab)))
     assert scores[0, banned] == float("-inf") and torch.isfinite(scores[0]).sum() == len(vocab) - 1
     assert torch.isfinite(scores[1]).all()  # the cell is written: the Int_Tables line may follow
+
+
+def test_top_p_is_checked_and_changes_nothing_at_one(run):
+    with pytest.raises(ConfigError, match="top_p"):
+        generate(run, top_p=0)
+    plain = generate(run, prompt="data_Si", n=2, max_new_tokens=8, seed=3, top_k=None)
+    assert plain == generate(run, prompt="data_Si", n=2, max_new_tokens=8, seed=3, top_k=None, top_p=1.0)
 
 
 def test_header_texts_stay_possible_on_request(run):

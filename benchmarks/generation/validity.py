@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=["perov_5", "carbon_24"],
                     help="shared data sets whose test.csv gives the data_ prompts")
     ap.add_argument("--no-unconditional", action="store_true", help="leave out the bare data_ prompt set")
-    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--top-k", type=int, default=10,
+                    help="0: off (the model's own distribution over texts; right for crystext-compact "
+                         "runs, whose ~10,000 decimal tokens top-k 10 cuts away, see crystext.generate)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="cap on sampled tokens per sample (default: the rest of the context); a sample "
                          "cut by it counts as invalid (it has not ended), so a cap only makes runaway "
@@ -80,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         texts: list[str] = []
         if len(set(prompts)) == 1:
             texts = generate(model, prompt=prompts[0], n=len(prompts), temperature=temperature,
-                             top_k=args.top_k, seed=args.seed, batch_size=8,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=8,
                              max_new_tokens=args.max_new_tokens)
         else:
             for i, prompt in enumerate(prompts):
                 texts += generate(model, prompt=prompt, n=1, temperature=temperature, top_k=args.top_k,
-                                  seed=args.seed + i, max_new_tokens=args.max_new_tokens)
+                                  top_p=args.top_p, seed=args.seed + i, max_new_tokens=args.max_new_tokens)
         report = validity_report(texts)
         summary[label] = {check: round(report.summary[check]["rate"], 4) for check in CHECKS}
         summary[label]["n"] = len(texts)
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = "python benchmarks/generation/validity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Validity of sampled crystal text", "", f"Command: `{cmd}` ({seconds:.0f} s)", "",
-             f"Run: `{args.run}`; temperatures {', '.join(f'{t:g}' for t in args.temperatures)}, top-k {args.top_k}, "
+             f"Run: `{args.run}`; temperatures {', '.join(f'{t:g}' for t in args.temperatures)}, "
+             f"top-k {args.top_k or 'off'}, " + (f"top-p {args.top_p:g}, " if args.top_p < 1 else "") +
              f"seed {args.seed}; "
              + (f"at most {args.max_new_tokens} new tokens per sample; " if args.max_new_tokens else "") +
              "samples forced to be full structures. Rates are fractions of the samples.", "",
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"- {count} x {text}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
-    summary_json = {"temperature": ", ".join(f"{t:g}" for t in args.temperatures), "top_k": args.top_k, "seed": args.seed,
+    summary_json = {"temperature": ", ".join(f"{t:g}" for t in args.temperatures), "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                     "command": cmd, "prompt_sets": summary}
     json_path = Path(args.json) if args.json else Path(args.run) / "generation.json"
     json_path.write_text(json.dumps(summary_json, indent=2) + "\n")

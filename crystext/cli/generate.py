@@ -17,7 +17,10 @@ def register(subparsers) -> None:
     p.add_argument("-n", type=int, default=8, help="number of samples (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=10, help="0 = no top-k filtering (default 10)")
+    p.add_argument("--top-k", type=int, default=10,
+                   help="0 = no top-k filtering (default 10, CrystaLLM's; use 0 or --top-p with "
+                   "crystext-compact runs, whose decimals top-k 10 cuts away)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write samples and checks to this CSV")
     p.add_argument("--allow-headers", action="store_true",
@@ -33,7 +36,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..generation import generate, validity_report
 
     texts = generate(args.run, prompt=args.prompt, n=args.n, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                     temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
                      full_structures=not args.allow_headers)
     report = validity_report(texts)
     if not args.quiet:
@@ -49,7 +52,7 @@ def _generate(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         summary = {"prompt": args.prompt, "n": report.summary["n"], "temperature": args.temperature,
-                   "top_k": args.top_k, "seed": args.seed,
+                   "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                    "full_structures": not args.allow_headers}
         summary.update({f"{check} rate": round(v["rate"], 4) for check, v in report.summary.items() if check != "n"})
         Path(args.report).write_text(json.dumps(summary, indent=2) + "\n")
