@@ -345,6 +345,29 @@ def test_cli_build_and_stats(tmp_path, capsys):
     assert main(["corpus", "build", str(tmp_path / "absent"), "--out", str(out)]) == 2
 
 
+def test_stats_of_parts_add_up_to_the_whole(tmp_path, capsys):
+    """Counts over the parts a run is trained on in turn equal the counts of the corpus they split."""
+    from crystext.cli import main
+    from crystext.corpus import add_counts, token_counts
+
+    table = tmp_path / "t.parquet"
+    _p1_table(12).to_parquet(table)
+    common = ["--quiet", "--split", "1", "0", "0", "--dedupe", "none"]
+    dirs = []
+    for name, extra in (("whole", []), ("p1", ["--part", "1/2"]), ("p2", ["--part", "2/2"])):
+        dirs.append(tmp_path / name)
+        assert main(["corpus", "build", str(table), "--out", str(dirs[-1]), *common, *extra]) == 0
+    whole, p1, p2 = (token_counts(d) for d in dirs)
+    assert 0 < p1.tokens.sum() < whole.tokens.sum()
+    total = add_counts([p1, p2])
+    pd.testing.assert_frame_equal(total, whole)
+    md = tmp_path / "cov.md"
+    assert main(["corpus", "stats", str(dirs[1]), str(dirs[2]), "--markdown", str(md), "--min-count", "1"]) == 0
+    text = md.read_text()
+    assert "2 corpora added up" in text and "## Corpus 1" in text and "## Corpus 2" in text
+    assert f"| O | 8 | {whole.loc['O', 'tokens']:,} |" in text
+
+
 # --------------------------------------------------------------------------- streaming, scale, restart
 
 def _p1(elements: list[str], seed: int) -> Structure:

@@ -29,7 +29,7 @@ def _build_command(args) -> str:
 
 
 def _stats_command(args) -> str:
-    parts = ["crystext corpus stats", _q([args.dir]), f"--split {args.split}"]
+    parts = ["crystext corpus stats", _q(args.dirs), f"--split {args.split}"]
     if args.tokenizer:
         parts.append(f"--tokenizer {_q([args.tokenizer])}")
     if args.markdown:
@@ -74,20 +74,26 @@ def _build(args) -> int:
 
 
 def _stats(args) -> int:
-    from ..corpus import coverage_markdown, load_corpus, reference_elements, token_counts
+    from ..corpus import add_counts, coverage_markdown, load_corpus, reference_elements, token_counts
 
-    corpus = load_corpus(args.dir)
-    tokenizer = args.tokenizer or str(Path(args.dir) / "tokenizer")
-    counts = token_counts(corpus, tokenizer=tokenizer, split=args.split)
+    corpora = [load_corpus(d) for d in args.dirs]
+    counts = add_counts(token_counts(c, tokenizer=args.tokenizer or str(Path(d) / "tokenizer"), split=args.split)
+                        for c, d in zip(corpora, args.dirs))
     if args.markdown:
         reference = reference_elements(args.reference) if args.reference else None
         command = _stats_command(args)
-        built = corpus.summary.get("command")
-        head = ["# Element coverage of the pretraining corpus", "",
-                f"Made by `{command}`" + (f" on the corpus built by `{built}`." if built else "."), ""]
+        built = [c.summary.get("command") for c in corpora]
+        if len(corpora) == 1:
+            made = f"Made by `{command}`" + (f" on the corpus built by `{built[0]}`." if built[0] else ".")
+        else:
+            made = (f"Made by `{command}`: the counts of {len(corpora)} corpora added up (what a run trained "
+                    "on them in turn has seen), built by " + "; ".join(f"`{b}`" for b in built if b) + ".")
+        head = ["# Element coverage of the pretraining corpus", "", made, ""]
         if args.reference:
             head += [f"Elements the benchmarks use: every element in {', '.join(f'`{r}`' for r in args.reference)}.", ""]
-        text = "\n".join(head) + "\n" + coverage_markdown(counts, reference, args.min_count, corpus.summary)
+        summaries = [c.summary for c in corpora]
+        text = "\n".join(head) + "\n" + coverage_markdown(counts, reference, args.min_count,
+                                                           summaries[0] if len(summaries) == 1 else summaries)
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
         print(f"report written to {args.markdown}")
@@ -167,9 +173,12 @@ def register(sub) -> None:
         "stats",
         help="per-element token counts of a corpus split",
         description="Print how often each element's token occurs in a split (and in how many "
-        "documents), optionally as a Markdown coverage report against benchmark tables.",
+        "documents) of one corpus or of several added up, optionally as a Markdown coverage report "
+        "against benchmark tables.",
     )
-    s.add_argument("dir", help="corpus folder (from `crystext corpus build`)")
+    s.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="corpus folder (from `crystext corpus build`); several: their counts added up (the "
+                   "parts a run was trained on in turn)")
     s.add_argument("--split", default="train", help="split to count (default: train)")
     s.add_argument("--tokenizer", default=None, help="tokenizer (default: the corpus folder's tokenizer/)")
     s.add_argument("--all", action="store_true", help="also list elements with zero tokens")

@@ -54,12 +54,12 @@ from .sources import (
     table_columns,
     table_num_rows,
 )
-from .stats import coverage_markdown, formula_elements, reference_elements, token_counts
+from .stats import add_counts, coverage_markdown, formula_elements, reference_elements, token_counts
 
 __all__ = [
     "BUILD_DIR", "CENTERING", "DEDUPE_MODES", "DEFAULT_MAX_TOKENS", "DEFAULT_SHARD_SIZE", "HEADER_KEEP",
     "ID_COLUMNS", "SPLITS", "SPLIT_MODES", "TABLE_SUFFIXES", "Record", "Source", "build_corpus",
-    "coverage_markdown", "dedupe_key", "features", "formula_elements", "header_lines", "header_text",
+    "add_counts", "coverage_markdown", "dedupe_key", "features", "formula_elements", "header_lines", "header_text",
     "iter_cif_folder", "iter_records", "iter_table_chunks", "iter_table_records", "load_corpus",
     "match_group", "open_source", "open_sources", "print_summary", "reference_elements",
     "resolve_tokenizer", "split_of", "table_columns", "table_num_rows", "text_fields", "token_counts",

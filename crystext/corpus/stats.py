@@ -131,28 +131,50 @@ def reference_elements(paths: Iterable[str | os.PathLike]) -> set[str]:
     return out
 
 
-def coverage_markdown(counts, reference: set[str] | None = None, min_count: int = 1000, summary: dict | None = None) -> str:
-    """A Markdown report of per-element token counts (from :func:`token_counts`).
+def corpus_markdown(summary: dict, title: str = "Corpus") -> list[str]:
+    """Markdown lines on a corpus's make-up (sources, splits, skips) from its ``summary.json``."""
+    lines = [f"## {title}", "", "| source | kind | records | skipped | duplicates | documents |", "|---|---|---:|---:|---:|---:|"]
+    for name, s in summary.get("sources", {}).items():
+        lines.append(f"| {name} | {s['kind']} | {s['records']:,} | {s['skipped']:,} | {s['duplicates']:,} | {s['documents']:,} |")
+    lines.append("")
+    for name, s in summary.get("splits", {}).items():
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("kinds", {}).items()))
+        lines.append(f"- {name}: {s['documents']:,} documents ({kinds}), {s['tokens']:,} tokens")
+    if summary.get("skip_reasons"):
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["skip_reasons"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- skipped records by reason: {reasons}")
+    lines.append("")
+    return lines
+
+
+def add_counts(frames):
+    """Element counts of several corpora (frames of :func:`token_counts`) summed element by element:
+    what a run trained on them in turn has seen."""
+    frames = list(frames)
+    total = frames[0].copy()
+    for f in frames[1:]:
+        if list(f.index) != list(total.index):
+            raise TokenizerError("element counts of corpora with different element tokens cannot be added")
+        for col in ("tokens", "structure_tokens", "header_tokens", "documents"):
+            total[col] = total[col] + f[col]
+    return total
+
+
+def coverage_markdown(counts, reference: set[str] | None = None, min_count: int = 1000,
+                      summary: dict | list[dict] | None = None) -> str:
+    """A Markdown report of per-element token counts (from :func:`token_counts` or :func:`add_counts`).
 
     With ``reference`` (elements the benchmarks use) it lists those seen fewer than ``min_count``
-    times; ``summary`` (a corpus ``summary.json``) adds the corpus make-up.
+    times; ``summary`` (a corpus ``summary.json``, or one per corpus) adds the corpus make-up.
     """
     lines: list[str] = []
     seen = counts[counts.tokens > 0]
-    if summary:
-        lines += ["## Corpus", "", "| source | kind | records | skipped | duplicates | documents |", "|---|---|---:|---:|---:|---:|"]
-        for name, s in summary.get("sources", {}).items():
-            lines.append(f"| {name} | {s['kind']} | {s['records']:,} | {s['skipped']:,} | {s['duplicates']:,} | {s['documents']:,} |")
-        lines.append("")
-        for name, s in summary.get("splits", {}).items():
-            kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("kinds", {}).items()))
-            lines.append(f"- {name}: {s['documents']:,} documents ({kinds}), {s['tokens']:,} tokens")
-        if summary.get("skip_reasons"):
-            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["skip_reasons"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"- skipped records by reason: {reasons}")
-        lines.append("")
+    summaries = summary if isinstance(summary, list) else [summary] if summary else []
+    for k, one in enumerate(summaries):
+        lines += corpus_markdown(one, "Corpus" if len(summaries) == 1 else f"Corpus {k + 1}")
     lines += ["## Summary", ""]
-    lines.append(f"- elements seen in the split: {len(seen)} (of {len(counts)} element tokens)")
+    lines.append(f"- elements seen in the split{'s' if len(summaries) > 1 else ''}: {len(seen)} (of {len(counts)} element tokens)"
+                 + (f"; seen at least {min_count:,} times: {int((counts.tokens >= min_count).sum())}" if len(seen) else ""))
     if len(seen):
         lines.append(
             f"- tokens per seen element: median {int(seen.tokens.median()):,}, min {int(seen.tokens.min()):,} "
