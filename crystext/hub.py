@@ -253,7 +253,8 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     if gen.get("prompt_sets"):  # benchmarks/generation/validity.py
         sets = gen["prompt_sets"]
         checks = [c for c in next(iter(sets.values())) if c != "n"]
-        learned += ["", f"Validity of sampled text (temperature {gen.get('temperature')}, top-k {gen.get('top_k')}, "
+        sampler = f"top-k {gen.get('top_k') or 'off'}" + (f", top-p {gen['top_p']:g}" if gen.get("top_p", 1) < 1 else "")
+        learned += ["", f"Validity of sampled text (temperature {gen.get('temperature')}, {sampler}, "
                     "full structures; fractions of the samples):", "",
                     "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks) + " |",
                     "|---|---|" + "---|" * len(checks)]
