@@ -152,11 +152,11 @@ def add_counts(frames):
     what a run trained on them in turn has seen."""
     frames = list(frames)
     total = frames[0].copy()
+    counted = [c for c in total.columns if c != "Z"]
     for f in frames[1:]:
         if list(f.index) != list(total.index):
             raise TokenizerError("element counts of corpora with different element tokens cannot be added")
-        for col in ("tokens", "structure_tokens", "header_tokens", "documents"):
-            total[col] = total[col] + f[col]
+        total[counted] += f[counted]
     return total
 
 
