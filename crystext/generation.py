@@ -12,8 +12,10 @@ from typing import Iterable
 
 from .errors import ConfigError, DataNotFoundError
 
+#: the checks of :func:`crystext.text.check_text`, ``valid`` (all of them) and ``crystallm_valid``
+#: (CrystaLLM's looser verdict, the one its published rates use)
 CHECKS = ("parsable", "formula_consistent", "multiplicity_consistent", "space_group_consistent",
-          "bond_lengths_reasonable", "valid")
+          "bond_lengths_reasonable", "valid", "crystallm_valid")
 
 
 #: the key a header-only document writes right after the space group, and the last cell key
@@ -158,7 +160,7 @@ def validity_report(texts: Iterable[str]) -> ValidityReport:
         report = check_text(text).as_dict()
         report["errors"] = "; ".join(report["errors"])
         rows.append({"index": i, **report, "text": text})
-    table = pd.DataFrame(rows, columns=["index", *CHECKS[:-1], "bond_length_score", "valid", "errors", "text"])
+    table = pd.DataFrame(rows, columns=["index", *CHECKS[:5], "bond_length_score", *CHECKS[5:], "errors", "text"])
     n = len(table)
     summary = {"n": n}
     for check in CHECKS:

@@ -612,6 +612,19 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
     )
 
 
+def structure_at(obj: StructureLike, index: int) -> Structure:
+    """:func:`to_structure` for item ``index`` of a batch: a Structure passes through unchecked, and
+    an error names the item (``structure #index: ...``) as well as the problem."""
+    from pymatgen.core import Structure
+
+    if isinstance(obj, Structure):
+        return obj
+    try:
+        return to_structure(obj)
+    except CrystextError as exc:
+        raise type(exc)(f"structure #{index}: {exc}") from exc
+
+
 # ----------------------------------------------------------------------------- disorder
 
 

@@ -694,6 +694,10 @@ class TextReport:
     space_group_consistent: bool = False
     bond_length_score: float = 0.0
     bond_lengths_reasonable: bool = False
+    #: CrystaLLM's looser forms of the first two checks: the three formulas agree once reduced, and
+    #: the stated multiplicities add up to ``_chemical_formula_sum`` per element (orbits unchecked)
+    reduced_formulas_agree: bool = False
+    site_counts_add_up: bool = False
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -706,6 +710,19 @@ class TextReport:
             and self.bond_lengths_reasonable
         )
 
+    @property
+    def crystallm_valid(self) -> bool:
+        """Valid as CrystaLLM's ``is_valid`` judges a CIF (the figure its paper reports): reduced
+        formulas agree, site counts add up to the formula, space group and bond lengths as here.
+        It never fails where :attr:`valid` passes."""
+        return (
+            self.parsable
+            and self.reduced_formulas_agree
+            and self.site_counts_add_up
+            and self.space_group_consistent
+            and self.bond_lengths_reasonable
+        )
+
     def as_dict(self) -> dict:
         return {
             "parsable": self.parsable,
@@ -714,7 +731,10 @@ class TextReport:
             "space_group_consistent": self.space_group_consistent,
             "bond_length_score": self.bond_length_score,
             "bond_lengths_reasonable": self.bond_lengths_reasonable,
+            "reduced_formulas_agree": self.reduced_formulas_agree,
+            "site_counts_add_up": self.site_counts_add_up,
             "valid": self.valid,
+            "crystallm_valid": self.crystallm_valid,
             "errors": list(self.errors),
         }
 
@@ -767,6 +787,10 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) ->
       the multiplicities per element add up to ``_chemical_formula_sum``;
     - space group: the rebuilt structure re-analysed at ``symprec`` has the stated number;
     - bond lengths: :func:`bond_length_score` is 1.0 (every bond within ``1 ± bond_tolerance``).
+
+    ``valid`` needs all four. CrystaLLM's own ``is_valid`` is looser on the first two (reduced
+    formulas only; site multiplicities only summed, never checked against their orbits): that
+    verdict is ``crystallm_valid``, the one to set beside CrystaLLM's published rates.
     """
     report = TextReport()
     try:
@@ -783,6 +807,10 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) ->
         struct_comp = _composition(items["_chemical_formula_structural"])
         report.formula_consistent = (
             data_comp.almost_equals(sum_comp)
+            and data_comp.reduced_composition.almost_equals(struct_comp.reduced_composition)
+        )
+        report.reduced_formulas_agree = (
+            data_comp.reduced_composition.almost_equals(sum_comp.reduced_composition)
             and data_comp.reduced_composition.almost_equals(struct_comp.reduced_composition)
         )
         if not report.formula_consistent:
@@ -802,7 +830,8 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) ->
         per_el: dict[str, float] = {}
         for el, m in zip(rebuilt.site_elements, rebuilt.stated_multiplicities):
             per_el[el] = per_el.get(el, 0) + m
-        if not Composition(per_el).almost_equals(sum_comp):
+        report.site_counts_add_up = Composition(per_el).almost_equals(sum_comp)
+        if not report.site_counts_add_up:
             mult_ok = False
             report.errors.append(f"multiplicity: sites sum to {Composition(per_el).formula}, formula_sum {sum_comp.formula}")
     report.multiplicity_consistent = mult_ok

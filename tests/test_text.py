@@ -181,6 +181,26 @@ def test_each_check_fails_on_crafted_bad_text():
     assert not r.parsable and not r.valid and r.errors
 
 
+def test_crystallm_verdict_is_looser_only_where_crystallm_is():
+    good = structure_to_text(rocksalt())
+    assert check_text(good).crystallm_valid
+    # CrystaLLM compares reduced formulas: a data_ line in formula units passes there, not here
+    r = check_text(good.replace("data_Na4Cl4", "data_NaCl"))
+    assert not r.formula_consistent and r.reduced_formulas_agree and r.crystallm_valid and not r.valid
+    # CrystaLLM only sums the stated multiplicities: a site claiming 8 where its orbit has 4, with
+    # the formulas written to match the claim, passes there, not here
+    r = check_text(good.replace("  Na  Na0  4", "  Na  Na0  8").replace("data_Na4Cl4", "data_Na8Cl4")
+                   .replace("'Na4 Cl4'", "'Na8 Cl4'").replace("_structural NaCl", "_structural Na2Cl"))
+    assert r.site_counts_add_up and not r.multiplicity_consistent and r.crystallm_valid and not r.valid
+    # site counts that no longer add up to the formula fail both verdicts
+    r = check_text(good.replace("  Na  Na0  4", "  Na  Na0  8"))
+    assert not r.site_counts_add_up and not r.crystallm_valid
+    # a different composition fails both
+    r = check_text(good.replace("data_Na4Cl4", "data_Na4Cl8"))
+    assert not r.reduced_formulas_agree and not r.crystallm_valid
+    assert r.as_dict()["crystallm_valid"] is False
+
+
 def test_bad_inputs_raise_named_errors(tmp_path):
     with pytest.raises(CIFParseError, match="unparsable|no data_|not a CIF"):
         to_structure("data_broken\n_cell_length_a abc\n_cell_length_b\n")

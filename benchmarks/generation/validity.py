@@ -6,7 +6,9 @@ Usage:
 
 Three prompt sets, each sampled with CrystaLLM's settings (temperature 1.0, top-k 10) and judged
 by :func:`crystext.generation.validity_report` (parsable, formula / multiplicity / space-group
-consistency, CrystaLLM's bond-length rule, and all of them = valid):
+consistency, CrystaLLM's bond-length rule, and all of them = valid; ``crystallm_valid`` is CrystaLLM's
+own looser verdict, the one beside which its published rates stand, see
+:func:`crystext.text.check_text`):
 
 - ``unconditional``: the prompt ``data_`` alone (``--n`` samples);
 - ``<set> test`` for each of ``--sets`` (default ``perov_5 carbon_24``): the ``data_`` line of ``--n``
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).with_name("validity.md")))
     ap.add_argument("--json", default=None, help="also write the summary here (default RUN/generation.json)")
+    ap.add_argument("--samples", default=None,
+                    help="also write every sample (prompt set, text, checks, errors) to this JSON-lines file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[label] = {check: round(report.summary[check]["rate"], 4) for check in CHECKS}
         summary[label]["n"] = len(texts)
         report.table.insert(0, "prompt_set", label)
+        report.table.insert(1, "prompt", prompts)
         tables.append(report.table)
         print(f"[validity] {label}: valid {summary[label]['valid']:.3f} of {len(texts)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         first = first.str.replace(r"\(.*\)", "(...)", regex=True)
         for text, count in first.value_counts().head(8).items():
             lines.append(f"- {count} x {text}")
+    if args.samples:
+        pd.concat(tables).to_json(args.samples, orient="records", lines=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     summary_json = {"temperature": ", ".join(f"{t:g}" for t in args.temperatures), "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, CrystextError, UnknownElementError
+from ..inputs import structure_at
 from .params import ParamsMixin
 from .neighbors import DEFAULT_MIN_DISTANCE, Neighbors, neighbor_list, warn_isolated
 
@@ -274,7 +275,7 @@ class ACE(ParamsMixin):
         else:
             zs: set[int] = set()
             for k, s in enumerate(structures):
-                st = _as_structure(s, k)
+                st = structure_at(s, k)
                 zs.update(site.specie.Z for site in st)
             if not zs:
                 raise ConfigError("ACE.fit needs at least one structure (or pass species=[...])")
@@ -389,7 +390,7 @@ class ACE(ParamsMixin):
         return getattr(torch, self.dtype) if isinstance(self.dtype, str) else self.dtype
 
     def _neighbors(self, structure: Any, index: int) -> tuple[Neighbors, str]:
-        st = _as_structure(structure, index)
+        st = structure_at(structure, index)
         label = f"#{index} {st.composition.reduced_formula}"
         nb = neighbor_list(st, self.cutoff, min_distance=self.min_distance, backend=self.neighbor_backend, name=label)
         return nb, label
@@ -666,15 +667,3 @@ def _same(a: Any, b: Any) -> bool:
     except Exception:  # arrays, DataFrames
         return a is b
 
-
-def _as_structure(obj: Any, index: int):
-    from pymatgen.core import Structure
-
-    if isinstance(obj, Structure):
-        return obj
-    from ..inputs import to_structure
-
-    try:
-        return to_structure(obj)
-    except CrystextError as exc:
-        raise type(exc)(f"structure #{index}: {exc}") from exc

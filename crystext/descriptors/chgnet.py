@@ -78,13 +78,13 @@ class CHGNetFeaturizer(ParamsMixin):
         return np.asarray(self.feature_labels(), dtype=object)
 
     def _graphs(self, structures: list) -> tuple[list, list[int]]:
-        from .graph import _as_structure
+        from ..inputs import structure_at
 
         graphs, good = [], []
         self.skipped_: list[tuple[int, str]] = []
         for k, s in enumerate(structures):
             try:
-                st = _as_structure(s, k)
+                st = structure_at(s, k)
                 graphs.append(self.model_.graph_converter(st))
                 good.append(k)
             except (CrystextError, ValueError, RuntimeError) as exc:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, CrystextError, UnknownElementError
+from ..inputs import structure_at
 from .params import ParamsMixin
 from .neighbors import DEFAULT_MIN_DISTANCE, neighbor_list, warn_isolated
 
@@ -213,7 +214,7 @@ class CrystalGraph(ParamsMixin):
         self.node_dim_ = x.shape[1]
         species = set()
         for k, s in enumerate(structures):
-            st = _as_structure(s, k)
+            st = structure_at(s, k)
             species.update(site.specie.symbol for site in st)
         missing = sorted(sp for sp in species if sp not in self._rows)
         if missing:
@@ -228,7 +229,7 @@ class CrystalGraph(ParamsMixin):
     def graph(self, structure: Any, index: int = 0) -> Graph:
         """The graph of one structure (raises crystext errors on bad input)."""
         self._check_fitted()
-        st = _as_structure(structure, index)
+        st = structure_at(structure, index)
         label = f"#{index} {st.composition.reduced_formula}"
         nb = neighbor_list(st, self.cutoff, min_distance=self.min_distance, backend=self.neighbor_backend, name=label)
         warn_isolated(nb, label, "graph messages", stacklevel=4)
@@ -366,15 +367,3 @@ class GraphEncoder(nn.Module):
             pooled = pooled / counts[:, None]
         return self.head(pooled)
 
-
-def _as_structure(obj: Any, index: int):
-    from pymatgen.core import Structure
-
-    if isinstance(obj, Structure):
-        return obj
-    from ..inputs import to_structure
-
-    try:
-        return to_structure(obj)
-    except CrystextError as exc:
-        raise type(exc)(f"structure #{index}: {exc}") from exc
