@@ -129,6 +129,22 @@ def generate(
     return texts
 
 
+def wilson_interval(count: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a pass rate ``count / n`` (95 % for ``z=1.96``).
+
+    With a few dozen samples a rate is coarse: 0 of 32 is consistent with anything up to about
+    11 %, so a rate is quoted with this interval, which (unlike the normal approximation) stays
+    inside [0, 1] and is not empty at 0 or ``n``."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= count <= n:
+        raise ConfigError(f"wilson_interval: count {count} is not between 0 and n={n}")
+    p, z2 = count / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass
 class ValidityReport:
     """Per-sample checks (``table``, one row per text) and their rates (``summary``)."""
@@ -137,10 +153,12 @@ class ValidityReport:
     summary: dict = field(default_factory=dict)
 
     def to_markdown(self) -> str:
-        rows = ["| check | passed | rate |", "|---|---|---|"]
+        rows = ["| check | passed | rate | 95 % interval |", "|---|---|---|---|"]
         n = self.summary["n"]
         for check in CHECKS:
-            rows.append(f"| {check} | {self.summary[check]['count']}/{n} | {self.summary[check]['rate']:.3f} |")
+            s = self.summary[check]
+            low, high = s["interval"]
+            rows.append(f"| {check} | {s['count']}/{n} | {s['rate']:.3f} | {low:.3f}-{high:.3f} |")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -165,5 +183,6 @@ def validity_report(texts: Iterable[str]) -> ValidityReport:
     summary = {"n": n}
     for check in CHECKS:
         count = int(table[check].sum()) if n else 0
-        summary[check] = {"count": count, "rate": count / n if n else 0.0}
+        summary[check] = {"count": count, "rate": count / n if n else 0.0,
+                          "interval": wilson_interval(count, n)}
     return ValidityReport(table=table, summary=summary)

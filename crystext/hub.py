@@ -251,15 +251,18 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
             learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float)
                            else f"- {key.replace('_', ' ')}: {value}")
     if gen.get("prompt_sets"):  # benchmarks/generation/validity.py
-        sets = gen["prompt_sets"]
+        sets, intervals = gen["prompt_sets"], gen.get("intervals", {})
         checks = [c for c in next(iter(sets.values())) if c != "n"]
         sampler = f"top-k {gen.get('top_k') or 'off'}" + (f", top-p {gen['top_p']:g}" if gen.get("top_p", 1) < 1 else "")
         learned += ["", f"Validity of sampled text (temperature {gen.get('temperature')}, {sampler}, "
                     "full structures; fractions of the samples):", "",
-                    "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks) + " |",
-                    "|---|---|" + "---|" * len(checks)]
+                    "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks)
+                    + (" | valid, 95 % interval" if intervals else "") + " |",
+                    "|---|---|" + "---|" * (len(checks) + bool(intervals))]
         for label, row in sets.items():
-            learned.append(f"| {label} | {row.get('n', '')} | " + " | ".join(f"{row[c]:.3f}" for c in checks) + " |")
+            span = intervals.get(label, {}).get("valid")
+            learned.append(f"| {label} | {row.get('n', '')} | " + " | ".join(f"{row[c]:.3f}" for c in checks)
+                           + (f" | {span[0]:.3f}-{span[1]:.3f}" if span else " | " if intervals else "") + " |")
         if gen.get("command"):
             learned += ["", f"Made by `{gen['command']}`."]
     elif gen:

@@ -64,7 +64,19 @@ def test_validity_report_counts_each_check():
     assert s["valid"]["count"] == 2 and s["valid"]["rate"] == 0.5
     assert report.table["valid"].tolist() == [True, True, False, False]
     assert "formula" in report.table["errors"][2] and "unparsable" in report.table["errors"][3]
-    assert "| valid | 2/4 | 0.500 |" in report.to_markdown()
+    assert "| valid | 2/4 | 0.500 | 0.150-0.850 |" in report.to_markdown()
+
+
+def test_wilson_interval_known_values():
+    from crystext.generation import wilson_interval
+
+    low, high = wilson_interval(0, 32)
+    assert low == 0.0 and high == pytest.approx(0.1072, abs=1e-4)
+    low, high = wilson_interval(16, 32)
+    assert (low, high) == (pytest.approx(0.3363, abs=1e-4), pytest.approx(0.6637, abs=1e-4))
+    assert wilson_interval(32, 32)[1] == 1.0 and wilson_interval(32, 32)[0] == pytest.approx(0.8928, abs=1e-4)
+    with pytest.raises(ConfigError, match="count 5 is not between 0 and n=4"):
+        wilson_interval(5, 4)
 
 
 def test_generate_cli_prints_a_validity_table(run, capsys):

@@ -69,6 +69,22 @@ def test_card_metadata_parses(tiny_run, results_csv):
     assert 'pipeline("crystal-embedding", model="someone/tiny-test")' in card.text
 
 
+def test_card_quotes_generation_rates_with_their_interval(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rates = {"parsable": 0.5, "valid": 0.0, "crystallm_valid": 0.0625, "n": 32}
+    (run / "generation.json").write_text(json.dumps({
+        "temperature": "0.7", "top_k": 0, "top_p": 1.0, "command": "python validity.py",
+        "prompt_sets": {"mp_e_form test, T=0.7": rates},
+        "intervals": {"mp_e_form test, T=0.7": {"valid": [0.0, 0.1072], "crystallm_valid": [0.0173, 0.2015]}}}))
+    card = render_card(run, "someone/tiny-test")
+    assert "| prompts | samples | parsable | valid | crystallm valid | valid, 95 % interval |" in card
+    assert "| mp_e_form test, T=0.7 | 32 | 0.500 | 0.000 | 0.062 | 0.000-0.107 |" in card
+
+
 def test_publish_export_loads_offline_in_fresh_process(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_NEVERWRITETHISTOKEN")
     out = tmp_path / "export"

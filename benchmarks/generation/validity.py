@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = {} if args.no_unconditional else {"unconditional": ["data_"] * args.n}
     for name in args.sets:
         sets[f"{name} test"] = data_lines(name, args.n, args.seed)
-    summary, tables = {}, []
+    summary, intervals, tables = {}, {}, []
     for temperature, (name, prompts) in ((t, item) for t in args.temperatures for item in sets.items()):
         label = f"{name}, T={temperature:g}"
         texts: list[str] = []
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         report = validity_report(texts)
         summary[label] = {check: round(report.summary[check]["rate"], 4) for check in CHECKS}
         summary[label]["n"] = len(texts)
+        intervals[label] = {check: [round(v, 4) for v in report.summary[check]["interval"]]
+                            for check in ("valid", "crystallm_valid")}
         report.table.insert(0, "prompt_set", label)
         report.table.insert(1, "prompt", prompts)
         tables.append(report.table)
@@ -108,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
              f"top-k {args.top_k or 'off'}, " + (f"top-p {args.top_p:g}, " if args.top_p < 1 else "") +
              f"seed {args.seed}; "
              + (f"at most {args.max_new_tokens} new tokens per sample; " if args.max_new_tokens else "") +
-             "samples forced to be full structures. Rates are fractions of the samples.", "",
-             "| prompt set | samples | " + " | ".join(CHECKS) + " |", "|---|---|" + "---|" * len(CHECKS)]
+             "samples forced to be full structures. Rates are fractions of the samples; the intervals are "
+             "Wilson 95 % intervals (crystext.generation.wilson_interval).", "",
+             "| prompt set | samples | " + " | ".join(CHECKS) + " | valid, 95 % interval | crystallm_valid, 95 % interval |",
+             "|---|---|" + "---|" * (len(CHECKS) + 2)]
     for label, s in summary.items():
-        lines.append(f"| {label} | {s['n']} | " + " | ".join(f"{s[c]:.3f}" for c in CHECKS) + " |")
+        spans = " | ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in intervals[label].values())
+        lines.append(f"| {label} | {s['n']} | " + " | ".join(f"{s[c]:.3f}" for c in CHECKS) + f" | {spans} |")
     errors = pd.concat(tables)
     errors = errors[errors.errors.astype(str) != ""]
     if len(errors):
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     summary_json = {"temperature": ", ".join(f"{t:g}" for t in args.temperatures), "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                    "command": cmd, "prompt_sets": summary}
+                    "command": cmd, "prompt_sets": summary,
+                    "intervals": intervals}
     json_path = Path(args.json) if args.json else Path(args.run) / "generation.json"
     json_path.write_text(json.dumps(summary_json, indent=2) + "\n")
     print("\n".join(lines))
