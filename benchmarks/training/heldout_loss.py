@@ -6,6 +6,11 @@ document. The unigram baseline of each run is the add-one smoothed unigram of th
 split under that run's tokenizer (what ``crystext pretrain`` reports as ``unigram_baseline_entropy``).
 Documents longer than any run's context are left out for all of them (and counted).
 
+Every run reads the same documents, so runs compare pairwise: each row also gives the mean
+per-document difference to the last run of ``--runs`` (the candidate) with a seeded bootstrap 95 %
+interval over documents, and the share of documents the candidate reads better. A release is
+replaced only when that interval lies wholly below zero.
+
     python benchmarks/training/heldout_loss.py --corpus corpora/mp-40k --split test \\
         --runs models/crystext-base models/crystext-compact models/crystext-mp \\
         --json benchmarks/training/mp_heldout.json --md benchmarks/training/mp_heldout.md
@@ -65,7 +70,18 @@ def measure(run: str, held_texts: list[str], train_texts: list[str], batch_size:
             "nats_per_document_std": float(doc_loss.std()),
             "unigram_nats_per_token": float(doc_unigram.sum() / doc_tokens.sum()),
             "unigram_nats_per_document": float(doc_unigram.mean()),
-            "seconds": round(seconds, 1), "context": block}
+            "seconds": round(seconds, 1), "context": block, "_doc_loss": doc_loss}
+
+
+def paired_difference(candidate: np.ndarray, other: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean per-document loss difference ``candidate - other`` (nats; negative: the candidate is
+    better), its bootstrap 95 % interval over documents, and the share of documents it reads better."""
+    diff = np.asarray(candidate, dtype=float) - np.asarray(other, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high),
+            "share_better": float((diff < 0).mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     held = [t for t, bad in zip(held, too_long) if not bad]
     train = corpus["train"]["text"]
     rows = [measure(run, held, train, args.batch_size) for run in args.runs]
+    candidate = rows[-1]["_doc_loss"]
+    for r in rows:
+        loss = r.pop("_doc_loss")
+        if r is not rows[-1]:
+            r["candidate_minus_this"] = paired_difference(candidate, loss)
     command = "python benchmarks/training/heldout_loss.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command, "corpus": args.corpus, "split": args.split, "documents": len(held),
               "left_out_too_long": int(too_long.sum()), "cpu": platform.processor() or platform.machine(),
@@ -115,12 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"Held-out loss on `{args.corpus}` {args.split} ({len(held)} documents; "
                  f"{int(too_long.sum())} longer than a run's context left out for all runs)", "",
                  f"`{command}`", "",
-                 "| run | tokens / doc | nats / token | unigram nats / token | nats / document | unigram nats / document |",
-                 "|---|---:|---:|---:|---:|---:|"]
+                 f"The last two columns compare `{rows[-1]['run']}` (the last run) with each run on the same "
+                 "documents: its mean per-document loss minus the run's, with a bootstrap 95 % interval "
+                 "over documents, and the share of documents it reads with less loss.", "",
+                 "| run | tokens / doc | nats / token | unigram nats / token | nats / document | unigram nats / document "
+                 "| last run minus this, nats / document | documents the last run reads better |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
+            d = r.get("candidate_minus_this")
+            paired = (f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] | {d['share_better']:.0%}"
+                      if d else "| ")
             lines.append(f"| {r['run']} | {r['tokens_per_document']:.1f} | {r['nats_per_token']:.3f} | "
                          f"{r['unigram_nats_per_token']:.3f} | {r['nats_per_document']:.1f} | "
-                         f"{r['unigram_nats_per_document']:.1f} |")
+                         f"{r['unigram_nats_per_document']:.1f} | {paired} |")
         Path(args.md).write_text("\n".join(lines) + "\n")
     return 0
 
