@@ -36,8 +36,9 @@ def _unigram_logp(tok, texts: list[str], vocab: int, block: int) -> np.ndarray:
     return np.log((counts + 1.0) / (counts.sum() + vocab))
 
 
-def measure(run: str, held_texts: list[str], train_texts: list[str], batch_size: int) -> dict:
-    """Per-document summed loss of ``run`` on ``held_texts`` and the unigram baseline's."""
+def measure(run: str, held_texts: list[str], train_texts: list[str], batch_size: int) -> tuple[dict, np.ndarray]:
+    """Figures of ``run`` on ``held_texts`` against the unigram baseline, and its summed loss per
+    document (for the paired comparison)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +71,7 @@ def measure(run: str, held_texts: list[str], train_texts: list[str], batch_size:
             "nats_per_document_std": float(doc_loss.std()),
             "unigram_nats_per_token": float(doc_unigram.sum() / doc_tokens.sum()),
             "unigram_nats_per_document": float(doc_unigram.mean()),
-            "seconds": round(seconds, 1), "context": block, "_doc_loss": doc_loss}
+            "seconds": round(seconds, 1), "context": block}, doc_loss
 
 
 def paired_difference(candidate: np.ndarray, other: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -118,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         too_long |= np.array([len(x) > block for x in tok(held, add_special_tokens=True)["input_ids"]])
     held = [t for t, bad in zip(held, too_long) if not bad]
     train = corpus["train"]["text"]
-    rows = [measure(run, held, train, args.batch_size) for run in args.runs]
-    candidate = rows[-1]["_doc_loss"]
-    for r in rows:
-        loss = r.pop("_doc_loss")
-        if r is not rows[-1]:
-            r["candidate_minus_this"] = paired_difference(candidate, loss)
+    rows, losses = zip(*(measure(run, held, train, args.batch_size) for run in args.runs))
+    for row, loss in zip(rows[:-1], losses[:-1]):
+        row["candidate_minus_this"] = paired_difference(losses[-1], loss)
     command = "python benchmarks/training/heldout_loss.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command, "corpus": args.corpus, "split": args.split, "documents": len(held),
               "left_out_too_long": int(too_long.sum()), "cpu": platform.processor() or platform.machine(),
