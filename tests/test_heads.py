@@ -301,8 +301,9 @@ def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp
     model = StackedRegressor(branches=["lm", "ace", "noise"], n_folds=3, seed=0,
                              base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3))
     model.fit(x.subset(train), y[train])
-    singles = [model.val_maes_[b] for b in ("lm", "ace", "noise")]
-    assert model.best_val_mae_ <= min(singles) + 1e-12
+    # never worse than its best branch on the rows it was chosen on (default: out-of-fold + validation)
+    singles = [model.selection_maes_[b] for b in ("lm", "ace", "noise")]
+    assert model.selection_maes_[model.choice_] <= min(singles) + 1e-12
     assert model.choice_ == "stack" and model.weights_[2] < 0.2 * min(model.weights_[:2])  # noise gets ~no weight
     assert model.missing_ == {"lm": 1, "ace": 0, "noise": 0}
     # on test the fusion of two half-informative branches beats either alone
@@ -314,6 +315,12 @@ def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp
     # ablation without refits; a single branch is chosen as itself
     sub = model.restrict(["ace"])
     assert set(sub.val_maes_) == {"ace", "mean", "stack"}
+    # the validation-only rule on the same fit: never worse than the best branch on validation
+    by_val = model.restrict(["lm", "ace", "noise"], select_on="validation")
+    assert by_val.best_val_mae_ <= min(by_val.val_maes_[b] for b in ("lm", "ace", "noise")) + 1e-12
+    assert by_val.selection_maes_ == by_val.val_maes_
+    with pytest.raises(ConfigError, match="select_on must be"):
+        model.restrict(["ace"], select_on="test")
     # save/load gives the same predictions; clone gives an unfitted twin
     folder = model.save_pretrained(tmp_path / "stack")
     np.testing.assert_allclose(StackedRegressor.from_pretrained(folder).predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
@@ -332,5 +339,28 @@ def test_stack_picks_the_single_branch_when_the_others_are_noise():
     x = BranchInputs({"chgnet": good, "composition": rng.normal(size=(n, 3))})
     model = StackedRegressor(branches=["chgnet", "composition"], n_folds=3, seed=1,
                              base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3)).fit(x, y)
-    assert model.best_val_mae_ <= model.val_maes_["chgnet"] + 1e-12
+    assert model.selection_maes_[model.choice_] <= model.selection_maes_["chgnet"] + 1e-12
     assert model.weights_[1] <= 0.1 * max(model.weights_[0], 1e-9) or model.choice_ == "chgnet"
+
+
+def test_cv_selection_scores_the_stack_out_of_fold():
+    """select_on='cv': the stack's selection MAE is cross-fitted (no row scored by a combiner fitted
+    on it), so a pure-noise branch gains the stack nothing over the informative branch alone."""
+    from crystext.heads import StackedRegressor
+
+    rng = np.random.default_rng(11)
+    n = 200
+    good = rng.normal(size=(n, 2))
+    y = good[:, 0] + 0.3 * rng.normal(size=n)
+    x = BranchInputs({"ace": good, "noise": rng.normal(size=(n, 3))})
+    model = StackedRegressor(branches=["ace", "noise"], n_folds=4, seed=2,
+                             base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3)).fit(x, y)
+    n_rows = len(model.oof_targets_) + len(model.val_targets_)
+    assert n_rows == n
+    oof = model.oof_predictions_[:, 0]
+    expected = np.concatenate([np.abs(oof - model.oof_targets_), np.abs(model.val_predictions_[:, 0] - model.val_targets_)])
+    assert model.selection_maes_["ace"] == pytest.approx(expected.mean())
+    assert model.choice_ in ("ace", "stack")
+    assert model.selection_maes_["noise"] > model.selection_maes_["ace"]
+    with pytest.raises(ConfigError, match="select_on must be"):
+        StackedRegressor(branches=["ace"], select_on="test").fit(x, y)

@@ -13,6 +13,9 @@ Methods (``--method``):
   combiner, the mean and every single branch on the inner validation split. One fit per
   (data set, fold, seed) gives every combination: single branches are the per-branch regressors,
   pairs and all are the combiner refitted on the same out-of-fold predictions (``restrict``).
+  ``--select-on cv validation`` writes, from the same fit, rows chosen by both selection rules
+  (``method`` ``stack`` for the default ``cv`` rule, ``stack-validation`` for the 10 % split only);
+  ``--report-method`` says which of them the Markdown table shows.
 - ``gated`` / ``concat``: :class:`crystext.heads.MultiScaleRegressor`, one network per combination.
 
 Branches: ``lm`` (``--run``: a pretrained or fine-tuned crystext run folder, its hidden states
@@ -327,6 +330,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--method", default="stack", choices=["stack", "gated", "concat"])
     ap.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
+    ap.add_argument("--select-on", nargs="+", default=["cv"], choices=["cv", "validation"],
+                    help="stack: selection rules to write rows for (one fit; see StackedRegressor.select_on)")
+    ap.add_argument("--report-method", default=None,
+                    help="method whose rows the Markdown table shows (default --method; e.g. stack-validation)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="inner validation share of the training split")
     ap.add_argument("--run", default=None, help="LM run for the lm branch (a pretrained or a fine-tuned run folder)")
     ap.add_argument("--lm-embeddings", default=None, help="folder with <dataset>[-<train>-<test>]_{train,test}.npy LM vectors")
@@ -407,14 +414,15 @@ def main(argv=None) -> int:
                                              val_fraction=args.val_fraction, seed=seed, device=args.device,
                                              verbose=args.verbose).fit(x_train, y_train)
                     secs = time.perf_counter() - t
-                    for combo in todo:
-                        sub = model.restrict(list(combo))
+                    for combo, rule in itertools.product(todo, args.select_on):
+                        sub = model.restrict(list(combo), select_on=rule)
                         mae = sub.mae(x_test, y_test)
-                        rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method="stack", mae=mae,
-                                         val_mae=sub.best_val_mae_, choice=sub.choice_,
+                        label = "stack" if rule == "cv" else f"stack-{rule}"
+                        rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=label, mae=mae,
+                                         val_mae=sub.best_val_mae_, selection_mae=sub.selection_maes_[sub.choice_], choice=sub.choice_,
                                          weights=json.dumps({b: round(float(w), 4) for b, w in zip(combo, sub.weights_)}) if len(combo) > 1 else "",
                                          missing=json.dumps(sub.missing_), seconds=round(secs, 1)))
-                        print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed}: test MAE {mae:.4f} "
+                        print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed} ({label}): test MAE {mae:.4f} "
                               f"(chose {sub.choice_})", file=sys.stderr, flush=True)
                     flush()
                     continue
@@ -435,7 +443,8 @@ def main(argv=None) -> int:
                     print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed}: test MAE {mae:.4f} ({model.n_epochs_} epochs, "
                           f"{time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     df = pd.DataFrame(rows)
-    df = df[df["method"].fillna("").isin(["", args.method])]  # report one method at a time
+    report = args.report_method or args.method
+    df = df[df["method"].fillna("").isin(["", report])]  # report one method at a time
     if args.md:
         cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         notes = Path(args.notes).read_text() if args.notes else None
