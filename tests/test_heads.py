@@ -304,7 +304,10 @@ def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp
     # never worse than its best branch on the rows it was chosen on (default: out-of-fold + validation)
     singles = [model.selection_maes_[b] for b in ("lm", "ace", "noise")]
     assert model.selection_maes_[model.choice_] <= min(singles) + 1e-12
-    assert model.choice_ == "stack" and model.weights_[2] < 0.2 * min(model.weights_[:2])  # noise gets ~no weight
+    # the two informative branches are combined; the noise branch is left out (subset) or ~weightless
+    assert model.choice_ in ("stack", "stack:lm+ace") and model.weights_[2] < 0.2 * min(model.weights_[:2])
+    assert {"stack:lm+ace", "stack:lm+noise", "stack:ace+noise"} <= set(model.selection_maes_)
+    assert set(model.restrict(["lm", "ace", "noise"], subsets=False).selection_maes_) == {"lm", "ace", "noise", "mean", "stack"}
     assert model.missing_ == {"lm": 1, "ace": 0, "noise": 0}
     # on test the fusion of two half-informative branches beats either alone
     branch = model.branch_maes(x.subset(test), y[test])

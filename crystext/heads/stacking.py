@@ -20,6 +20,7 @@ have (fall back to the other branches); a row with no branch at all predicts NaN
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -77,6 +78,8 @@ class StackedRegressor(ParamsMixin):
         verbose: print progress.
         select_on: rows the final choice is made on: ``"cv"`` (out-of-fold training rows + the
             validation rows) or ``"validation"`` (validation rows only).
+        subsets: also offer the combiner fitted on every subset of two or more branches
+            (``"stack:a+b"``), so a branch that only adds noise to the combination is left out.
 
     After ``fit``: ``models_`` (branch -> fitted regressor), ``weights_`` / ``intercept_`` of the
     chosen combination, ``choice_`` (``"stack"``, ``"mean"`` or a branch name), ``val_maes_``
@@ -87,7 +90,7 @@ class StackedRegressor(ParamsMixin):
 
     def __init__(self, branches: Sequence[str] = ("composition", "graph", "ace", "chgnet"), n_folds: int = 5,
                  combiner: str = "nnls", base_params: dict | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 device: str = "cpu", verbose: bool = False, select_on: str = "cv") -> None:
+                 device: str = "cpu", verbose: bool = False, select_on: str = "cv", subsets: bool = True) -> None:
         self.branches = branches
         self.n_folds = n_folds
         self.combiner = combiner
@@ -97,6 +100,7 @@ class StackedRegressor(ParamsMixin):
         self.device = device
         self.verbose = verbose
         self.select_on = select_on
+        self.subsets = subsets
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
@@ -183,9 +187,20 @@ class StackedRegressor(ParamsMixin):
         fit_combiner = _nnls_intercept if self.combiner == "nnls" else _ridge_intercept
         good = np.all(np.isfinite(oof_i), axis=1)
         w, c = fit_combiner(oof_i[good], y[good])
-        candidates = {"stack": (w, c), "mean": (np.full(len(branches), 1.0 / len(branches)), 0.0)}
+        k_all = len(branches)
+        candidates = {"stack": (w, c), "mean": (np.full(k_all, 1.0 / k_all), 0.0)}
         for j, b in enumerate(branches):
-            candidates[b] = (np.eye(len(branches))[j], 0.0)
+            candidates[b] = (np.eye(k_all)[j], 0.0)
+        # combiners over a subset of the columns: name -> column indices
+        subsets = {"stack": list(range(k_all))}
+        if self.subsets and k_all > 2:
+            for size in range(2, k_all):
+                for cols_s in itertools.combinations(range(k_all), size):
+                    name = "stack:" + "+".join(branches[i] for i in cols_s)
+                    ws, cs = fit_combiner(oof_i[good][:, list(cols_s)], y[good])
+                    full_w = np.zeros(k_all)
+                    full_w[list(cols_s)] = ws
+                    candidates[name], subsets[name] = (full_w, cs), list(cols_s)
         ok_v = np.all(np.isfinite(val_i), axis=1)
         val_err = {name: np.abs(val_i[ok_v] @ wc[0] + wc[1] - y_val[ok_v]) for name, wc in candidates.items()}
         self.val_maes_ = {name: float(e.mean()) for name, e in val_err.items()}
@@ -193,29 +208,31 @@ class StackedRegressor(ParamsMixin):
             # the fixed candidates' out-of-fold errors as they are; the stack's cross-fitted, so no
             # row is scored by a combiner fitted on it
             folds = self.oof_folds_
-            oof_err = {name: np.abs(oof_i[good] @ wc[0] + wc[1] - y[good]) for name, wc in candidates.items() if name != "stack"}
-            cross = np.full(len(y), np.nan)
-            for k in np.unique(folds):
-                fit_rows, held = good & (folds != k), good & (folds == k)
-                if held.any() and fit_rows.sum() > len(branches):
-                    wk, ck = fit_combiner(oof_i[fit_rows], y[fit_rows])
-                    cross[held] = oof_i[held] @ wk + ck
-            oof_err["stack"] = np.abs(cross[good] - y[good])
+            oof_err = {name: np.abs(oof_i[good] @ wc[0] + wc[1] - y[good]) for name, wc in candidates.items() if name not in subsets}
+            for name, cols_s in subsets.items():
+                cross = np.full(len(y), np.nan)
+                for k in np.unique(folds):
+                    fit_rows, held = good & (folds != k), good & (folds == k)
+                    if held.any() and fit_rows.sum() > len(cols_s):
+                        wk, ck = fit_combiner(oof_i[fit_rows][:, cols_s], y[fit_rows])
+                        cross[held] = oof_i[held][:, cols_s] @ wk + ck
+                oof_err[name] = np.abs(cross[good] - y[good])
             self.selection_maes_ = {name: float(np.nanmean(np.concatenate([oof_err[name], val_err[name]])))
                                     for name in candidates}
         else:
             self.selection_maes_ = dict(self.val_maes_)
-        # ties go to the simpler model: single branches first, then the mean, then the stack
-        order = branches + ["mean", "stack"]
+        # ties go to the simpler model: single branches first, then the mean, then smaller stacks
+        order = branches + ["mean"] + sorted((n for n in subsets if n != "stack"), key=lambda n: len(subsets[n])) + ["stack"]
         self.choice_ = min(order, key=lambda n: (self.selection_maes_[n], order.index(n)))
         self.weights_, self.intercept_ = candidates[self.choice_][0].astype(np.float64), float(candidates[self.choice_][1])
         self.stack_weights_, self.stack_intercept_ = w, c
         self.best_val_mae_ = self.val_maes_[self.choice_]
 
-    def restrict(self, branches: Sequence[str], select_on: str | None = None) -> "StackedRegressor":
+    def restrict(self, branches: Sequence[str], select_on: str | None = None,
+                 subsets: bool | None = None) -> "StackedRegressor":
         """The same fitted branch regressors, fused over ``branches`` only (combiner and choice
         refitted on the stored out-of-fold / validation predictions): an ablation without refits.
-        ``select_on`` overrides the selection rule (both rules compared on one fit)."""
+        ``select_on`` and ``subsets`` override those settings (rules compared on one fit)."""
         self._check_fitted()
         if not hasattr(self, "oof_predictions_"):
             raise ConfigError("restrict() needs a model fitted in this session (out-of-fold predictions are not saved)")
@@ -227,6 +244,8 @@ class StackedRegressor(ParamsMixin):
             if select_on not in ("cv", "validation"):
                 raise ConfigError(f"select_on must be 'cv' or 'validation', got {select_on!r}")
             params["select_on"] = select_on
+        if subsets is not None:
+            params["subsets"] = bool(subsets)
         sub = StackedRegressor(**params)
         sub.models_ = {b: self.models_[b] for b in branches}
         sub.missing_ = {b: self.missing_[b] for b in branches}
