@@ -308,6 +308,20 @@ def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp
     assert model.choice_ in ("stack", "stack:lm+ace") and model.weights_[2] < 0.2 * min(model.weights_[:2])
     assert {"stack:lm+ace", "stack:lm+noise", "stack:ace+noise"} <= set(model.selection_maes_)
     assert set(model.restrict(["lm", "ace", "noise"], subsets=False).selection_maes_) == {"lm", "ace", "noise", "mean", "stack"}
+    # subset_means: the plain mean of every subset is a candidate too, scored on the out-of-fold +
+    # validation rows like the others
+    assert not any(n.startswith("mean:") for n in model.selection_maes_)
+    means = model.restrict(["lm", "ace", "noise"], subset_means=True)
+    assert {"mean:lm+ace", "mean:lm+noise", "mean:ace+noise"} <= set(means.selection_maes_)
+
+    def pair_mean_errors(p, t):  # a missing branch prediction stands in as the row's mean of the others
+        p = np.where(np.isfinite(p), p, np.nanmean(p, axis=1, keepdims=True))
+        return np.abs((p[:, 0] + p[:, 1]) / 2 - t)
+
+    expected = np.concatenate([pair_mean_errors(model.oof_predictions_, model.oof_targets_),
+                               pair_mean_errors(model.val_predictions_, model.val_targets_)])
+    assert means.selection_maes_["mean:lm+ace"] == pytest.approx(expected.mean())
+    assert means.selection_maes_[means.choice_] <= min(means.selection_maes_.values()) + 1e-12
     assert model.missing_ == {"lm": 1, "ace": 0, "noise": 0}
     # on test the fusion of two half-informative branches beats either alone
     branch = model.branch_maes(x.subset(test), y[test])

@@ -13,11 +13,13 @@ Methods (``--method``):
   combiner, the mean and every single branch on the inner validation split. One fit per
   (data set, fold, seed) gives every combination: single branches are the per-branch regressors,
   pairs and all are the combiner refitted on the same out-of-fold predictions (``restrict``).
-  ``--select-on cv cv-full validation`` writes, from the same fit, rows chosen by each selection
-  rule: ``stack`` (the default: every branch subset's combiner, the mean and each branch, chosen on
-  out-of-fold + validation rows), ``stack-cv-full`` (the same rows, the combiner of all branches
-  only) and ``stack-validation`` (all branches only, chosen on the 10 % validation split alone, the
-  rule before 3 Dec 2026); ``--report-method`` says which of them the Markdown table shows.
+  ``--select-on cv cv-means cv-full validation`` writes, from the same fit, rows chosen by each
+  selection rule: ``stack`` (the default: every branch subset's combiner, the mean and each branch,
+  chosen on out-of-fold + validation rows), ``stack-cv-means`` (the same plus the plain mean of
+  every branch subset, ``StackedRegressor(subset_means=True)``), ``stack-cv-full`` (the same rows,
+  the combiner of all branches only) and ``stack-validation`` (all branches only, chosen on the 10 %
+  validation split alone, the rule before 3 Dec 2026); ``--report-method`` says which the Markdown
+  table shows.
 - ``gated`` / ``concat``: :class:`crystext.heads.MultiScaleRegressor`, one network per combination.
 
 Branches: ``lm`` (``--run``: a pretrained or fine-tuned crystext run folder, its hidden states
@@ -328,12 +330,12 @@ def rules_table(df: pd.DataFrame) -> str:
     """Where rows of several stacking selection rules (``stack``, ``stack-cv-full``,
     ``stack-validation``) come from the same fits: per data set, the all-branch model under each
     rule against the best single branch (mean ± std over seeds of the per-seed mean over folds)."""
-    methods = [m for m in ("stack", "stack-cv-full", "stack-validation") if m in set(df.get("method", pd.Series(dtype=str)).fillna(""))]
+    methods = [m for m in ("stack", "stack-cv-means", "stack-cv-full", "stack-validation") if m in set(df.get("method", pd.Series(dtype=str)).fillna(""))]
     if len(methods) < 2:
         return ""
     lines = ["## Selection rules compared on the same fits", "",
              "`stack`: every branch subset's combiner, the mean and each branch, chosen on out-of-fold + "
-             "validation rows; `stack-cv-full`: the same rows, the all-branch combiner only; `stack-validation`: "
+             "validation rows; `stack-cv-means`: the same plus every branch subset's plain mean; `stack-cv-full`: the same rows, the all-branch combiner only; `stack-validation`: "
              "the all-branch combiner, chosen on the 10 % validation split alone (the rule before 3 Dec 2026). "
              "Single branches are the same regressors under every rule; `best single` is the one with the lowest "
              "mean test MAE under `stack`.", "",
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--method", default="stack", choices=["stack", "gated", "concat"])
     ap.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
-    ap.add_argument("--select-on", nargs="+", default=["cv"], choices=["cv", "cv-full", "validation"],
+    ap.add_argument("--select-on", nargs="+", default=["cv"], choices=["cv", "cv-means", "cv-full", "validation"],
                     help="stack: selection rules to write rows for (one fit; see StackedRegressor.select_on)")
     ap.add_argument("--report-method", default=None,
                     help="method whose rows the Markdown table shows (default --method; e.g. stack-validation)")
@@ -446,7 +448,8 @@ def main(argv=None) -> int:
                                              verbose=args.verbose).fit(x_train, y_train)
                     secs = time.perf_counter() - t
                     for combo, rule in itertools.product(todo, args.select_on):
-                        sub = model.restrict(list(combo), select_on=rule.split("-")[0], subsets=rule == "cv")
+                        sub = model.restrict(list(combo), select_on=rule.split("-")[0], subsets=rule in ("cv", "cv-means"),
+                                             subset_means=rule == "cv-means")
                         mae = sub.mae(x_test, y_test)
                         label = "stack" if rule == "cv" else f"stack-{rule}"
                         rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=label, mae=mae,

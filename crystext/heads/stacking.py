@@ -80,9 +80,14 @@ class StackedRegressor(ParamsMixin):
             validation rows) or ``"validation"`` (validation rows only).
         subsets: also offer the combiner fitted on every subset of two or more branches
             (``"stack:a+b"``), so a branch that only adds noise to the combination is left out.
+        subset_means: (with ``subsets``) also offer the equal-weight mean of every such subset
+            (``"mean:a+b"``). A mean has no fitted weights, so it cannot carry over the gap between
+            the out-of-fold models the combiner is fitted on and the refitted models that predict.
+            Off by default until the ablation (``--select-on cv cv-means``) has measured it.
 
     After ``fit``: ``models_`` (branch -> fitted regressor), ``weights_`` / ``intercept_`` of the
-    chosen combination, ``choice_`` (``"stack"``, ``"mean"`` or a branch name), ``val_maes_``
+    chosen combination, ``choice_`` (``"stack"``, ``"mean"``, ``"stack:a+b"``, ``"mean:a+b"`` or a
+    branch name), ``val_maes_``
     (validation MAE of every candidate), ``selection_maes_`` (the MAE each candidate was chosen
     by, on the rows ``select_on`` names), ``missing_`` (rows per branch that could not be
     featurised, training + validation).
@@ -90,7 +95,8 @@ class StackedRegressor(ParamsMixin):
 
     def __init__(self, branches: Sequence[str] = ("composition", "graph", "ace", "chgnet"), n_folds: int = 5,
                  combiner: str = "nnls", base_params: dict | None = None, val_fraction: float = 0.1, seed: int = 0,
-                 device: str = "cpu", verbose: bool = False, select_on: str = "cv", subsets: bool = True) -> None:
+                 device: str = "cpu", verbose: bool = False, select_on: str = "cv", subsets: bool = True,
+                 subset_means: bool = False) -> None:
         self.branches = branches
         self.n_folds = n_folds
         self.combiner = combiner
@@ -101,6 +107,7 @@ class StackedRegressor(ParamsMixin):
         self.verbose = verbose
         self.select_on = select_on
         self.subsets = subsets
+        self.subset_means = subset_means
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
@@ -201,6 +208,10 @@ class StackedRegressor(ParamsMixin):
                     full_w = np.zeros(k_all)
                     full_w[list(cols_s)] = ws
                     candidates[name], subsets[name] = (full_w, cs), list(cols_s)
+                    if self.subset_means:
+                        mean_w = np.zeros(k_all)
+                        mean_w[list(cols_s)] = 1.0 / size
+                        candidates["mean:" + name[len("stack:"):]] = (mean_w, 0.0)
         ok_v = np.all(np.isfinite(val_i), axis=1)
         val_err = {name: np.abs(val_i[ok_v] @ wc[0] + wc[1] - y_val[ok_v]) for name, wc in candidates.items()}
         self.val_maes_ = {name: float(e.mean()) for name, e in val_err.items()}
@@ -222,17 +233,20 @@ class StackedRegressor(ParamsMixin):
         else:
             self.selection_maes_ = dict(self.val_maes_)
         # ties go to the simpler model: single branches first, then the mean, then smaller stacks
-        order = branches + ["mean"] + sorted((n for n in subsets if n != "stack"), key=lambda n: len(subsets[n])) + ["stack"]
+        means = sorted((n for n in candidates if n.startswith("mean:")), key=lambda n: n.count("+"))
+        order = (branches + means + ["mean"] + sorted((n for n in subsets if n != "stack"), key=lambda n: len(subsets[n]))
+                 + ["stack"])
         self.choice_ = min(order, key=lambda n: (self.selection_maes_[n], order.index(n)))
         self.weights_, self.intercept_ = candidates[self.choice_][0].astype(np.float64), float(candidates[self.choice_][1])
         self.stack_weights_, self.stack_intercept_ = w, c
         self.best_val_mae_ = self.val_maes_[self.choice_]
 
     def restrict(self, branches: Sequence[str], select_on: str | None = None,
-                 subsets: bool | None = None) -> "StackedRegressor":
+                 subsets: bool | None = None, subset_means: bool | None = None) -> "StackedRegressor":
         """The same fitted branch regressors, fused over ``branches`` only (combiner and choice
         refitted on the stored out-of-fold / validation predictions): an ablation without refits.
-        ``select_on`` and ``subsets`` override those settings (rules compared on one fit)."""
+        ``select_on``, ``subsets`` and ``subset_means`` override those settings (rules compared on
+        one fit)."""
         self._check_fitted()
         if not hasattr(self, "oof_predictions_"):
             raise ConfigError("restrict() needs a model fitted in this session (out-of-fold predictions are not saved)")
@@ -246,6 +260,8 @@ class StackedRegressor(ParamsMixin):
             params["select_on"] = select_on
         if subsets is not None:
             params["subsets"] = bool(subsets)
+        if subset_means is not None:
+            params["subset_means"] = bool(subset_means)
         sub = StackedRegressor(**params)
         sub.models_ = {b: self.models_[b] for b in branches}
         sub.missing_ = {b: self.missing_[b] for b in branches}
