@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from .errors import ConfigError, CrystextError
+from .lineage import lineage_entry
 from .resources import resource_dir
 
 #: the card template (package data; ``model_cards/template.md`` in the repository)
@@ -155,6 +156,24 @@ def _train_time(train_cfg: dict) -> tuple[float | None, str]:
     return float(last), "training wall time"
 
 
+def _lineage_table(run: Path, train_cfg: dict) -> list[str]:
+    """Markdown lines: every run of the chain this one was trained in (earliest first, this run
+    last) with its corpus, steps, tokens and wall time, and the tokens of the whole chain."""
+    rows = list(train_cfg["lineage"]) + [lineage_entry(run, train_cfg)]
+    fmt = lambda v, f="{:,}": "" if v is None else f.format(v)  # noqa: E731
+    lines = ["Training history (each run trained from the one above it; earliest first):", "",
+             "| run | corpus | training documents | steps | tokens | epochs | wall time | precision |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for i, r in enumerate(rows):
+        secs = r.get("train_time_s")
+        lines.append(f"| {r.get('run')}{' (this run)' if i == len(rows) - 1 else ''} | {r.get('corpus') or ''} | {fmt(r.get('train_documents'))} | "
+                     f"{fmt(r.get('steps'))} | {fmt(r.get('tokens'))} | {fmt(r.get('epochs'), '{}')} | "
+                     f"{'' if secs is None else f'{secs / 60:.0f} min'} | {r.get('precision') or ''} |")
+    total = sum(int(r.get("tokens") or 0) for r in rows)
+    lines += ["", f"Tokens over the runs listed: {total:,}."]
+    return lines
+
+
 def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
                 template: str | Path | None = None, license: str = "mit") -> str:
     """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
@@ -238,6 +257,8 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
             train_lines.append(f"- {key.replace('_', ' ')}: {hyper[key]}")
     if train_cfg.get("versions"):
         train_lines.append("- software: " + ", ".join(f"{k} {v}" for k, v in train_cfg["versions"].items()))
+    if train_cfg.get("lineage"):
+        train_lines += ["", *_lineage_table(run, train_cfg)]
     if (run / "loss.png").is_file():
         train_lines.append("\n![loss curve](loss.png)")
     training = "\n".join(train_lines) or "Not recorded in the run folder."

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, CrystextError, DataNotFoundError
+from .lineage import lineage_of_init
 from .modeling import build_model, load_preset
 
 LOG_FIELDS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_s"]
@@ -805,6 +806,7 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "versions": _versions(),
         "hardware": _hardware(acc),
     }
+    info["lineage"] = lineage_of_init(s.init)
     (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
     summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
     if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes

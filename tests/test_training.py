@@ -282,6 +282,16 @@ def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leak
     pd.DataFrame([("CsCl", 221), ("KBr", 225)], columns=["composition", "spg_num"]).to_csv(table, index=False)
     more = build_corpus([str(table)], out=tmp_path / "more", split=(0.5, 0.25, 0.25), progress=False)
     tuned = pretrain(None, more, tmp_path / "runs" / "tuned", init=base, max_steps=1, progress=False)
+    # the training history: a chain of runs keeps every run it came from, earliest first
+    assert json.loads((base / "training_config.json").read_text())["lineage"] == []
+    again = pretrain(None, more, tmp_path / "runs" / "again", init=tuned, max_steps=1, progress=False)
+    history = json.loads((again / "training_config.json").read_text())["lineage"]
+    assert [r["run"] for r in history] == ["base", "tuned"] and history[1]["init"] == "base"
+    assert history[0]["corpus"] == corpus.name and history[0]["steps"] == 1 and history[0]["tokens"] > 0
+    from crystext.hub import render_card
+
+    card = render_card(again, "someone/again")
+    assert "Training history" in card and card.index("| base |") < card.index("| tuned |") < card.index("| again (this run) |")
     both = corpus_identity(tuned)
     assert {"CsCl", "KBr", "Fe2O3"} <= both.formulas and {text_hash(t) for t in texts} <= both.structures
     assert "includes init run base" in both.status
