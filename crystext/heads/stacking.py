@@ -232,7 +232,7 @@ class StackedRegressor(ParamsMixin):
                                     for name in candidates}
         else:
             self.selection_maes_ = dict(self.val_maes_)
-        # ties go to the simpler model: single branches first, then the mean, then smaller stacks
+        # ties go to the simpler model: single branches, subset means, the mean, then smaller stacks
         means = sorted((n for n in candidates if n.startswith("mean:")), key=lambda n: n.count("+"))
         order = (branches + means + ["mean"] + sorted((n for n in subsets if n != "stack"), key=lambda n: len(subsets[n]))
                  + ["stack"])
