@@ -781,6 +781,7 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "model": dict(s.preset["model"]) if s.init is None else {"init": s.init.name},
         "training": cfg,
         "init": None if s.init is None else s.init.name,
+        "lineage": lineage_of_init(s.init),
         "corpus": {"path": portable_path(s.corpus_info.get("path"), out), "name": s.corpus_info.get("name"),
                    "splits": split_counts, "truncated_train_documents": int((s.train_len > s.block).sum()),
                    "block_size": s.block},
@@ -806,7 +807,6 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "versions": _versions(),
         "hardware": _hardware(acc),
     }
-    info["lineage"] = lineage_of_init(s.init)
     (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
     summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
     if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes

@@ -327,8 +327,8 @@ def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
 
 
 def rules_table(df: pd.DataFrame) -> str:
-    """Where rows of several stacking selection rules (``stack``, ``stack-cv-full``,
-    ``stack-validation``) come from the same fits: per data set, the all-branch model under each
+    """Where rows of several stacking selection rules (``stack``, ``stack-cv-means``,
+    ``stack-cv-full``, ``stack-validation``) come from the same fits: per data set, the all-branch model under each
     rule against the best single branch (mean ± std over seeds of the per-seed mean over folds)."""
     methods = [m for m in ("stack", "stack-cv-means", "stack-cv-full", "stack-validation") if m in set(df.get("method", pd.Series(dtype=str)).fillna(""))]
     if len(methods) < 2:
