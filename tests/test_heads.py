@@ -381,3 +381,33 @@ def test_cv_selection_scores_the_stack_out_of_fold():
     assert model.selection_maes_["noise"] > model.selection_maes_["ace"]
     with pytest.raises(ConfigError, match="select_on must be"):
         StackedRegressor(branches=["ace"], select_on="test").fit(x, y)
+
+
+def test_fold_bagged_prediction_is_the_mean_of_the_fold_models(stack_data, tmp_path):
+    """predict_with='folds': each branch predicts the mean of its fold regressors (the models the
+    combiner was fitted on), for validation and test rows alike, and survives save/load."""
+    from crystext.heads import StackedRegressor
+
+    x, y = stack_data
+    train, test = np.arange(120), np.arange(120, 160)
+    model = StackedRegressor(branches=["lm", "ace"], n_folds=3, seed=3, predict_with="folds",
+                             base_params=dict(width=16, hidden=16, max_epochs=30, patience=8, lr=3e-3))
+    model.fit(x.subset(train), y[train])
+    assert [len(model.fold_models_[b]) for b in ("lm", "ace")] == [3, 3]
+    xt = x.subset(test)
+    expected = np.mean([m.predict(xt.select(["ace"])) for m in model.fold_models_["ace"]], axis=0)
+    np.testing.assert_allclose(model.branch_predictions(xt)["ace"], expected, rtol=1e-6)
+    assert not np.allclose(expected, model.models_["ace"].predict(xt.select(["ace"])))
+    # the choice was made on the fold-mean validation predictions
+    refit = model.restrict(["lm", "ace"], predict_with="refit")
+    assert not np.allclose(refit.val_predictions_, model.val_predictions_)
+    assert model.restrict(["lm", "ace"]).val_predictions_ is model.val_predictions_
+    np.testing.assert_allclose(refit.branch_predictions(xt)["ace"], model.models_["ace"].predict(xt.select(["ace"])))
+    folder = model.save_pretrained(tmp_path / "folds")
+    assert (folder / "branch_ace_fold2").is_dir()
+    loaded = StackedRegressor.from_pretrained(folder)
+    np.testing.assert_allclose(loaded.predict(xt), model.predict(xt), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="predict_with must be"):
+        model.restrict(["ace"], predict_with="best")
+    with pytest.raises(ConfigError, match="predict_with must be"):
+        StackedRegressor(branches=["ace"], predict_with="best").fit(x, y)

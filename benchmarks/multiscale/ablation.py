@@ -326,32 +326,46 @@ def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
+RULES = ("stack", "stack-cv-means", "stack-cv-full", "stack-validation")
+
+
 def rules_table(df: pd.DataFrame) -> str:
     """Where rows of several stacking selection rules (``stack``, ``stack-cv-means``,
-    ``stack-cv-full``, ``stack-validation``) come from the same fits: per data set, the all-branch model under each
-    rule against the best single branch (mean ± std over seeds of the per-seed mean over folds)."""
-    methods = [m for m in ("stack", "stack-cv-means", "stack-cv-full", "stack-validation") if m in set(df.get("method", pd.Series(dtype=str)).fillna(""))]
-    if len(methods) < 2:
+    ``stack-cv-full``, ``stack-validation``) and predictors (refit, ``-folds``) come from the same
+    fits: per data set and predictor, the all-branch model under each rule against the best single
+    branch (mean ± std over seeds of the per-seed mean over folds)."""
+    present = set(df.get("method", pd.Series(dtype=str)).fillna(""))
+    rules = [r for r in RULES if r in present or f"{r}-folds" in present]
+    predictors = [p for p in ("", "-folds") if any(f"{r}{p}" in present for r in rules)]
+    if len(rules) * len(predictors) < 2:
         return ""
-    lines = ["## Selection rules compared on the same fits", "",
+    lines = ["## Selection rules and predictors compared on the same fits", "",
              "`stack`: every branch subset's combiner, the mean and each branch, chosen on out-of-fold + "
-             "validation rows; `stack-cv-means`: the same plus every branch subset's plain mean; `stack-cv-full`: the same rows, the all-branch combiner only; `stack-validation`: "
-             "the all-branch combiner, chosen on the 10 % validation split alone (the rule before 3 Dec 2026). "
-             "Single branches are the same regressors under every rule; `best single` is the one with the lowest "
-             "mean test MAE under `stack`.", "",
-             "| data set | best single | " + " | ".join(f"all, {m}" for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+             "validation rows; `stack-cv-means`: the same plus every branch subset's plain mean; `stack-cv-full`: "
+             "the same rows, the all-branch combiner only; `stack-validation`: the all-branch combiner, chosen on "
+             "the 10 % validation split alone (the rule before 3 Dec 2026). Predictor `refit`: each branch's "
+             "regressor refitted on all training rows; `folds`: the mean of its fold regressors (the models the "
+             "combiner was fitted on). Single branches are the same regressors under every rule; `best single` "
+             "is the branch with the lowest mean test MAE under `stack` with that predictor.", "",
+             "| data set | predictor | best single | " + " | ".join(f"all, {r}" for r in rules) + " |",
+             "|---|---|---|" + "---|" * len(rules)]
     for name in dict.fromkeys(df.dataset):
-        per = {m: seed_table(df[(df.dataset == name) & (df.method == m)]) for m in methods}
-        main_rows = per["stack"] if "stack" in per else next(iter(per.values()))
-        stats = main_rows.groupby("branches")["mae"].agg(["mean", "std"])
-        if stats.empty:
-            continue
-        singles = stats[[("," not in b) for b in stats.index]]
-        full = max(stats.index, key=lambda b: b.count(","))
-        best = singles["mean"].idxmin()
-        cell = lambda m, b: (lambda r: f"{r['mae'].mean():.4f} ± {r['mae'].std():.4f}")(per[m][per[m].branches == b])
-        lines.append(f"| {name} | {best} {cell(methods[0], best)} | " + " | ".join(cell(m, full) for m in methods) + " |")
+        for pred in predictors:
+            per = {r: seed_table(df[(df.dataset == name) & (df.method == f"{r}{pred}")]) for r in rules}
+            main_rows = per.get("stack", next(iter(per.values())))
+            stats = main_rows.groupby("branches")["mae"].agg(["mean", "std"])
+            if stats.empty:
+                continue
+            singles = stats[[("," not in b) for b in stats.index]]
+            full = max(stats.index, key=lambda b: b.count(","))
+            best = singles["mean"].idxmin()
+
+            def cell(r, b):
+                rows = per[r][per[r].branches == b]
+                return f"{rows['mae'].mean():.4f} ± {rows['mae'].std():.4f}" if len(rows) else "–"
+
+            lines.append(f"| {name} | {pred.lstrip('-') or 'refit'} | {best} {cell(rules[0], best)} | "
+                         + " | ".join(cell(r, full) for r in rules) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -365,6 +379,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
     ap.add_argument("--select-on", nargs="+", default=["cv"], choices=["cv", "cv-means", "cv-full", "validation"],
                     help="stack: selection rules to write rows for (one fit; see StackedRegressor.select_on)")
+    ap.add_argument("--predict-with", nargs="+", default=["refit"], choices=["refit", "folds"],
+                    help="stack: rows for each predictor from the same fit (refit branch models, or the mean of "
+                         "the fold models: labels gain '-folds')")
     ap.add_argument("--report-method", default=None,
                     help="method whose rows the Markdown table shows (default --method; e.g. stack-validation)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="inner validation share of the training split")
@@ -394,6 +411,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/multiscale/ablation.csv")
     ap.add_argument("--md", default=None, help="also write the Markdown table here")
     ap.add_argument("--notes", default=None, help="Markdown file inserted under the title of --md")
+    ap.add_argument("--featurise-only", action="store_true", help="fill the --cache and stop (no fits, no rows)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
 
@@ -432,6 +450,8 @@ def main(argv=None) -> int:
             if all((name, fold, ",".join(c), s) in have for c in wanted for s in args.seeds) and (name, fold, "dummy", 0) in have:
                 continue
             x_train, y_train, x_test, y_test = featurise(args, name, branches, train_split, test_split)
+            if args.featurise_only:
+                continue
             if (name, fold, "dummy", 0) not in have:
                 rows.append(dict(dataset=name, fold=fold, branches="dummy", seed=0, method="",
                                  mae=float(np.mean(np.abs(y_test - y_train.mean())))))
@@ -447,11 +467,11 @@ def main(argv=None) -> int:
                                              val_fraction=args.val_fraction, seed=seed, device=args.device,
                                              verbose=args.verbose).fit(x_train, y_train)
                     secs = time.perf_counter() - t
-                    for combo, rule in itertools.product(todo, args.select_on):
+                    for combo, rule, predictor in itertools.product(todo, args.select_on, args.predict_with):
                         sub = model.restrict(list(combo), select_on=rule.split("-")[0], subsets=rule in ("cv", "cv-means"),
-                                             subset_means=rule == "cv-means")
+                                             subset_means=rule == "cv-means", predict_with=predictor)
                         mae = sub.mae(x_test, y_test)
-                        label = "stack" if rule == "cv" else f"stack-{rule}"
+                        label = ("stack" if rule == "cv" else f"stack-{rule}") + ("-folds" if predictor == "folds" else "")
                         rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=label, mae=mae,
                                          val_mae=sub.best_val_mae_, selection_mae=sub.selection_maes_[sub.choice_], choice=sub.choice_,
                                          weights=json.dumps({b: round(float(w), 4) for b, w in zip(combo, sub.weights_)}) if len(combo) > 1 else "",

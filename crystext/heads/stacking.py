@@ -11,6 +11,10 @@
    chooses on every training row (its out-of-fold prediction; the combiner cross-fitted, one fold
    held out at a time) plus the validation rows; ``select_on="validation"`` on the validation rows
    alone, which on small sets (a 10 % split of 850 rows is 85) flips between candidates on noise.
+5. Prediction (``predict_with``): ``"refit"`` (default) predicts with each branch's regressor
+   refitted on every training row; ``"folds"`` with the mean of its ``n_folds`` fold regressors
+   (cross-validation bagging), the very models whose out-of-fold predictions the combiner and the
+   choice were fitted on.
 
 Missing branches (structures a branch cannot featurise: isolated atoms, unknown elements, CHGNet
 failures; NaN rows / ``None`` graphs) are counted per branch in ``missing_`` and handled by one
@@ -84,8 +88,13 @@ class StackedRegressor(ParamsMixin):
             (``"mean:a+b"``). A mean has no fitted weights, so it cannot carry over the gap between
             the out-of-fold models the combiner is fitted on and the refitted models that predict.
             Off by default until the ablation (``--select-on cv cv-means``) has measured it.
+        predict_with: ``"refit"`` (each branch's regressor refitted on all training rows predicts)
+            or ``"folds"`` (the mean of its fold regressors predicts: validation, test and saved
+            model alike). Both are fitted either way, so ``restrict(predict_with=)`` compares them
+            on one fit; a saved ``"folds"`` head also holds the fold regressors.
 
-    After ``fit``: ``models_`` (branch -> fitted regressor), ``weights_`` / ``intercept_`` of the
+    After ``fit``: ``models_`` (branch -> refitted regressor), ``fold_models_`` (branch -> its
+    ``n_folds`` fold regressors), ``weights_`` / ``intercept_`` of the
     chosen combination, ``choice_`` (``"stack"``, ``"mean"``, ``"stack:a+b"``, ``"mean:a+b"`` or a
     branch name), ``val_maes_``
     (validation MAE of every candidate), ``selection_maes_`` (the MAE each candidate was chosen
@@ -96,7 +105,7 @@ class StackedRegressor(ParamsMixin):
     def __init__(self, branches: Sequence[str] = ("composition", "graph", "ace", "chgnet"), n_folds: int = 5,
                  combiner: str = "nnls", base_params: dict | None = None, val_fraction: float = 0.1, seed: int = 0,
                  device: str = "cpu", verbose: bool = False, select_on: str = "cv", subsets: bool = True,
-                 subset_means: bool = False) -> None:
+                 subset_means: bool = False, predict_with: str = "refit") -> None:
         self.branches = branches
         self.n_folds = n_folds
         self.combiner = combiner
@@ -108,6 +117,7 @@ class StackedRegressor(ParamsMixin):
         self.select_on = select_on
         self.subsets = subsets
         self.subset_means = subset_means
+        self.predict_with = predict_with
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
@@ -132,6 +142,18 @@ class StackedRegressor(ParamsMixin):
             return np.array([g is not None for g in inputs.graphs], dtype=bool)
         return np.all(np.isfinite(inputs.features[branch]), axis=1)
 
+    @staticmethod
+    def _check_predict_with(value: str) -> str:
+        if value not in ("refit", "folds"):
+            raise ConfigError(f"predict_with must be 'refit' or 'folds', got {value!r}")
+        return value
+
+    def _branch_predict(self, branch: str, inputs: BranchInputs) -> np.ndarray:
+        """One branch's prediction under ``predict_with`` (inputs already selected)."""
+        if self.predict_with == "folds":
+            return np.mean([m.predict(inputs) for m in self.fold_models_[branch]], axis=0)
+        return self.models_[branch].predict(inputs)
+
     def _log(self, msg: str) -> None:
         if self.verbose:
             print(f"[stack] {msg}", file=sys.stderr, flush=True)
@@ -146,6 +168,7 @@ class StackedRegressor(ParamsMixin):
             raise ConfigError(f"n_folds must be >= 2, got {self.n_folds}")
         if self.select_on not in ("cv", "validation"):
             raise ConfigError(f"select_on must be 'cv' or 'validation', got {self.select_on!r}")
+        self._check_predict_with(self.predict_with)
         branches = list(self.branches)
         if not branches:
             raise ConfigError("at least one branch is needed")
@@ -160,23 +183,28 @@ class StackedRegressor(ParamsMixin):
 
         folds = rng.permutation(len(y)) % self.n_folds
         oof = np.full((len(y), len(branches)), np.nan)
-        p_val = np.full((len(y_val), len(branches)), np.nan)
-        self.models_, self.missing_ = {}, {}
+        p_val = {w: np.full((len(y_val), len(branches)), np.nan) for w in ("refit", "folds")}
+        self.models_, self.fold_models_, self.missing_ = {}, {}, {}
         for j, b in enumerate(branches):
             ok, ok_val = self._branch_ok(inputs, b), self._branch_ok(val_inputs, b)
             self.missing_[b] = int((~ok).sum() + (~ok_val).sum())
             if ok.sum() < 2 * self.n_folds:
                 raise ConfigError(f"branch {b!r} could featurise only {int(ok.sum())} training rows")
+            self.fold_models_[b] = []
             for k in range(self.n_folds):
                 tr, te = np.flatnonzero(ok & (folds != k)), np.flatnonzero(ok & (folds == k))
                 model = self._base(b, self.seed * 1000 + 17 * j + k).fit(inputs.subset(tr), y[tr])
                 oof[te, j] = model.predict(inputs.subset(te))
+                self.fold_models_[b].append(model)
                 self._log(f"branch {b} fold {k}: {model.n_epochs_} epochs")
             final = self._base(b, self.seed * 1000 + 17 * j + 99).fit(inputs.subset(np.flatnonzero(ok)), y[ok])
             self.models_[b] = final
-            p_val[:, j] = final.predict(val_inputs)
+            p_val["refit"][:, j] = final.predict(val_inputs)
+            p_val["folds"][:, j] = np.mean([m.predict(val_inputs) for m in self.fold_models_[b]], axis=0)
 
-        self.oof_predictions_, self.val_predictions_, self.oof_folds_ = oof, p_val, folds
+        # validation predictions of both predictors, so restrict(predict_with=) needs no refit
+        self._val_predictions_by = p_val
+        self.oof_predictions_, self.val_predictions_, self.oof_folds_ = oof, p_val[self.predict_with], folds
         self.oof_targets_, self.val_targets_ = y, y_val
         self.oof_maes_ = {b: float(np.nanmean(np.abs(oof[:, j] - y))) for j, b in enumerate(branches)}
         self._choose()
@@ -242,11 +270,12 @@ class StackedRegressor(ParamsMixin):
         self.best_val_mae_ = self.val_maes_[self.choice_]
 
     def restrict(self, branches: Sequence[str], select_on: str | None = None,
-                 subsets: bool | None = None, subset_means: bool | None = None) -> "StackedRegressor":
+                 subsets: bool | None = None, subset_means: bool | None = None,
+                 predict_with: str | None = None) -> "StackedRegressor":
         """The same fitted branch regressors, fused over ``branches`` only (combiner and choice
         refitted on the stored out-of-fold / validation predictions): an ablation without refits.
-        ``select_on``, ``subsets`` and ``subset_means`` override those settings (rules compared on
-        one fit)."""
+        ``select_on``, ``subsets``, ``subset_means`` and ``predict_with`` override those settings
+        (rules compared on one fit)."""
         self._check_fitted()
         if not hasattr(self, "oof_predictions_"):
             raise ConfigError("restrict() needs a model fitted in this session (out-of-fold predictions are not saved)")
@@ -262,11 +291,16 @@ class StackedRegressor(ParamsMixin):
             params["subsets"] = bool(subsets)
         if subset_means is not None:
             params["subset_means"] = bool(subset_means)
+        if predict_with is not None:
+            params["predict_with"] = self._check_predict_with(predict_with)
         sub = StackedRegressor(**params)
         sub.models_ = {b: self.models_[b] for b in branches}
+        sub.fold_models_ = {b: self.fold_models_[b] for b in branches}
         sub.missing_ = {b: self.missing_[b] for b in branches}
         sub.oof_maes_ = {b: self.oof_maes_[b] for b in branches}
-        sub.oof_predictions_, sub.val_predictions_, sub.oof_folds_ = self.oof_predictions_, self.val_predictions_, self.oof_folds_
+        sub._val_predictions_by = self._val_predictions_by
+        sub.oof_predictions_, sub.oof_folds_ = self.oof_predictions_, self.oof_folds_
+        sub.val_predictions_ = self._val_predictions_by[sub.predict_with]
         sub.oof_targets_, sub.val_targets_ = self.oof_targets_, self.val_targets_
         sub._columns = list(getattr(self, "_columns", list(self.branches)))
         sub._choose()
@@ -281,7 +315,7 @@ class StackedRegressor(ParamsMixin):
         """Every branch regressor's own predictions (NaN where the branch has no input)."""
         self._check_fitted()
         inputs = self._check_inputs(inputs)
-        return {b: self.models_[b].predict(inputs) for b in self.branches}
+        return {b: self._branch_predict(b, inputs) for b in self.branches}
 
     def predict(self, inputs: BranchInputs) -> np.ndarray:
         """Predictions of the chosen combination (missing branches: see the module docstring)."""
@@ -324,6 +358,9 @@ class StackedRegressor(ParamsMixin):
         out.mkdir(parents=True, exist_ok=True)
         for b, m in self.models_.items():
             m.save_pretrained(out / f"branch_{b}", featurizer=featurizer)
+            if self.predict_with == "folds":
+                for k, fm in enumerate(self.fold_models_[b]):
+                    fm.save_pretrained(out / f"branch_{b}_fold{k}", featurizer=featurizer)
         meta = dict(model_type="crystext-multiscale-stack", params={k: v for k, v in self.get_params().items()},
                     branches=list(self.branches), choice=self.choice_, weights=self.weights_.tolist(), intercept=self.intercept_,
                     stack_weights=np.asarray(self.stack_weights_).tolist(), stack_intercept=float(self.stack_intercept_),
@@ -363,6 +400,9 @@ class StackedRegressor(ParamsMixin):
             raise ConfigError(f"{folder / STACK_NAME} is not a crystext stacked head")
         model = cls(**{**meta["params"], "device": device})
         model.models_ = {b: MultiScaleRegressor.from_pretrained(folder / f"branch_{b}", device=device) for b in meta["branches"]}
+        if model.predict_with == "folds":
+            model.fold_models_ = {b: [MultiScaleRegressor.from_pretrained(folder / f"branch_{b}_fold{k}", device=device)
+                                      for k in range(model.n_folds)] for b in meta["branches"]}
         model.choice_, model.intercept_ = meta["choice"], float(meta["intercept"])
         model.weights_ = np.asarray(meta["weights"], dtype=np.float64)
         model.stack_weights_, model.stack_intercept_ = np.asarray(meta["stack_weights"]), meta["stack_intercept"]
