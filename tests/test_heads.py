@@ -175,7 +175,7 @@ def test_gate_gives_dropped_branches_no_weight():
 def test_all_nan_validation_history_is_a_clear_error(monkeypatch):
     rng = np.random.default_rng(5)
     x, y = BranchInputs({"lm": rng.normal(size=(30, 4))}), rng.normal(size=30)
-    monkeypatch.setattr(MultiScaleRegressor, "_predict", lambda self, inputs, weights=False: np.full(len(inputs), np.nan))
+    monkeypatch.setattr(MultiScaleRegressor, "_predict", lambda self, inputs, **kw: np.full(len(inputs), np.nan))
     with pytest.raises(Exception) as info:
         MultiScaleRegressor(branches=["lm"], width=8, hidden=8, max_epochs=3, patience=3).fit(x, y)
     assert not isinstance(info.value, TypeError)
@@ -411,3 +411,19 @@ def test_fold_bagged_prediction_is_the_mean_of_the_fold_models(stack_data, tmp_p
         model.restrict(["ace"], predict_with="best")
     with pytest.raises(ConfigError, match="predict_with must be"):
         StackedRegressor(branches=["ace"], predict_with="best").fit(x, y)
+
+
+def test_wide_branch_pca_matches_the_svd_subspace():
+    """A wide branch with many rows takes its PCA from the Gram matrix: the same leading
+    components (up to rounding) and variances as the full SVD."""
+    from crystext.heads.core import _top_components
+
+    rng = np.random.default_rng(12)
+    z = rng.normal(size=(900, 40)) @ rng.normal(size=(40, 3000)) + 0.05 * rng.normal(size=(900, 3000))
+    z -= z.mean(0)
+    comp, s = _top_components(z, 100)  # n > 2k and n*n*d > 2e9: the Gram route
+    _, s_ref, vt = np.linalg.svd(z, full_matrices=False)
+    assert comp.shape == (3000, 100)
+    np.testing.assert_allclose(s, s_ref[:100], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.sum(comp * vt[:100].T, 0)), 1.0, atol=1e-8)
+    assert np.all(comp[np.abs(comp).argmax(0), np.arange(100)] > 0)  # sign convention
