@@ -427,3 +427,35 @@ def test_wide_branch_pca_matches_the_svd_subspace():
     np.testing.assert_allclose(s, s_ref[:100], rtol=1e-8)
     np.testing.assert_allclose(np.abs(np.sum(comp * vt[:100].T, 0)), 1.0, atol=1e-8)
     assert np.all(comp[np.abs(comp).argmax(0), np.arange(100)] > 0)  # sign convention
+
+
+def test_joint_learner_captures_an_interaction_the_branches_cannot(tmp_path):
+    """joint='best-pairs': a concat network over the best branch and each other branch is one more
+    column of the combiner; a target that is a product of two branches' inputs needs it."""
+    from crystext.heads import StackedRegressor
+
+    rng = np.random.default_rng(13)
+    n = 360
+    a, b = rng.normal(size=(n, 2)), rng.normal(size=(n, 2))
+    y = a[:, 0] * b[:, 0] + 0.5 * a[:, 1]
+    x = BranchInputs({"lm": a, "ace": b})
+    train, test = np.arange(280), np.arange(280, n)
+    model = StackedRegressor(branches=["lm", "ace"], n_folds=3, seed=4, joint="best-pairs",
+                             base_params=dict(width=32, hidden=32, max_epochs=80, patience=15, lr=3e-3))
+    model.fit(x.subset(train), y[train])
+    assert model.learners_ == ["lm", "ace", "joint:lm+ace"]
+    assert "joint" in model.choice_ or model.weights_[2] > 0.5
+    xt = x.subset(test)
+    singles = model.branch_maes(xt, y[test])
+    assert model.mae(xt, y[test]) < 0.7 * min(singles["lm"], singles["ace"])
+    # without the joint learner (same fit) the interaction is out of reach
+    plain = model.restrict(["lm", "ace"], joint=False)
+    assert "joint:lm+ace" not in plain.selection_maes_ and len(plain.weights_) == 2
+    assert model.mae(xt, y[test]) < 0.8 * plain.mae(xt, y[test])
+    # a single branch keeps no joint learner
+    assert model.restrict(["ace"])._learners() == ["ace"]
+    folder = model.save_pretrained(tmp_path / "joint")
+    assert (folder / "branch_joint-lm+ace").is_dir()
+    np.testing.assert_allclose(StackedRegressor.from_pretrained(folder).predict(xt), model.predict(xt), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="joint must be"):
+        StackedRegressor(branches=["ace"], joint="all").fit(x, y)

@@ -336,7 +336,7 @@ def rules_table(df: pd.DataFrame) -> str:
     branch (mean ± std over seeds of the per-seed mean over folds)."""
     present = set(df.get("method", pd.Series(dtype=str)).fillna(""))
     rules = [r for r in RULES if r in present or f"{r}-folds" in present]
-    predictors = [p for p in ("", "-folds") if any(f"{r}{p}" in present for r in rules)]
+    predictors = [p for p in ("", "-folds", "-joint", "-folds-joint") if any(f"{r}{p}" in present for r in rules)]
     if len(rules) * len(predictors) < 2:
         return ""
     lines = ["## Selection rules and predictors compared on the same fits", "",
@@ -345,9 +345,10 @@ def rules_table(df: pd.DataFrame) -> str:
              "the same rows, the all-branch combiner only; `stack-validation`: the all-branch combiner, chosen on "
              "the 10 % validation split alone (the rule before 3 Dec 2026). Predictor `refit`: each branch's "
              "regressor refitted on all training rows; `folds`: the mean of its fold regressors (the models the "
-             "combiner was fitted on). Single branches are the same regressors under every rule; `best single` "
+             "combiner was fitted on); `joint`: joint learners (a concat network per pair of the best branch with "
+             "each other branch) are columns of the combiner too. Single branches are the same regressors under every rule; `best single` "
              "is the branch with the lowest mean test MAE under `stack` with that predictor.", "",
-             "| data set | predictor | best single | " + " | ".join(f"all, {r}" for r in rules) + " |",
+             "| data set | learners | best single | " + " | ".join(f"all, {r}" for r in rules) + " |",
              "|---|---|---|" + "---|" * len(rules)]
     for name in dict.fromkeys(df.dataset):
         for pred in predictors:
@@ -382,6 +383,9 @@ def main(argv=None) -> int:
     ap.add_argument("--predict-with", nargs="+", default=["refit"], choices=["refit", "folds"],
                     help="stack: rows for each predictor from the same fit (refit branch models, or the mean of "
                          "the fold models: labels gain '-folds')")
+    ap.add_argument("--joint", action="store_true",
+                    help="stack: also fit joint learners (StackedRegressor(joint='best-pairs')); rows with and "
+                         "without them from the same fit (labels gain '-joint')")
     ap.add_argument("--report-method", default=None,
                     help="method whose rows the Markdown table shows (default --method; e.g. stack-validation)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="inner validation share of the training split")
@@ -465,16 +469,20 @@ def main(argv=None) -> int:
                     used = sorted({b for c in todo for b in c}, key=branches.index)
                     model = StackedRegressor(branches=used, n_folds=args.n_folds, base_params=base_params,
                                              val_fraction=args.val_fraction, seed=seed, device=args.device,
-                                             verbose=args.verbose).fit(x_train, y_train)
+                                             verbose=args.verbose, joint="best-pairs" if args.joint else None).fit(x_train, y_train)
                     secs = time.perf_counter() - t
-                    for combo, rule, predictor in itertools.product(todo, args.select_on, args.predict_with):
+                    joints = [False, True] if args.joint else [False]
+                    for combo, rule, predictor, joint in itertools.product(todo, args.select_on, args.predict_with, joints):
                         sub = model.restrict(list(combo), select_on=rule.split("-")[0], subsets=rule in ("cv", "cv-means"),
-                                             subset_means=rule == "cv-means", predict_with=predictor)
+                                             subset_means=rule == "cv-means", predict_with=predictor, joint=joint)
+                        if joint and len(sub._learners()) == len(combo):
+                            continue  # no joint learner within this combination: same as the row without
                         mae = sub.mae(x_test, y_test)
-                        label = ("stack" if rule == "cv" else f"stack-{rule}") + ("-folds" if predictor == "folds" else "")
+                        label = (("stack" if rule == "cv" else f"stack-{rule}") + ("-folds" if predictor == "folds" else "")
+                                 + ("-joint" if joint else ""))
                         rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=label, mae=mae,
                                          val_mae=sub.best_val_mae_, selection_mae=sub.selection_maes_[sub.choice_], choice=sub.choice_,
-                                         weights=json.dumps({b: round(float(w), 4) for b, w in zip(combo, sub.weights_)}) if len(combo) > 1 else "",
+                                         weights=json.dumps({b: round(float(w), 4) for b, w in zip(sub._learners(), sub.weights_)}) if len(combo) > 1 else "",
                                          missing=json.dumps(sub.missing_), seconds=round(secs, 1)))
                         print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed} ({label}): test MAE {mae:.4f} "
                               f"(chose {sub.choice_})", file=sys.stderr, flush=True)

@@ -11,6 +11,13 @@
    chooses on every training row (its out-of-fold prediction; the combiner cross-fitted, one fold
    held out at a time) plus the validation rows; ``select_on="validation"`` on the validation rows
    alone, which on small sets (a 10 % split of 850 rows is 85) flips between candidates on noise.
+Joint learners (``joint="best-pairs"``): besides one regressor per branch, one network per pair
+of the best branch (lowest out-of-fold MAE) with each other branch, its inputs concatenated
+(``MultiScaleRegressor(fusion="concat")``), named ``"joint:a+b"``. Their out-of-fold predictions
+are columns of the combiner like the branches', so a learned interaction between two scales is
+one more candidate, never forced in. ``restrict`` keeps a joint learner only where both of its
+branches are kept.
+
 5. Prediction (``predict_with``): ``"refit"`` (default) predicts with each branch's regressor
    refitted on every training row; ``"folds"`` with the mean of its ``n_folds`` fold regressors
    (cross-validation bagging), the very models whose out-of-fold predictions the combiner and the
@@ -40,6 +47,16 @@ from .core import BranchInputs, MultiScaleRegressor, train_validation_split
 __all__ = ["StackedRegressor"]
 
 STACK_NAME = "stack.json"
+
+
+def _learner_branches(learner: str) -> list[str]:
+    """Branches a learner reads: ``"ace"`` -> ``["ace"]``, ``"joint:ace+chgnet"`` -> ``["ace", "chgnet"]``."""
+    return learner[len("joint:"):].split("+") if learner.startswith("joint:") else [learner]
+
+
+def _folder(learner: str) -> str:
+    """Saved folder of a learner (no ':' in file names)."""
+    return "branch_" + learner.replace(":", "-")
 
 
 def _impute(p: np.ndarray) -> np.ndarray:
@@ -88,13 +105,16 @@ class StackedRegressor(ParamsMixin):
             (``"mean:a+b"``). A mean has no fitted weights, so it cannot carry over the gap between
             the out-of-fold models the combiner is fitted on and the refitted models that predict.
             Off by default until the ablation (``--select-on cv cv-means``) has measured it.
+        joint: ``None`` (one learner per branch) or ``"best-pairs"`` (also a concat network per
+            pair of the best branch with each other branch; see the module docstring).
         predict_with: ``"refit"`` (each branch's regressor refitted on all training rows predicts)
             or ``"folds"`` (the mean of its fold regressors predicts: validation, test and saved
             model alike). Both are fitted either way, so ``restrict(predict_with=)`` compares them
             on one fit; a saved ``"folds"`` head also holds the fold regressors.
 
-    After ``fit``: ``models_`` (branch -> refitted regressor), ``fold_models_`` (branch -> its
-    ``n_folds`` fold regressors), ``weights_`` / ``intercept_`` of the
+    After ``fit``: ``learners_`` (the combiner's columns: the branches, then any joint learners),
+    ``models_`` (learner -> refitted regressor), ``fold_models_`` (learner -> its ``n_folds`` fold
+    regressors), ``weights_`` (one per learner) / ``intercept_`` of the
     chosen combination, ``choice_`` (``"stack"``, ``"mean"``, ``"stack:a+b"``, ``"mean:a+b"`` or a
     branch name), ``val_maes_``
     (validation MAE of every candidate), ``selection_maes_`` (the MAE each candidate was chosen
@@ -105,7 +125,7 @@ class StackedRegressor(ParamsMixin):
     def __init__(self, branches: Sequence[str] = ("composition", "graph", "ace", "chgnet"), n_folds: int = 5,
                  combiner: str = "nnls", base_params: dict | None = None, val_fraction: float = 0.1, seed: int = 0,
                  device: str = "cpu", verbose: bool = False, select_on: str = "cv", subsets: bool = True,
-                 subset_means: bool = False, predict_with: str = "refit") -> None:
+                 subset_means: bool = False, predict_with: str = "refit", joint: str | None = None) -> None:
         self.branches = branches
         self.n_folds = n_folds
         self.combiner = combiner
@@ -118,6 +138,7 @@ class StackedRegressor(ParamsMixin):
         self.subsets = subsets
         self.subset_means = subset_means
         self.predict_with = predict_with
+        self.joint = joint
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
@@ -128,19 +149,32 @@ class StackedRegressor(ParamsMixin):
         except ConfigError as exc:
             raise ConfigError(f"this head was trained on branches {', '.join(self.branches)}: {exc}") from None
 
-    def _base(self, branch: str, seed: int) -> MultiScaleRegressor:
+    def _base(self, learner: str, seed: int) -> MultiScaleRegressor:
         params = dict(self.base_params or {})
         params.pop("branches", None)
         params.pop("seed", None)
         params.setdefault("aux_weight", 0.0)
         params.setdefault("branch_dropout", 0.0)
-        return MultiScaleRegressor(branches=[branch], seed=seed, device=self.device, **params)
+        if learner.startswith("joint:"):
+            params["fusion"] = "concat"
+        return MultiScaleRegressor(branches=_learner_branches(learner), seed=seed, device=self.device, **params)
 
     @staticmethod
-    def _branch_ok(inputs: BranchInputs, branch: str) -> np.ndarray:
-        if branch == "graph":
-            return np.array([g is not None for g in inputs.graphs], dtype=bool)
-        return np.all(np.isfinite(inputs.features[branch]), axis=1)
+    def _branch_ok(inputs: BranchInputs, learner: str) -> np.ndarray:
+        ok = np.ones(len(inputs), dtype=bool)
+        for branch in _learner_branches(learner):
+            if branch == "graph":
+                ok &= np.array([g is not None for g in inputs.graphs], dtype=bool)
+            else:
+                ok &= np.all(np.isfinite(inputs.features[branch]), axis=1)
+        return ok
+
+    def _learners(self) -> list[str]:
+        """The combiner's columns for this head's branches: each branch, then every fitted joint
+        learner whose branches are all among them."""
+        fitted = getattr(self, "learners_", list(self.branches)) if self.joint == "best-pairs" else []
+        return list(self.branches) + [n for n in fitted if n.startswith("joint:")
+                                      and set(_learner_branches(n)) <= set(self.branches)]
 
     @staticmethod
     def _check_predict_with(value: str) -> str:
@@ -169,6 +203,8 @@ class StackedRegressor(ParamsMixin):
         if self.select_on not in ("cv", "validation"):
             raise ConfigError(f"select_on must be 'cv' or 'validation', got {self.select_on!r}")
         self._check_predict_with(self.predict_with)
+        if self.joint not in (None, "none", "best-pairs"):
+            raise ConfigError(f"joint must be None or 'best-pairs', got {self.joint!r}")
         branches = list(self.branches)
         if not branches:
             raise ConfigError("at least one branch is needed")
@@ -185,7 +221,33 @@ class StackedRegressor(ParamsMixin):
         oof = np.full((len(y), len(branches)), np.nan)
         p_val = {w: np.full((len(y_val), len(branches)), np.nan) for w in ("refit", "folds")}
         self.models_, self.fold_models_, self.missing_ = {}, {}, {}
-        for j, b in enumerate(branches):
+        self.learners_ = list(branches)
+        self._fit_learners(branches, inputs, y, val_inputs, folds, oof, p_val)
+        if self.joint == "best-pairs" and len(branches) > 1:
+            oof_maes = [float(np.nanmean(np.abs(oof[:, j] - y))) for j in range(len(branches))]
+            best = branches[int(np.nanargmin(oof_maes))]
+            joints = ["joint:" + "+".join(sorted((best, b), key=branches.index)) for b in branches if b != best]
+            oof = np.concatenate([oof, np.full((len(y), len(joints)), np.nan)], 1)
+            p_val = {w: np.concatenate([v, np.full((len(y_val), len(joints)), np.nan)], 1) for w, v in p_val.items()}
+            self.learners_ += joints
+            self._fit_learners(joints, inputs, y, val_inputs, folds, oof, p_val, offset=len(branches))
+
+        # validation predictions of both predictors, so restrict(predict_with=) needs no refit
+        self._val_predictions_by = p_val
+        self.oof_predictions_, self.val_predictions_, self.oof_folds_ = oof, p_val[self.predict_with], folds
+        self.oof_targets_, self.val_targets_ = y, y_val
+        self.oof_maes_ = {b: float(np.nanmean(np.abs(oof[:, j] - y))) for j, b in enumerate(self.learners_)}
+        self._choose()
+        self._log(f"selection MAEs ({self.select_on}) {json.dumps({k: round(v, 5) for k, v in self.selection_maes_.items()})}; "
+                  f"chose {self.choice_}")
+        return self
+
+    def _fit_learners(self, learners: list[str], inputs: BranchInputs, y: np.ndarray, val_inputs: BranchInputs,
+                      folds: np.ndarray, oof: np.ndarray, p_val: dict, offset: int = 0) -> None:
+        """Fold models (out-of-fold predictions into ``oof``), the refit model and both validation
+        predictions of every learner; column ``offset + j`` for learner ``j``."""
+        for j0, b in enumerate(learners):
+            j = offset + j0
             ok, ok_val = self._branch_ok(inputs, b), self._branch_ok(val_inputs, b)
             self.missing_[b] = int((~ok).sum() + (~ok_val).sum())
             if ok.sum() < 2 * self.n_folds:
@@ -202,21 +264,12 @@ class StackedRegressor(ParamsMixin):
             p_val["refit"][:, j] = final.predict(val_inputs)
             p_val["folds"][:, j] = np.mean([m.predict(val_inputs) for m in self.fold_models_[b]], axis=0)
 
-        # validation predictions of both predictors, so restrict(predict_with=) needs no refit
-        self._val_predictions_by = p_val
-        self.oof_predictions_, self.val_predictions_, self.oof_folds_ = oof, p_val[self.predict_with], folds
-        self.oof_targets_, self.val_targets_ = y, y_val
-        self.oof_maes_ = {b: float(np.nanmean(np.abs(oof[:, j] - y))) for j, b in enumerate(branches)}
-        self._choose()
-        self._log(f"selection MAEs ({self.select_on}) {json.dumps({k: round(v, 5) for k, v in self.selection_maes_.items()})}; "
-                  f"chose {self.choice_}")
-        return self
-
     def _choose(self) -> None:
         """Fit the combiner on the out-of-fold predictions and pick the best candidate on the
         selection rows (``select_on``)."""
-        branches = list(self.branches)
-        cols = [self._columns.index(b) for b in branches] if hasattr(self, "_columns") else list(range(len(branches)))
+        branches = self._learners()
+        columns = getattr(self, "learners_", list(self.branches))
+        cols = [columns.index(b) for b in branches]
         oof_i, val_i = _impute(self.oof_predictions_[:, cols]), _impute(self.val_predictions_[:, cols])
         y, y_val = self.oof_targets_, self.val_targets_
         fit_combiner = _nnls_intercept if self.combiner == "nnls" else _ridge_intercept
@@ -271,11 +324,12 @@ class StackedRegressor(ParamsMixin):
 
     def restrict(self, branches: Sequence[str], select_on: str | None = None,
                  subsets: bool | None = None, subset_means: bool | None = None,
-                 predict_with: str | None = None) -> "StackedRegressor":
+                 predict_with: str | None = None, joint: bool | None = None) -> "StackedRegressor":
         """The same fitted branch regressors, fused over ``branches`` only (combiner and choice
         refitted on the stored out-of-fold / validation predictions): an ablation without refits.
         ``select_on``, ``subsets``, ``subset_means`` and ``predict_with`` override those settings
-        (rules compared on one fit)."""
+        (rules compared on one fit); ``joint=False`` leaves the joint learners out (they are kept
+        by default where both of their branches are)."""
         self._check_fitted()
         if not hasattr(self, "oof_predictions_"):
             raise ConfigError("restrict() needs a model fitted in this session (out-of-fold predictions are not saved)")
@@ -293,16 +347,19 @@ class StackedRegressor(ParamsMixin):
             params["subset_means"] = bool(subset_means)
         if predict_with is not None:
             params["predict_with"] = self._check_predict_with(predict_with)
+        if joint is not None and not joint:
+            params["joint"] = None
         sub = StackedRegressor(**params)
-        sub.models_ = {b: self.models_[b] for b in branches}
-        sub.fold_models_ = {b: self.fold_models_[b] for b in branches}
-        sub.missing_ = {b: self.missing_[b] for b in branches}
-        sub.oof_maes_ = {b: self.oof_maes_[b] for b in branches}
+        sub.learners_ = list(self.learners_)
+        kept = sub._learners()
+        sub.models_ = {b: self.models_[b] for b in kept}
+        sub.fold_models_ = {b: self.fold_models_[b] for b in kept}
+        sub.missing_ = {b: self.missing_[b] for b in kept}
+        sub.oof_maes_ = {b: self.oof_maes_[b] for b in kept}
         sub._val_predictions_by = self._val_predictions_by
         sub.oof_predictions_, sub.oof_folds_ = self.oof_predictions_, self.oof_folds_
         sub.val_predictions_ = self._val_predictions_by[sub.predict_with]
         sub.oof_targets_, sub.val_targets_ = self.oof_targets_, self.val_targets_
-        sub._columns = list(getattr(self, "_columns", list(self.branches)))
         sub._choose()
         return sub
 
@@ -315,12 +372,12 @@ class StackedRegressor(ParamsMixin):
         """Every branch regressor's own predictions (NaN where the branch has no input)."""
         self._check_fitted()
         inputs = self._check_inputs(inputs)
-        return {b: self._branch_predict(b, inputs) for b in self.branches}
+        return {b: self._branch_predict(b, inputs) for b in self._learners()}
 
     def predict(self, inputs: BranchInputs) -> np.ndarray:
         """Predictions of the chosen combination (missing branches: see the module docstring)."""
         preds = self.branch_predictions(inputs)
-        p = _impute(np.stack([preds[b] for b in self.branches], 1))
+        p = _impute(np.stack([preds[b] for b in self._learners()], 1))
         return p @ self.weights_ + self.intercept_
 
     def _scored(self, inputs: BranchInputs, y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -357,12 +414,12 @@ class StackedRegressor(ParamsMixin):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         for b, m in self.models_.items():
-            m.save_pretrained(out / f"branch_{b}", featurizer=featurizer)
+            m.save_pretrained(out / _folder(b), featurizer=featurizer)
             if self.predict_with == "folds":
                 for k, fm in enumerate(self.fold_models_[b]):
-                    fm.save_pretrained(out / f"branch_{b}_fold{k}", featurizer=featurizer)
+                    fm.save_pretrained(out / f"{_folder(b)}_fold{k}", featurizer=featurizer)
         meta = dict(model_type="crystext-multiscale-stack", params={k: v for k, v in self.get_params().items()},
-                    branches=list(self.branches), choice=self.choice_, weights=self.weights_.tolist(), intercept=self.intercept_,
+                    branches=list(self.branches), learners=self._learners(), choice=self.choice_, weights=self.weights_.tolist(), intercept=self.intercept_,
                     stack_weights=np.asarray(self.stack_weights_).tolist(), stack_intercept=float(self.stack_intercept_),
                     val_maes=self.val_maes_, selection_maes=self.selection_maes_, oof_maes=self.oof_maes_, missing=self.missing_,
                     featurizer=featurizer.config() if featurizer is not None else None)
@@ -399,10 +456,11 @@ class StackedRegressor(ParamsMixin):
         if meta.get("model_type") != "crystext-multiscale-stack":
             raise ConfigError(f"{folder / STACK_NAME} is not a crystext stacked head")
         model = cls(**{**meta["params"], "device": device})
-        model.models_ = {b: MultiScaleRegressor.from_pretrained(folder / f"branch_{b}", device=device) for b in meta["branches"]}
+        model.learners_ = list(meta.get("learners", meta["branches"]))
+        model.models_ = {b: MultiScaleRegressor.from_pretrained(folder / _folder(b), device=device) for b in model.learners_}
         if model.predict_with == "folds":
-            model.fold_models_ = {b: [MultiScaleRegressor.from_pretrained(folder / f"branch_{b}_fold{k}", device=device)
-                                      for k in range(model.n_folds)] for b in meta["branches"]}
+            model.fold_models_ = {b: [MultiScaleRegressor.from_pretrained(folder / f"{_folder(b)}_fold{k}", device=device)
+                                      for k in range(model.n_folds)] for b in model.learners_}
         model.choice_, model.intercept_ = meta["choice"], float(meta["intercept"])
         model.weights_ = np.asarray(meta["weights"], dtype=np.float64)
         model.stack_weights_, model.stack_intercept_ = np.asarray(meta["stack_weights"]), meta["stack_intercept"]
