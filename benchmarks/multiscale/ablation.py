@@ -475,14 +475,14 @@ def main(argv=None) -> int:
                     for combo, rule, predictor, joint in itertools.product(todo, args.select_on, args.predict_with, joints):
                         sub = model.restrict(list(combo), select_on=rule.split("-")[0], subsets=rule in ("cv", "cv-means"),
                                              subset_means=rule == "cv-means", predict_with=predictor, joint=joint)
-                        if joint and len(sub._learners()) == len(combo):
+                        if joint and len(sub.learner_names) == len(combo):
                             continue  # no joint learner within this combination: same as the row without
                         mae = sub.mae(x_test, y_test)
                         label = (("stack" if rule == "cv" else f"stack-{rule}") + ("-folds" if predictor == "folds" else "")
                                  + ("-joint" if joint else ""))
                         rows.append(dict(dataset=name, fold=fold, branches=",".join(combo), seed=seed, method=label, mae=mae,
                                          val_mae=sub.best_val_mae_, selection_mae=sub.selection_maes_[sub.choice_], choice=sub.choice_,
-                                         weights=json.dumps({b: round(float(w), 4) for b, w in zip(sub._learners(), sub.weights_)}) if len(combo) > 1 else "",
+                                         weights=json.dumps({b: round(float(w), 4) for b, w in zip(sub.learner_names, sub.weights_)}) if len(combo) > 1 else "",
                                          missing=json.dumps(sub.missing_), seconds=round(secs, 1)))
                         print(f"[ablation] {name} fold {fold} {','.join(combo)} seed {seed} ({label}): test MAE {mae:.4f} "
                               f"(chose {sub.choice_})", file=sys.stderr, flush=True)

@@ -17,6 +17,8 @@ def _train(args) -> int:
         element_table=args.element_table, limit=args.limit, fusion=args.fusion, n_folds=args.n_folds, width=args.width,
         max_epochs=args.epochs, patience=args.patience, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, device=args.device, verbose=args.verbose,
+        **({"joint": None if args.joint == "none" else args.joint, "subset_means": args.subset_means}
+           if args.fusion == "stack" else {}),
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -56,6 +58,11 @@ def register(sub) -> None:
                    help="stack (default): per-branch regressors + out-of-fold combiner chosen on validation, never "
                         "worse than the best branch on validation; gated/concat: one network over all branches")
     t.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
+    t.add_argument("--joint", choices=["none", "best-pairs"], default="none",
+                   help="stack: also a concat network per pair of the best branch with each other branch, as "
+                        "combiner columns (default none)")
+    t.add_argument("--subset-means", action="store_true",
+                   help="stack: the plain mean of every branch subset is a candidate too")
     t.add_argument("--width", type=int, default=128)
     t.add_argument("--epochs", type=int, default=300, help="maximum epochs")
     t.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")

@@ -850,7 +850,8 @@ def train_heads(
     """Featurise a train (and test) table, train a head, report MAEs.
 
     ``fusion="stack"`` (default): :class:`StackedRegressor` (``regressor_kwargs`` go to every
-    per-branch regressor; ``seed``/``device``/``verbose`` to the stack); ``"gated"``/``"concat"``:
+    per-branch regressor; ``seed``/``device``/``verbose``/``joint``/``subset_means``/``predict_with``
+    to the stack); ``"gated"``/``"concat"``:
     one :class:`MultiScaleRegressor`. Returns a dict with ``val_mae``, ``test_mae`` (if ``test``),
     ``dummy_test_mae`` (predicting the training mean), ``branch_test_mae`` (stack),
     ``branch_weights``, and ``choice`` (stack); saves the model to ``out`` if given.
@@ -865,7 +866,8 @@ def train_heads(
     feat.fit(s_train + s_test)  # species/tables only: no targets involved
     x_train = feat.transform(s_train, progress=True)
     if fusion == "stack":
-        outer = {k: regressor_kwargs.pop(k) for k in ("seed", "device", "verbose") if k in regressor_kwargs}
+        outer = {k: regressor_kwargs.pop(k) for k in ("seed", "device", "verbose", "joint", "subset_means", "predict_with")
+                 if k in regressor_kwargs}
         model = StackedRegressor(branches=list(branches), n_folds=n_folds, base_params=regressor_kwargs, **outer).fit(x_train, y_train)
         result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
                       choice=model.choice_, missing=model.missing_)
@@ -879,7 +881,7 @@ def train_heads(
                       dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))))
         if fusion == "stack":
             result.update(branch_test_mae=model.branch_maes(x_test, y_test),
-                          branch_weights={b: float(w) for b, w in zip(model.branches, model.weights_)})
+                          branch_weights={b: float(w) for b, w in zip(model.learner_names, model.weights_)})
         else:
             result.update(branch_weights=model.branch_weights(x_test))
     if out is not None:

@@ -169,6 +169,12 @@ class StackedRegressor(ParamsMixin):
                 ok &= np.all(np.isfinite(inputs.features[branch]), axis=1)
         return ok
 
+    @property
+    def learner_names(self) -> list[str]:
+        """The combiner's columns, in the order of ``weights_``: each branch, then the joint
+        learners used (``"joint:a+b"``)."""
+        return self._learners()
+
     def _learners(self) -> list[str]:
         """The combiner's columns for this head's branches: each branch, then every fitted joint
         learner whose branches are all among them."""
