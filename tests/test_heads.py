@@ -125,7 +125,7 @@ def test_cli_train_and_predict(tmp_path, capsys):
     out = tmp_path / "head"
     assert main(["heads", "train", "--train", str(table), "--test", str(table), "--target", "y",
                  "--branches", "composition,ace", "--epochs", "5", "--width", "8", "--n-folds", "2", "--out", str(out),
-                 "--joint", "best-pairs", "--subset-means"]) == 0
+                 ]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_train"] == 40 and res["test_mae"] >= 0
     assert set(res["branch_weights"]) == {"composition", "ace", "joint:composition+ace"}
@@ -300,7 +300,7 @@ def test_stack_is_never_worse_than_its_best_branch_on_validation(stack_data, tmp
 
     x, y = stack_data
     train, test = np.arange(120), np.arange(120, 160)
-    model = StackedRegressor(branches=["lm", "ace", "noise"], n_folds=3, seed=0,
+    model = StackedRegressor(branches=["lm", "ace", "noise"], n_folds=3, seed=0, joint=None, subset_means=False,
                              base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3))
     model.fit(x.subset(train), y[train])
     # never worse than its best branch on the rows it was chosen on (default: out-of-fold + validation)
@@ -372,7 +372,7 @@ def test_cv_selection_scores_the_stack_out_of_fold():
     good = rng.normal(size=(n, 2))
     y = good[:, 0] + 0.3 * rng.normal(size=n)
     x = BranchInputs({"ace": good, "noise": rng.normal(size=(n, 3))})
-    model = StackedRegressor(branches=["ace", "noise"], n_folds=4, seed=2,
+    model = StackedRegressor(branches=["ace", "noise"], n_folds=4, seed=2, joint=None,
                              base_params=dict(width=16, hidden=16, max_epochs=40, patience=10, lr=3e-3)).fit(x, y)
     n_rows = len(model.oof_targets_) + len(model.val_targets_)
     assert n_rows == n
@@ -392,7 +392,7 @@ def test_fold_bagged_prediction_is_the_mean_of_the_fold_models(stack_data, tmp_p
 
     x, y = stack_data
     train, test = np.arange(120), np.arange(120, 160)
-    model = StackedRegressor(branches=["lm", "ace"], n_folds=3, seed=3, predict_with="folds",
+    model = StackedRegressor(branches=["lm", "ace"], n_folds=3, seed=3, predict_with="folds", joint=None,
                              base_params=dict(width=16, hidden=16, max_epochs=30, patience=8, lr=3e-3))
     model.fit(x.subset(train), y[train])
     assert [len(model.fold_models_[b]) for b in ("lm", "ace")] == [3, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -58,11 +59,11 @@ def register(sub) -> None:
                    help="stack (default): per-branch regressors + out-of-fold combiner chosen on validation, never "
                         "worse than the best branch on validation; gated/concat: one network over all branches")
     t.add_argument("--n-folds", type=int, default=5, help="stack: folds of the out-of-fold predictions")
-    t.add_argument("--joint", choices=["none", "best-pairs"], default="none",
+    t.add_argument("--joint", choices=["none", "best-pairs"], default="best-pairs",
                    help="stack: also a concat network per pair of the best branch with each other branch, as "
-                        "combiner columns (default none)")
-    t.add_argument("--subset-means", action="store_true",
-                   help="stack: the plain mean of every branch subset is a candidate too")
+                        "combiner columns (default best-pairs; none: about half the training time)")
+    t.add_argument("--subset-means", action=argparse.BooleanOptionalAction, default=True,
+                   help="stack: the plain mean of every branch subset is a candidate too (default on)")
     t.add_argument("--width", type=int, default=128)
     t.add_argument("--epochs", type=int, default=300, help="maximum epochs")
     t.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
