@@ -27,9 +27,16 @@ mean-pooled; or ``--lm-embeddings``), ``composition``, ``graph`` (CGCNN-style GN
 end), ``ace``, ``chgnet`` (pretrained CHGNet 64-D vectors; ``pip install chgnet``). Featurised
 inputs are cached per data set and split (``--cache``); rows already in ``--out`` are skipped.
 
-The full ablation (every data set, full training splits, 3 seeds; slow on a CPU):
-  python benchmarks/multiscale/ablation.py --run models/crystext-base \
-      --out benchmarks/multiscale/ablation.csv --md benchmarks/multiscale/ablation.md
+``--joint`` fits the joint learners too (``StackedRegressor(joint="best-pairs")``, the head's
+default) and writes every rule's rows with and without them (``-joint``); ``--predict-with refit
+folds`` adds rows predicted by the mean of the fold regressors (``-folds``). The committed report
+(``ablation.md``, its commands in it) shows ``--report-method stack-cv-means-joint``, the default head.
+
+The full ablation (every data set, full training splits, 3 seeds; about 50 min of fits on two cores):
+  python benchmarks/multiscale/ablation.py --run models/crystext-mp --width 256 --max-epochs 300 \
+      --patience 30 --batch-size 128 --n-folds 3 --joint --select-on cv cv-means \
+      --out benchmarks/multiscale/ablation.csv --md benchmarks/multiscale/ablation.md \
+      --report-method stack-cv-means-joint
   # without an LM run: --branches composition,graph,ace,chgnet
   # a small check: --datasets perov_5 carbon_24 --limit-train 1000 --limit-test 1000
 """
@@ -327,6 +334,20 @@ def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
 
 
 RULES = ("stack", "stack-cv-means", "stack-cv-full", "stack-validation")
+KEY = ["dataset", "fold", "branches", "seed"]
+
+
+def method_rows(df: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Rows of ``method``; for a ``-joint`` method, combinations without a joint learner (single
+    branches, pairs without the best branch: written once, without the suffix) come from the same
+    rule's rows without joint learners, which are the same model."""
+    rows = df[df.method.fillna("") == method]
+    if method.endswith("-joint"):
+        base = df[df.method.fillna("") == method[: -len("-joint")]]
+        have = set(map(tuple, rows[KEY].astype(str).values))
+        extra = base[[tuple(k) not in have for k in base[KEY].astype(str).values]]
+        rows = pd.concat([rows, extra.assign(method=method)], ignore_index=True)
+    return rows
 
 
 def rules_table(df: pd.DataFrame) -> str:
@@ -352,7 +373,7 @@ def rules_table(df: pd.DataFrame) -> str:
              "|---|---|---|" + "---|" * len(rules)]
     for name in dict.fromkeys(df.dataset):
         for pred in predictors:
-            per = {r: seed_table(df[(df.dataset == name) & (df.method == f"{r}{pred}")]) for r in rules}
+            per = {r: seed_table(method_rows(df[df.dataset == name], f"{r}{pred}")) for r in rules}
             main_rows = per.get("stack", next(iter(per.values())))
             stats = main_rows.groupby("branches")["mae"].agg(["mean", "std"])
             if stats.empty:
@@ -507,7 +528,7 @@ def main(argv=None) -> int:
     df = pd.DataFrame(rows)
     report = args.report_method or args.method
     every_rule = df.copy()
-    df = df[df["method"].fillna("").isin(["", report])]  # report one method at a time
+    df = pd.concat([df[df["method"].fillna("") == ""], method_rows(df, report)], ignore_index=True)  # one method at a time
     if args.md:
         cmd = "python benchmarks/multiscale/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         notes = Path(args.notes).read_text() if args.notes else None
