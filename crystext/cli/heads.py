@@ -64,11 +64,11 @@ def register(sub) -> None:
                         "combiner columns (default best-pairs; none: about half the training time)")
     t.add_argument("--subset-means", action=argparse.BooleanOptionalAction, default=True,
                    help="stack: the plain mean of every branch subset is a candidate too (default on)")
-    t.add_argument("--width", type=int, default=128)
+    t.add_argument("--width", type=int, default=256, help="per-branch width (default 256, as in the ablation)")
     t.add_argument("--epochs", type=int, default=300, help="maximum epochs")
     t.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="use only the first N rows of each table")
     t.add_argument("--device", default="cpu")
