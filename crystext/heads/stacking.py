@@ -11,17 +11,17 @@
    chooses on every training row (its out-of-fold prediction; the combiner cross-fitted, one fold
    held out at a time) plus the validation rows; ``select_on="validation"`` on the validation rows
    alone, which on small sets (a 10 % split of 850 rows is 85) flips between candidates on noise.
-Joint learners (``joint="best-pairs"``, the default): besides one regressor per branch, one network per pair
-of the best branch (lowest out-of-fold MAE) with each other branch, its inputs concatenated
-(``MultiScaleRegressor(fusion="concat")``), named ``"joint:a+b"``. Their out-of-fold predictions
-are columns of the combiner like the branches', so a learned interaction between two scales is
-one more candidate, never forced in. ``restrict`` keeps a joint learner only where both of its
-branches are kept.
-
 5. Prediction (``predict_with``): ``"refit"`` (default) predicts with each branch's regressor
    refitted on every training row; ``"folds"`` with the mean of its ``n_folds`` fold regressors
    (cross-validation bagging), the very models whose out-of-fold predictions the combiner and the
-   choice were fitted on.
+   choice were fitted on (measured worse in the 4 Dec 2026 ablation: fold models see fewer rows).
+
+Joint learners (``joint="best-pairs"``, the default): besides one regressor per branch, one
+network per pair of the best branch (lowest out-of-fold MAE) with each other branch, its inputs
+concatenated (``MultiScaleRegressor(fusion="concat")``), named ``"joint:a+b"``. Their out-of-fold
+predictions are columns of the combiner like the branches', so a learned interaction between two
+scales is one more candidate, never forced in. ``restrict`` keeps a joint learner only where both
+of its branches are kept.
 
 Missing branches (structures a branch cannot featurise: isolated atoms, unknown elements, CHGNet
 failures; NaN rows / ``None`` graphs) are counted per branch in ``missing_`` and handled by one
@@ -117,8 +117,8 @@ class StackedRegressor(ParamsMixin):
     After ``fit``: ``learners_`` (the combiner's columns: the branches, then any joint learners),
     ``models_`` (learner -> refitted regressor), ``fold_models_`` (learner -> its ``n_folds`` fold
     regressors), ``weights_`` (one per learner) / ``intercept_`` of the
-    chosen combination, ``choice_`` (``"stack"``, ``"mean"``, ``"stack:a+b"``, ``"mean:a+b"`` or a
-    branch name), ``val_maes_``
+    chosen combination, ``choice_`` (``"stack"``, ``"mean"``, ``"stack:a+b"``, ``"mean:a+b"``, a
+    branch or a joint learner's name), ``val_maes_``
     (validation MAE of every candidate), ``selection_maes_`` (the MAE each candidate was chosen
     by, on the rows ``select_on`` names), ``missing_`` (rows per branch that could not be
     featurised, training + validation).
