@@ -461,3 +461,20 @@ def test_joint_learner_captures_an_interaction_the_branches_cannot(tmp_path):
     np.testing.assert_allclose(StackedRegressor.from_pretrained(folder).predict(xt), model.predict(xt), rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="joint must be"):
         StackedRegressor(branches=["ace"], joint="all").fit(x, y)
+
+
+def test_a_head_saved_before_joint_learners_still_loads(stack_data, tmp_path):
+    """stack.json written before joint learners and fold bagging (no "learners", no "joint" or
+    "predict_with" parameter) loads with its own branches and predicts as before."""
+    from crystext.heads import StackedRegressor
+
+    x, y = stack_data
+    model = StackedRegressor(branches=["lm", "ace"], n_folds=2, seed=5, joint=None,
+                             base_params=dict(width=8, hidden=8, max_epochs=5, patience=3)).fit(x, y)
+    folder = model.save_pretrained(tmp_path / "old")
+    meta = json.loads((folder / "stack.json").read_text())
+    del meta["learners"], meta["params"]["joint"], meta["params"]["predict_with"]
+    (folder / "stack.json").write_text(json.dumps(meta))
+    loaded = StackedRegressor.from_pretrained(folder)
+    assert loaded.learner_names == ["lm", "ace"]
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
