@@ -466,17 +466,22 @@ class MultiScaleRegressor(ParamsMixin):
             val_fraction=self.val_fraction, loss=self.loss, seed=self.seed,
         )
 
-    def _batch(self, inputs: BranchInputs, idx: np.ndarray):
-        torch = _torch()
+    def _graph_batch(self, inputs: BranchInputs, idx: np.ndarray):
+        """The collated graphs of rows ``idx`` (None without a graph branch)."""
+        if "graph" not in self.branches:
+            return None
         from ..descriptors.graph import collate
 
+        return collate([inputs.graphs[i] for i in idx]).to(self.device)
+
+    def _batch(self, inputs: BranchInputs, idx: np.ndarray):
+        torch = _torch()
         dev = torch.device(self.device)
         feats = {
             n: torch.as_tensor(inputs.features[n][idx], dtype=torch.float32, device=dev)
             for n in self.branches if n != "graph"
         }
-        gb = collate([inputs.graphs[i] for i in idx]).to(dev) if "graph" in self.branches else None
-        return feats, gb
+        return feats, self._graph_batch(inputs, idx)
 
     def _check_inputs(self, inputs: BranchInputs) -> BranchInputs:
         """The branches this head uses; refuses inputs made for another branch set or width."""
@@ -556,7 +561,7 @@ class MultiScaleRegressor(ParamsMixin):
                 idx = order[lo : lo + self.batch_size]
                 if len(idx) < 2 and len(order) > 2:
                     continue
-                gb = self._batch(inputs, idx)[1] if "graph" in self.branches else None
+                gb = self._graph_batch(inputs, idx)
                 idx_t = torch.as_tensor(idx, device=self.device)
                 pred, _, aux = net({n: x[idx_t] for n, x in pre.items()}, gb, return_aux=True, projected=True)
                 target = y_t[idx] / scale
@@ -621,7 +626,7 @@ class MultiScaleRegressor(ParamsMixin):
                 if projected is None:
                     feats, gb = self._batch(inputs, idx)
                 else:  # features already projected by _project (training's validation pass)
-                    gb = self._batch(inputs, idx)[1] if "graph" in self.branches else None
+                    gb = self._graph_batch(inputs, idx)
                     feats = {n: x[lo : lo + len(idx)] for n, x in projected.items()}
                 p, a = net(feats, gb, projected=projected is not None)
                 preds.append(p.double().cpu().numpy())
