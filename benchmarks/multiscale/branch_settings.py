@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import glob
 import os
 import time
 
@@ -28,6 +27,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="perov_5", help="cached data set (full splits, not a fold data set)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/crystext/ablation"))
+    ap.add_argument("--run", default="runs/crystext-mp-part4", help="LM run whose cached vectors the lm branch reads")
+    ap.add_argument("--element-table", default="magpie", help="as the ablation's --element-table")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("specs", nargs="+")
@@ -38,6 +39,11 @@ def main(argv=None) -> int:
     from crystext.heads import BranchInputs, MultiScaleRegressor
 
     torch.set_num_threads(args.threads)
+    from ablation import _branch_key  # the cache's file names, as the ablation wrote them
+
+    # the ablation's cache key of a full-data branch (LM: --run names the run folder)
+    key_args = argparse.Namespace(lm_embeddings=None, run=args.run, element_table=args.element_table,
+                                  graph_cutoff=5.0, limit_train=None, limit_test=None)
     stem = os.path.join(args.cache, f"{args.dataset}_None_None_")
     if not os.path.isfile(stem + "targets.npz"):
         raise SystemExit(f"no cached features for {args.dataset} under {args.cache}: run ablation.py --featurise-only first")
@@ -53,10 +59,10 @@ def main(argv=None) -> int:
         branches = combo.split("+")
         feats = {}
         for b in branches:
-            files = sorted(glob.glob(stem + f"{b}*.npz"))
-            if not files:
-                raise SystemExit(f"branch {b!r} of {args.dataset} is not cached under {args.cache}")
-            feats[b] = np.load(files[0])["train"]
+            path = os.path.join(args.cache, _branch_key(key_args, args.dataset, b) + ".npz")
+            if not os.path.isfile(path):
+                raise SystemExit(f"branch {b!r} of {args.dataset} is not cached as {path}")
+            feats[b] = np.load(path)["train"]
         x = BranchInputs(feats)
         maes, epochs, t = [], [], time.perf_counter()
         for seed in args.seeds:
