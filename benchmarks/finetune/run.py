@@ -38,7 +38,7 @@ TASKS = {  # task -> (folder, target column or None, folds)
 LR_GRID = {"head": (1e-3, 3e-3, 1e-2), "lora": (5e-4, 1e-3, 2e-3), "full": (1e-4, 2e-4, 5e-4)}
 FIELDS = ["task", "fold", "mode", "seed", "lr", "mae", "val_mae", "rmse", "r2", "best_epoch", "epochs",
           "s_per_epoch", "feature_s", "train_s", "n_train", "n_val", "n_test", "skipped", "precision", "run",
-          "picked_on", "out"]
+          "picked_on", "out", "max_train", "max_val", "max_test", "max_epochs"]
 
 
 def done_rows(path: Path) -> list[dict]:
@@ -51,6 +51,15 @@ def done_rows(path: Path) -> list[dict]:
 def append(path: Path, row: dict) -> None:
     new = not path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != FIELDS:  # a file of an older layout: rewritten with today's columns, blanks where new
+            old = done_rows(path)
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=FIELDS)
+                writer.writeheader()
+                writer.writerows({k: r.get(k, "") for k in FIELDS} for r in old)
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         if new:
@@ -87,11 +96,20 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data) if args.data else data_dir(required=True)
     results = Path(args.results)
-    finished = {(r["task"], r["fold"], r["mode"], r["seed"], r["lr"]): r for r in done_rows(results)}
     run_name = Path(args.run).name
 
+    def budget(row: dict) -> tuple:
+        # a finished row counts only for the same run, row caps and epoch budget
+        return tuple(str(row.get(k) or "") for k in ("run", "max_train", "max_val", "max_test", "max_epochs"))
+
+    def caps(mode: str) -> dict:
+        return {"run": run_name, "max_train": args.max_train or "", "max_val": args.max_val or "",
+                "max_test": args.max_test or "", "max_epochs": "" if mode == "head" else (args.epochs or "")}
+
+    finished = {(r["task"], r["fold"], r["mode"], r["seed"], r["lr"], budget(r)): r for r in done_rows(results)}
+
     def one(task: str, fold: int | None, mode: str, seed: int, lr: float, picked_on: str) -> dict:
-        key = (task, "" if fold is None else str(fold), mode, str(seed), f"{lr:g}")
+        key = (task, "" if fold is None else str(fold), mode, str(seed), f"{lr:g}", budget(caps(mode)))
         if key in finished:
             return finished[key]
         folder, target, _ = TASKS[task]
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                "feature_s": s["feature_s"], "train_s": s["train_s"], "n_train": s["rows"]["train"],
                "n_val": s["rows"]["val"], "n_test": s["rows"]["test"],
                "skipped": sum(s["skipped"].values()), "precision": s["precision"], "run": run_name,
-               "picked_on": picked_on, "out": str(out)}
+               "picked_on": picked_on, "out": str(out), **caps(mode)}
         append(results, row)
         finished[key] = {k: str(v) for k, v in row.items()}
         print(f"{task}{'' if fold is None else f'/fold{fold}'} {mode} lr {lr:g} seed {seed}: test MAE "
