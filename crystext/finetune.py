@@ -394,6 +394,65 @@ def _eos_states(model, ids: list[list[int]], pad_id: int, batch_size: int, preci
     return out
 
 
+class EosCache:
+    """Frozen ``<eos>`` states of one pretrained run, on disk, keyed by a hash of each document's
+    token ids: head mode's one forward pass is paid once per document, not once per learning
+    rate, seed and fold (every fold of a 5-fold task holds the same structures).
+
+    The folder is named by a hash of the run's weights file and the precision, so another run, a
+    retrained release or another autocast dtype never reads these states."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.dir = Path(directory)
+
+    @classmethod
+    def for_run(cls, run: str | os.PathLike, precision: str, root: str | os.PathLike | None = None) -> "EosCache | None":
+        """The cache of a local run folder (``None`` for a Hub id: no local weights file to name it by)."""
+        from .embeddings import _resolve_run_path
+
+        weights = sorted(Path(_resolve_run_path(run)).glob("*.safetensors"))
+        if not weights:
+            return None
+        digest = hashlib.sha256()
+        for w in weights:
+            with open(w, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+        return cls(Path(root or cache_dir() / "eos") / f"{digest.hexdigest()[:16]}-{precision}")
+
+    @staticmethod
+    def _key(ids: list[int]) -> str:
+        return hashlib.sha1(np.asarray(ids, dtype=np.int32).tobytes()).hexdigest()
+
+    def _load(self) -> tuple[list[str], np.ndarray | None]:
+        try:
+            keys = json.loads((self.dir / "keys.json").read_text())
+            states = np.load(self.dir / "states.npy")
+        except (OSError, ValueError):
+            return [], None
+        return (keys, states) if len(keys) == len(states) else ([], None)
+
+    def states(self, model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str):
+        """(n, d) float32 tensor of the ``<eos>`` states of ``ids``, computing only what is missing."""
+        import torch
+
+        keys, states = self._load()
+        index = {k: i for i, k in enumerate(keys)}
+        want = [self._key(r) for r in ids]
+        todo = sorted({k: i for i, k in enumerate(want) if k not in index}.values())
+        if todo:
+            new = _eos_states(model, [ids[i] for i in todo], pad_id, batch_size, precision).numpy()
+            keys = keys + [want[i] for i in todo]
+            states = new if states is None else np.concatenate([states, new])
+            index = {k: i for i, k in enumerate(keys)}
+            self.dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.dir / "states.tmp.npy", states)  # both files replaced whole: a kill leaves the old pair
+            (self.dir / "keys.tmp").write_text(json.dumps(keys))
+            os.replace(self.dir / "states.tmp.npy", self.dir / "states.npy")
+            os.replace(self.dir / "keys.tmp", self.dir / "keys.json")
+        return torch.from_numpy(np.ascontiguousarray(states[[index[k] for k in want]], dtype=np.float32))
+
+
 def _predict_ids(model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str) -> np.ndarray:
     """Standardised predictions of token-id lists, in input order."""
     import torch
@@ -519,7 +578,8 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
              device: Any = None, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
              weight_decay: float = 0.01, symprec: float = 0.1, num_proc: int = 1,
              text_cache: str | os.PathLike | None = None, progress: bool = True,
-             stop_after: int | None = None, command: str | None = None) -> dict:
+             stop_after: int | None = None, command: str | None = None,
+             eos_cache: str | os.PathLike | bool | None = None) -> dict:
     """Fine-tune ``run`` on the task folder ``data`` and save a regression model in ``out``.
 
     Args:
@@ -535,6 +595,9 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
             ``float32``; resolved by :func:`crystext.precision.resolve_precision`.
         stop_after: end this session after so many epochs (checkpoint kept; rerun to continue).
         text_cache: JSONL file of cached canonical texts (default under :func:`cache_dir`).
+        eos_cache: head mode: root folder of cached frozen ``<eos>`` states (:class:`EosCache`;
+            default ``<cache_dir>/eos``, one subfolder per run weights and precision), or ``False``
+            to recompute them.
 
     Returns:
         The summary written to ``out/eval.json`` (``status`` is ``"done"`` or ``"paused"``).
@@ -620,8 +683,13 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     feats: dict[str, Any] = {}
     if mode == "head":
         t0 = time.perf_counter()
+        eos_cache = None if eos_cache is False else EosCache.for_run(
+            run, precision, root=None if eos_cache in (None, True) else eos_cache)
         for name in ("train", "val", "test"):
-            feats[name] = _eos_states(model, encoded[name][0], pad_id, batch_size * 2, precision).to(dev)
+            if eos_cache is None:
+                feats[name] = _eos_states(model, encoded[name][0], pad_id, batch_size * 2, precision).to(dev)
+            else:
+                feats[name] = eos_cache.states(model, encoded[name][0], pad_id, batch_size * 2, precision).to(dev)
         feature_s = time.perf_counter() - t0
 
     def evaluate(split: str) -> np.ndarray:

@@ -147,6 +147,31 @@ def test_modes_train_what_they_should(run_dir, task_dir, tmp_path, mode):
         assert summary["trainable_parameters"] == base.config.n_embd
 
 
+def test_head_mode_reuses_cached_eos_states_of_the_same_weights(run_dir, task_dir, tmp_path):
+    from crystext.finetune import EosCache, _eos_states, load_for_regression
+
+    cache = tmp_path / "eos"
+    fresh = _ft(run_dir, task_dir, tmp_path / "a", "head", eos_cache=False)
+    first = _ft(run_dir, task_dir, tmp_path / "b", "head", eos_cache=cache)
+    again = _ft(run_dir, task_dir, tmp_path / "c", "head", eos_cache=cache)
+    assert first["test"]["mae"] == pytest.approx(fresh["test"]["mae"], rel=1e-5)
+    assert again["test"] == first["test"]
+    (folder,) = cache.iterdir()  # one folder for these weights and this precision
+    assert folder.name.endswith("-float32")
+    # the cache returns each document's own state, in the order asked, whatever was cached before
+    model, tok = load_for_regression(run_dir)
+    ids = [tok.encode("data_NaCl")[:k] for k in (3, 5, 4)]
+    got = EosCache(folder).states(model, ids[::-1], tok.pad_token_id, 2, "float32")
+    want = _eos_states(model, ids[::-1], tok.pad_token_id, 2, "float32")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # other weights get another folder
+    other = tmp_path / "other"
+    model.save_pretrained(other)
+    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes() + b" ")
+    assert EosCache.for_run(other, "float32", root=cache).dir != folder
+    assert EosCache.for_run("someone/hub-model", "float32", root=cache) is None
+
+
 def test_resume_continues_to_the_same_weights(run_dir, task_dir, tmp_path):
     whole = _ft(run_dir, task_dir, tmp_path / "whole", "full", epochs=3, patience=5)
     paused = _ft(run_dir, task_dir, tmp_path / "cut", "full", epochs=3, patience=5, stop_after=1)
