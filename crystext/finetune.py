@@ -426,11 +426,10 @@ class EosCache:
 
     def _load(self) -> tuple[list[str], np.ndarray | None]:
         try:
-            keys = json.loads((self.dir / "keys.json").read_text())
-            states = np.load(self.dir / "states.npy")
-        except (OSError, ValueError):
+            with np.load(self.dir / "states.npz", allow_pickle=False) as z:
+                return z["keys"].tolist(), z["states"]
+        except (OSError, ValueError, KeyError):
             return [], None
-        return (keys, states) if len(keys) == len(states) else ([], None)
 
     def states(self, model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str):
         """(n, d) float32 tensor of the ``<eos>`` states of ``ids``, computing only what is missing."""
@@ -446,10 +445,11 @@ class EosCache:
             states = new if states is None else np.concatenate([states, new])
             index = {k: i for i, k in enumerate(keys)}
             self.dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.dir / "states.tmp.npy", states)  # both files replaced whole: a kill leaves the old pair
-            (self.dir / "keys.tmp").write_text(json.dumps(keys))
-            os.replace(self.dir / "states.tmp.npy", self.dir / "states.npy")
-            os.replace(self.dir / "keys.tmp", self.dir / "keys.json")
+            # keys and states in one file, replaced whole: a kill or a concurrent writer never pairs
+            # one write's keys with another's states
+            tmp = self.dir / f"states.{os.getpid()}.tmp.npz"
+            np.savez(tmp, keys=np.asarray(keys), states=states)
+            os.replace(tmp, self.dir / "states.npz")
         return torch.from_numpy(np.ascontiguousarray(states[[index[k] for k in want]], dtype=np.float32))
 
 

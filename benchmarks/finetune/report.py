@@ -12,7 +12,7 @@ The best fine-tuning mode of a task is the one with the lowest mean validation M
 A difference inside the seed spread (the larger of the two stds) is called a tie.
 
     python benchmarks/finetune/report.py --results benchmarks/finetune/results_mp.csv \
-        --baselines benchmarks/finetune/baselines.csv --out benchmarks/finetune/report.md
+        --baselines benchmarks/multiscale/ablation.csv benchmarks/finetune/baselines.csv --out benchmarks/finetune/report.md
 """
 
 from __future__ import annotations
@@ -67,9 +67,15 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def baselines(path: Path, method: str = "stack") -> pd.DataFrame:
-    """Frozen LM + MLP (``lm``) and Magpie + MLP (``composition``) from the ablation's CSV rows."""
-    df = pd.read_csv(path)
+def baselines(paths: list[Path], method: str = "stack") -> pd.DataFrame:
+    """Frozen LM + MLP (``lm``) and Magpie + MLP (``composition``) from the ablation's CSV rows
+    (several files: a later file's rows of a (task, branch) replace an earlier file's)."""
+    frames = [pd.read_csv(p) for p in paths]
+    for i, df in enumerate(frames):
+        later = pd.concat(frames[i + 1:]) if i + 1 < len(frames) else df.iloc[:0]
+        seen = set(zip(later["dataset"], later["branches"]))
+        frames[i] = df[[(d, b) not in seen for d, b in zip(df["dataset"], df["branches"])]]
+    df = pd.concat(frames, ignore_index=True)
     df = df[(df["method"] == method) & df["branches"].isin(["lm", "composition"])]
     rows = []
     for (task, branch), g in df.groupby(["dataset", "branches"], sort=False):
@@ -136,12 +142,18 @@ def markdown(summary: pd.DataFrame, base: pd.DataFrame, command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", nargs="+", required=True)
-    ap.add_argument("--baselines", default=None, help="ablation CSV with single-branch lm / composition rows")
+    ap.add_argument("--baselines", nargs="+", default=None,
+                    help="ablation CSVs with single-branch lm / composition rows (later files win)")
+    ap.add_argument("--include-capped", action="store_true",
+                    help="also summarise runs on row subsamples (--max-train/--max-val/--max-test)")
     ap.add_argument("--out", default=None, help="Markdown file (default: print)")
     args = ap.parse_args(argv)
     results = pd.concat([pd.read_csv(p) for p in args.results], ignore_index=True)
+    capped = results[[c for c in ("max_train", "max_val", "max_test") if c in results]].notna().any(axis=1)
+    if not args.include_capped:  # smoke runs on row subsamples are not the protocol
+        results = results[~capped]
     summary = summarise(results)
-    base = baselines(Path(args.baselines)) if args.baselines else pd.DataFrame(columns=["task", "baseline"])
+    base = baselines([Path(b) for b in args.baselines]) if args.baselines else pd.DataFrame(columns=["task", "baseline"])
     text = markdown(summary, base, "python benchmarks/finetune/report.py " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.out:
         Path(args.out).write_text(text)
