@@ -533,8 +533,9 @@ class FinetuneSettings:
     precision: str = "float32"
 
     def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k not in ("epochs", "patience")}
-        return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        # every setting, the epoch budget included: the cosine schedule spans ``epochs``, so a run
+        # of another budget is another run (neither "complete" nor resumable as this one)
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray) -> dict:

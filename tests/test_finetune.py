@@ -186,6 +186,9 @@ def test_resume_continues_to_the_same_weights(run_dir, task_dir, tmp_path):
     assert _ft(run_dir, task_dir, tmp_path / "cut", "full", epochs=3, patience=5)["test"] == resumed["test"]
     with pytest.raises(ConfigError, match="other settings"):
         _ft(run_dir, task_dir, tmp_path / "cut", "full", epochs=3, patience=5, lr=0.5, stop_after=0)
+    # another epoch budget is another run (its schedule differs): never "complete" from this folder
+    with pytest.raises(ConfigError, match="other settings"):
+        _ft(run_dir, task_dir, tmp_path / "cut", "full", epochs=6, patience=5, stop_after=0)
 
 
 def test_lm_branch_features(trained, task_dir):

@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         if key in finished:
             return finished[key]
         folder, target, _ = TASKS[task]
-        out = Path(args.out) / run_name / task / (f"fold{fold}" if fold is not None else "all") / f"{mode}-lr{lr:g}-s{seed}"
+        budget_tag = "".join(f"-{k}{v}" for k, v in (("train", args.max_train), ("val", args.max_val),
+                                                   ("test", args.max_test), ("e", caps(mode)["max_epochs"])) if v)
+        out = (Path(args.out) / run_name / task / (f"fold{fold}" if fold is not None else "all")
+               / f"{mode}-lr{lr:g}{budget_tag}-s{seed}")
         t0 = time.time()
         s = finetune(args.run, data / folder, out, mode=mode, target=target, fold=fold, seed=seed, lr=lr,
                      epochs=None if mode == "head" else args.epochs, batch_size=args.batch_size, max_train=args.max_train,
