@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         results = results[~capped]
     summary = summarise(results)
     base = baselines([Path(b) for b in args.baselines]) if args.baselines else pd.DataFrame(columns=["task", "baseline"])
+    base = base[base["task"].isin(set(summary["task"]))]  # only the tasks fine-tuned here
     text = markdown(summary, base, "python benchmarks/finetune/report.py " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.out:
         Path(args.out).write_text(text)
