@@ -60,7 +60,10 @@ def test_verdict_calls_a_gap_inside_the_spread_a_tie(report):
                        "test_std": 0.010, "val_mae": 0.2}])
     base = pd.DataFrame([{"task": "t", "baseline": "frozen LM + MLP", "test_mae": 0.205, "test_std": 0.004, "seeds": 3},
                          {"task": "t", "baseline": "Magpie + MLP", "test_mae": 0.400, "test_std": 0.004, "seeds": 3}])
+    assert report.verdicts(s, base)[0].count("no verdict yet") == 1  # head and lora not run
+    s = pd.concat([s.assign(mode=m, val_mae=0.3) for m in ("head", "lora")] + [s], ignore_index=True)
     (line,) = report.verdicts(s, base)
+    assert "best mode on validation **full**" in line and "no verdict" not in line
     assert "ties frozen LM + MLP" in line and "target of -30 % not met" in line
     assert "beats Magpie + MLP" in line
 

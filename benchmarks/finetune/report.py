@@ -98,7 +98,10 @@ def verdicts(summary: pd.DataFrame, base: pd.DataFrame) -> list[str]:
         best = tuned.loc[tuned["val_mae"].idxmin()]
         said = (f"**{task}** ({run}): best mode on validation **{best['mode']}**, test "
                 f"{_fmt(best['test_mae'], best['test_std'], best['seeds'])} ({best['seeds']} seeds)")
-        if best["seeds"] < 3:
+        missing = sorted({"head", "lora", "full"} - set(g["mode"]))
+        if missing:
+            said += f"; {' and '.join(missing)} not run, so no verdict yet"
+        elif best["seeds"] < 3:
             said += "; fewer than 3 seeds, so no verdict yet"
         for name in ("frozen LM + MLP", "Magpie + MLP"):
             b = base[(base["task"] == task) & (base["baseline"] == name)]
@@ -113,7 +116,7 @@ def verdicts(summary: pd.DataFrame, base: pd.DataFrame) -> list[str]:
             else:
                 word = "beats" if best["test_mae"] < b["test_mae"] else "loses to"
             said += f"; {word} {name} ({b['test_mae']:.4g}, {gain:+.0%})"
-            if name == "frozen LM + MLP":
+            if name == "frozen LM + MLP" and not missing and best["seeds"] >= 3:
                 said += " - target of -30 % " + ("met" if gain >= TARGET_GAIN and word == "beats" else "not met")
         lines.append(said + ".")
     return lines
