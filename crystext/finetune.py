@@ -686,11 +686,12 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         t0 = time.perf_counter()
         eos_cache = None if eos_cache is False else EosCache.for_run(
             run, precision, root=None if eos_cache in (None, True) else eos_cache)
-        for name in ("train", "val", "test"):
-            if eos_cache is None:
-                feats[name] = _eos_states(model, encoded[name][0], pad_id, batch_size * 2, precision).to(dev)
-            else:
-                feats[name] = eos_cache.states(model, encoded[name][0], pad_id, batch_size * 2, precision).to(dev)
+        embed = _eos_states if eos_cache is None else eos_cache.states
+        names = ("train", "val", "test")
+        # one call over every split: the cache file is read and rewritten once, not once per split
+        states = embed(model, [r for n in names for r in encoded[n][0]], pad_id, batch_size * 2, precision).to(dev)
+        for name, part in zip(names, torch.split(states, [len(encoded[n][0]) for n in names])):
+            feats[name] = part
         feature_s = time.perf_counter() - t0
 
     def evaluate(split: str) -> np.ndarray:

@@ -44,6 +44,13 @@ def test_learning_rate_is_picked_on_validation_not_test(report):
     assert s["test_mae"].iloc[0] == pytest.approx(0.22) and s["test_std"].iloc[0] == pytest.approx(0.02)
 
 
+def test_runs_of_another_epoch_budget_are_not_mixed(report):
+    short = [dict(_row("full", seed, 1e-4, mae=0.3, val=0.3), max_epochs=6) for seed in (0, 1, 2)]
+    long = [dict(_row("full", seed, 1e-4, mae=0.2, val=0.2), max_epochs=30) for seed in (0, 1, 2)]
+    s = report.summarise(pd.DataFrame(short + long))
+    assert len(s) == 2 and sorted(s["test_mae"]) == pytest.approx([0.2, 0.3])
+
+
 def test_fold_tasks_average_folds_per_seed_and_pick_per_fold(report):
     rows = []
     for fold, (good, bad) in enumerate([(1e-4, 2e-4), (2e-4, 1e-4)]):

@@ -11,7 +11,7 @@ the seed-0 grid row with the lowest validation MAE (per fold for fold tasks); th
 The best fine-tuning mode of a task is the one with the lowest mean validation MAE, not test MAE.
 A difference inside the seed spread (the larger of the two stds) is called a tie.
 
-    python benchmarks/finetune/report.py --results benchmarks/finetune/results_mp.csv \
+    python benchmarks/finetune/report.py --results benchmarks/finetune/results.csv \
         --baselines benchmarks/multiscale/ablation.csv benchmarks/finetune/baselines.csv --out benchmarks/finetune/report.md
 """
 
@@ -28,10 +28,18 @@ import pandas as pd
 TARGET_GAIN = 0.30
 
 
+#: what makes one protocol run: rows of another epoch budget are another run (as in run.py)
+RUN_KEYS = ["run", "max_epochs"]
+
+
+def _run_keys(df: pd.DataFrame) -> list[str]:
+    return [k for k in RUN_KEYS if k in df]
+
+
 def picked_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the learning rate picked on seed-0 validation MAE, per (run, task, mode, fold)."""
+    """The rows of the learning rate picked on seed-0 validation MAE, per (run, budget, task, mode, fold)."""
     out = []
-    for (run, task, mode, fold), g in df.groupby(["run", "task", "mode", "fold"], dropna=False, sort=False):
+    for _, g in df.groupby(_run_keys(df) + ["task", "mode", "fold"], dropna=False, sort=False):
         first = g["seed"].min()
         grid = g[g["seed"] == first]
         lr = grid.loc[grid["val_mae"].idxmin(), "lr"]
@@ -48,7 +56,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     results = results.copy()
     results["fold"] = results["fold"].fillna(-1).astype(int)
     rows = []
-    for (run, task, mode), g in picked_rows(results).groupby(["run", "task", "mode"], sort=False):
+    for _, g in picked_rows(results).groupby(_run_keys(results) + ["task", "mode"], dropna=False, sort=False):
+        run, task, mode = g["run"].iloc[0], g["task"].iloc[0], g["mode"].iloc[0]
         per_seed = g.groupby("seed")[["mae", "val_mae"]].mean()  # mean over folds per seed
         n_folds = g.groupby("seed")["fold"].nunique()
         complete = n_folds == n_folds.max()

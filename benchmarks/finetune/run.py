@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in finished:
             return finished[key]
         folder, target, _ = TASKS[task]
-        budget_tag = "".join(f"-{k}{v}" for k, v in (("train", args.max_train), ("val", args.max_val),
-                                                   ("test", args.max_test), ("e", caps(mode)["max_epochs"])) if v)
+        budget_tag = "".join(f"-{k}{v}" for k, v in caps(mode).items() if k != "run" and v)
         out = (Path(args.out) / run_name / task / (f"fold{fold}" if fold is not None else "all")
                / f"{mode}-lr{lr:g}{budget_tag}-s{seed}")
         t0 = time.time()
