@@ -76,6 +76,26 @@ def _resolve_run_path(name_or_path: str | os.PathLike) -> str:
     return text  # a Hub repo id: from_pretrained resolves (and caches) it
 
 
+def weights_digest(run: str | os.PathLike) -> str | None:
+    """SHA-256 (hex) of a local run folder's ``*.safetensors`` files, in name order; ``None`` for a
+    Hub id or a folder without safetensors weights. Caches of anything computed from a run's
+    weights are named by it, so a retrained run under the same folder name never reads stale ones."""
+    import hashlib
+
+    folder = Path(_resolve_run_path(run))
+    if not folder.is_dir():
+        return None
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return None
+    digest = hashlib.sha256()
+    for w in weights:
+        with open(w, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "float32", **hub_kwargs: Any):
     """Load a run folder (or a Hub repo id) as ``(model, tokenizer)``, model in eval mode on ``device``.
 

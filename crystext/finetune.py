@@ -408,17 +408,12 @@ class EosCache:
     @classmethod
     def for_run(cls, run: str | os.PathLike, precision: str, root: str | os.PathLike | None = None) -> "EosCache | None":
         """The cache of a local run folder (``None`` for a Hub id: no local weights file to name it by)."""
-        from .embeddings import _resolve_run_path
+        from .embeddings import weights_digest
 
-        weights = sorted(Path(_resolve_run_path(run)).glob("*.safetensors"))
-        if not weights:
+        digest = weights_digest(run)
+        if digest is None:
             return None
-        digest = hashlib.sha256()
-        for w in weights:
-            with open(w, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(chunk)
-        return cls(Path(root or cache_dir() / "eos") / f"{digest.hexdigest()[:16]}-{precision}")
+        return cls(Path(root or cache_dir() / "eos") / f"{digest[:16]}-{precision}")
 
     @staticmethod
     def _key(ids: list[int]) -> str:

@@ -159,6 +159,13 @@ def _branch_key(args, name: str, branch: str, tag: str = "") -> str:
     """Cache file stem of one branch: everything its features depend on."""
     if branch == "lm":
         extra = f"lm-{Path(args.lm_embeddings or args.run or 'none').name}"
+        if args.run and not args.lm_embeddings:
+            # the weights, not the folder name: a retrained release keeps its name
+            from crystext.embeddings import weights_digest
+
+            digest = weights_digest(args.run)
+            extra += f"-{digest[:12]}" if digest else ""
+            extra += "-bf16" if args.lm_bf16 else ""
     elif branch == "ace":
         extra = "ace-" + "-".join(f"{k}{v}" for k, v in sorted(ACE_PARAMS[name].items())) + f"-{args.element_table}"
     elif branch == "graph":
