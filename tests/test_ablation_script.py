@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from argparse import Namespace
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "multiscale" / "ablation.py"
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("multiscale_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _args(**kw):
     base = dict(lm_embeddings=None, run=None, lm_bf16=False, limit_train=None, limit_test=None, element_table="magpie")
     return Namespace(**{**base, **kw})
 
 
-def test_lm_cache_key_follows_the_weights_not_the_folder_name(tmp_path):
-    ablation = _ablation()
+def test_lm_cache_key_follows_the_weights_not_the_folder_name(tmp_path, benchmark_script):
+    ablation = benchmark_script("multiscale/ablation.py")
     old, new, copy = (tmp_path / d / "crystext-mp" for d in ("old", "new", "copy"))
     for folder, weights in ((old, b"weights v1"), (new, b"weights v2"), (copy, b"weights v1")):
         folder.mkdir(parents=True)

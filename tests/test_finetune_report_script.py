@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-HERE = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"finetune_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def report(benchmark_script):
+    return benchmark_script("finetune/report.py")
 
 
 @pytest.fixture(scope="module")
-def report():
-    return _load("report")
-
-
-@pytest.fixture(scope="module")
-def runner():
-    return _load("run")
+def runner(benchmark_script):
+    return benchmark_script("finetune/run.py")
 
 
 def _row(mode, seed, lr, mae, val, fold=None, run="m"):

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training" / "heldout_loss.py"
-
-
 @pytest.fixture(scope="module")
-def heldout():
-    spec = importlib.util.spec_from_file_location("heldout_loss", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def heldout(benchmark_script):
+    return benchmark_script("training/heldout_loss.py")
 
 
 def test_paired_difference_of_a_uniform_gain_is_exact(heldout):

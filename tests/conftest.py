@@ -1,0 +1,24 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(relpath)``: a script of ``benchmarks/`` (not a package) imported as a module, by path."""
+
+    def load(relpath: str):
+        path = REPO / "benchmarks" / relpath
+        spec = importlib.util.spec_from_file_location(f"bench_{path.parent.name}_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
