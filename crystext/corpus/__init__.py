@@ -17,7 +17,8 @@ Sources (any mix, one argument each):
 The package is split by job: :mod:`.sources` (streaming readers, also the table / CIF-folder
 readers other modules share), :mod:`.headers` (header documents), :mod:`.build` (conversion over a
 process pool into restartable Arrow shards, dedupe, split, ``save_to_disk``) and :mod:`.stats`
-(token counts and coverage reports). Every record is converted on its own; a bad one is skipped
+(token counts and coverage reports) and :mod:`.pack`
+(corpus folders packed into one small file for travel, and back). Every record is converted on its own; a bad one is skipped
 and counted with its reason, so one record never stops a build.
 """
 
@@ -39,6 +40,7 @@ from .build import (
     text_fields,
 )
 from .headers import CENTERING, header_lines, header_text
+from .pack import pack_corpus, unpack_corpus
 from .sources import (
     HEADER_KEEP,
     ID_COLUMNS,
@@ -61,6 +63,6 @@ __all__ = [
     "ID_COLUMNS", "SPLITS", "SPLIT_MODES", "TABLE_SUFFIXES", "Record", "Source", "build_corpus",
     "add_counts", "coverage_markdown", "dedupe_key", "features", "formula_elements", "header_lines", "header_text",
     "iter_cif_folder", "iter_records", "iter_table_chunks", "iter_table_records", "load_corpus",
-    "match_group", "open_source", "open_sources", "print_summary", "reference_elements",
+    "match_group", "open_source", "pack_corpus", "unpack_corpus", "open_sources", "print_summary", "reference_elements",
     "resolve_tokenizer", "split_of", "table_columns", "table_num_rows", "text_fields", "token_counts",
 ]
