@@ -61,3 +61,33 @@ def test_bad_input_is_named(parts, tmp_path):
     with pytest.raises(ConfigError, match="junk.xz: not a packed crystext corpus"):
         unpack_corpus(tmp_path / "junk.xz", tmp_path / "out")
     assert not (tmp_path / "mixed.xz").exists()
+
+
+def test_device_script_brings_the_run_back_in_pieces(parts, tmp_path):
+    """training/device/pretrain.sh, run here on the CPU: unpack, pretrain, return the run as pieces
+    that join into a loadable folder (what a GPU call returns under the device's file limits)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    root, _ = parts
+    pack_corpus([root / "p1", root / "p2"], tmp_path / "c.xz")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", str(repo / "training" / "device" / "pretrain.sh"), str(tmp_path / "c.xz"), "tiny", "2",
+                           "--max-steps", "2", "--set", "batch_size=4"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    pieces = sorted(out.glob("run.tar.*"))
+    assert pieces, done.stdout + done.stderr
+    assert all(p.stat().st_size <= 15 * 2**20 for p in pieces)
+    back = tmp_path / "back"
+    back.mkdir()
+    subprocess.run(f"cat {' '.join(map(str, pieces))} | tar -x -C {back}", shell=True, check=True)
+    assert not (back / "run" / "checkpoints").exists()
+    assert (out / "pretrain.log").read_text().strip()
+    AutoModelForCausalLM.from_pretrained(back / "run")
