@@ -526,6 +526,9 @@ class FinetuneSettings:
     lora_dropout: float = 0.0
     symprec: float = 0.1
     precision: str = "float32"
+    #: SHA-256 of the run's weights (``None`` for a Hub id): a retrained release under the same
+    #: folder name is another starting point, so its folder is never "complete" from the old one
+    run_weights: str | None = None
 
     def fingerprint(self) -> str:
         # every setting, the epoch budget included: the cosine schedule spans ``epochs``, so a run
@@ -605,7 +608,7 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     import torch
     from tqdm.auto import tqdm
 
-    from .embeddings import resolve_device
+    from .embeddings import resolve_device, weights_digest
     from .precision import resolve_precision
 
     if mode not in MODES:
@@ -624,7 +627,8 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         run=str(run), data=str(Path(data).resolve()), target=task.target, mode=mode, fold=fold,
         train_split=train_split, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
         weight_decay=weight_decay, max_train=max_train, max_val=max_val, max_test=max_test, lora_r=lora_r,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, symprec=symprec, precision=precision)
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, symprec=symprec, precision=precision,
+        run_weights=weights_digest(run))
     ckpt_dir = out / CHECKPOINTS
     state_file = ckpt_dir / "state.json"
     if (out / "eval.json").is_file() and (out / "model.safetensors").is_file():
@@ -953,24 +957,57 @@ def predict(model_dir: str | os.PathLike, structures, batch_size: int = 32, devi
     return z * float(target.get("std", 1.0)) + float(target.get("mean", 0.0))
 
 
-def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int = 32, device: Any = None,
-                       precision: str = "float32", symprec: float = 0.1, with_prediction: bool = False) -> np.ndarray:
-    """LM-branch vectors of a fine-tuned folder for the multi-scale heads: (n, d) float32, the
-    final hidden state at ``<eos>`` (what the regression head reads). With ``with_prediction``,
-    the model's prediction (original units) is appended as column ``d``."""
+def _last_and_mean_states(model, ids: list[list[int]], pad_id: int, special_ids: list[int], batch_size: int,
+                          precision: str):
+    """Final-layer states at ``<eos>`` and mean-pooled over the text tokens, from one forward pass:
+    two (n, d) float32 tensors."""
     import torch
 
+    from .embeddings import pool_views
+
+    device = next(model.parameters()).device
+    order = np.argsort([len(r) for r in ids], kind="stable")
+    last = torch.zeros((len(ids), model.config.n_embd), dtype=torch.float32)
+    mean = torch.zeros_like(last)
+    n_layer = int(model.config.n_layer)
+    model.eval()
+    with torch.inference_mode(), _amp(device, precision):
+        for start in range(0, len(order), batch_size):
+            idx = torch.as_tensor(order[start:start + batch_size])
+            x, m = _pad([ids[i] for i in idx.tolist()], pad_id)
+            a, b = pool_views(model, x.to(device), m.to(device), special_ids, [(n_layer, "last"), (n_layer, "mean")])
+            last[idx], mean[idx] = a.float().cpu(), b.float().cpu()
+    return last, mean
+
+
+def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int = 32, device: Any = None,
+                       precision: str = "float32", symprec: float = 0.1, with_prediction: bool = False,
+                       pooling: str = "last") -> np.ndarray:
+    """LM-branch vectors of a fine-tuned folder for the multi-scale heads: (n, d) float32.
+
+    ``pooling="last"``: the final hidden state at ``<eos>`` (what the regression head reads);
+    ``"mean"``: the final hidden states averaged over the text tokens (as
+    :func:`crystext.structure_embeddings` pools a pretrained run), which the multi-scale heads use
+    (on perov_5 it gave the MLP ~13 % lower MAE than ``<eos>`` + prediction;
+    ``benchmarks/finetune/README.md``). With ``with_prediction`` the model's prediction (original
+    units) is appended as column ``d``."""
+    import torch
+
+    from .embeddings import special_token_ids
     from .precision import resolve_precision
 
+    if pooling not in ("last", "mean"):
+        raise ConfigError(f"pooling must be 'last' or 'mean', not {pooling!r}")
     model, tokenizer, target = load_finetuned(model_dir, device)
     ids = _encode_structures(list(structures), tokenizer, int(model.config.n_positions), symprec)
     if not ids:
         return np.zeros((0, model.config.n_embd + int(with_prediction)), dtype=np.float32)
     prec = resolve_precision(precision, next(model.parameters()).device)
-    states = _eos_states(model, ids, tokenizer.pad_token_id, batch_size, prec)
+    last, mean = _last_and_mean_states(model, ids, tokenizer.pad_token_id, special_token_ids(tokenizer), batch_size, prec)
+    states = last if pooling == "last" else mean
     if with_prediction:
         with torch.inference_mode():
-            z = model.score(states.to(next(model.parameters()).device)).float().cpu()
+            z = model.score(last.to(next(model.parameters()).device)).float().cpu()
         pred = z * float(target.get("std", 1.0)) + float(target.get("mean", 0.0))
         states = torch.cat([states, pred], dim=1)
     return states.numpy().astype(np.float32)

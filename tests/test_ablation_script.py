@@ -5,7 +5,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 def _args(**kw):
-    base = dict(lm_embeddings=None, run=None, lm_bf16=False, limit_train=None, limit_test=None, element_table="magpie")
+    base = dict(lm_embeddings=None, run=None, lm_bf16=False, lm_pooling="mean", limit_train=None, limit_test=None, element_table="magpie")
     return Namespace(**{**base, **kw})
 
 
@@ -23,6 +23,7 @@ def test_lm_cache_key_follows_the_weights_not_the_folder_name(tmp_path, benchmar
     assert key(old) != key(new)
     assert key(old) == key(copy)
     assert key(old) != key(old, lm_bf16=True)
+    assert key(old) != key(old, lm_pooling="last")
     assert "crystext-mp" in key(old)
     # precomputed vectors are named by their folder
     assert ablation._branch_key(_args(lm_embeddings=str(tmp_path / "vecs")), "perov_5", "lm").endswith("lm-vecs")

@@ -200,6 +200,17 @@ def test_lm_branch_features(trained, task_dir):
     with_pred = finetuned_features(out, cifs, with_prediction=True)
     np.testing.assert_allclose(with_pred[:, :d], feats, atol=1e-5)
     np.testing.assert_allclose(with_pred[:, d], predict(out, cifs), rtol=1e-4)
+    # mean pooling: the fine-tuned transformer's states averaged as for a pretrained run
+    from crystext.embeddings import structure_embeddings
+    from crystext.finetune import load_finetuned
+
+    model, tok, _ = load_finetuned(out)
+    mean = finetuned_features(out, cifs, pooling="mean", with_prediction=True)
+    np.testing.assert_allclose(mean[:, :d], structure_embeddings(cifs, (model, tok), pooling="mean"), atol=1e-5)
+    np.testing.assert_allclose(mean[:, d], with_pred[:, d], rtol=1e-5)
+    assert not np.allclose(mean[:, :d], feats, atol=1e-3)
+    with pytest.raises(ConfigError, match="pooling must be"):
+        finetuned_features(out, cifs, pooling="max")
 
 
 def test_task_folder_layouts_and_errors(tmp_path, task_dir):
@@ -258,7 +269,9 @@ def test_a_finetuned_folder_is_the_lm_branch_of_the_heads(trained, task_dir):
     cifs = pd.read_csv(task_dir / "val.csv").cif.tolist()[:4]
     inputs = BranchFeaturizer(branches=("lm", "composition"), run=str(out)).fit(cifs).transform(cifs)
     d = transformers.AutoConfig.from_pretrained(out).n_embd
-    assert inputs.features["lm"].shape == (4, d + 1)  # <eos> states and the fine-tuned prediction
+    assert inputs.features["lm"].shape == (4, d + 1)  # mean-pooled states and the fine-tuned prediction
+    np.testing.assert_allclose(inputs.features["lm"], finetuned_features(out, cifs, pooling="mean", with_prediction=True),
+                               rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(inputs.features["lm"][:, d], predict(out, cifs), rtol=1e-4)
 
 

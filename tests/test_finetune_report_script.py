@@ -90,3 +90,33 @@ def test_run_skips_only_rows_of_the_same_run_and_budget(runner, tmp_path, monkey
     assert list(got.columns) == runner.FIELDS and len(got) == 5 and got["max_train"].iloc[-1] == 50
     runner.main(args)  # everything finished: nothing reruns
     assert len(calls) == 4
+
+
+def test_run_redoes_rows_of_other_weights_under_the_same_name(runner, report, tmp_path, monkeypatch):
+    """A retrained release keeps its folder name: its rows, folders and report label are its own."""
+    model = tmp_path / "crystext-mp"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"release 1")
+    calls = []
+
+    def fake_finetune(run, data, out, mode, seed, lr, **kw):
+        calls.append(out)
+        return {"test": {"mae": 0.5, "rmse": 0.6, "r2": 0.1}, "val": {"mae": 0.4 + lr}, "best_epoch": 1,
+                "epochs_run": 1, "s_per_epoch": 1.0, "feature_s": 0.0, "train_s": 1.0,
+                "rows": {"train": 10, "val": 5, "test": 5}, "skipped": {}, "precision": "float32"}
+
+    import crystext.finetune
+    monkeypatch.setattr(crystext.finetune, "finetune", fake_finetune)
+    results = tmp_path / "results.csv"
+    args = ["--run", str(model), "--tasks", "perov_5", "--modes", "head", "--seeds", "0", "1",
+            "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--results", str(results)]
+    runner.main(args)
+    runner.main(args)
+    assert len(calls) == 4  # the same weights: nothing reruns
+    (model / "model.safetensors").write_bytes(b"release 2")
+    runner.main(args)
+    assert len(calls) == 8 and not set(calls[:4]) & set(calls[4:])  # new rows, new folders
+    got = pd.read_csv(results, dtype={"run_sha": str})
+    assert got["run_sha"].nunique() == 2 and set(got["run"]) == {"crystext-mp"}
+    labels = set(report.summarise(got)["run"])
+    assert len(labels) == 2 and all(label.startswith("crystext-mp@") for label in labels)

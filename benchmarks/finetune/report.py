@@ -29,7 +29,7 @@ TARGET_GAIN = 0.30
 
 
 #: what makes one protocol run: rows of another epoch budget are another run (as in run.py)
-RUN_KEYS = ["run", "max_epochs"]
+RUN_KEYS = ["run", "run_sha", "max_epochs"]
 
 
 def _run_keys(df: pd.DataFrame) -> list[str]:
@@ -58,6 +58,9 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, g in picked_rows(results).groupby(_run_keys(results) + ["task", "mode"], dropna=False, sort=False):
         run, task, mode = g["run"].iloc[0], g["task"].iloc[0], g["mode"].iloc[0]
+        sha = g["run_sha"].iloc[0] if "run_sha" in g else None
+        if isinstance(sha, str) and sha:  # which weights: a retrained release keeps its name
+            run = f"{run}@{sha[:8]}"
         per_seed = g.groupby("seed")[["mae", "val_mae"]].mean()  # mean over folds per seed
         n_folds = g.groupby("seed")["fold"].nunique()
         complete = n_folds == n_folds.max()

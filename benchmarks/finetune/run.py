@@ -38,7 +38,7 @@ TASKS = {  # task -> (folder, target column or None, folds)
 LR_GRID = {"head": (1e-3, 3e-3, 1e-2), "lora": (5e-4, 1e-3, 2e-3), "full": (1e-4, 2e-4, 5e-4)}
 FIELDS = ["task", "fold", "mode", "seed", "lr", "mae", "val_mae", "rmse", "r2", "best_epoch", "epochs",
           "s_per_epoch", "feature_s", "train_s", "n_train", "n_val", "n_test", "skipped", "precision", "run",
-          "picked_on", "out", "max_train", "max_val", "max_test", "max_epochs"]
+          "run_sha", "picked_on", "out", "max_train", "max_val", "max_test", "max_epochs"]
 
 
 def done_rows(path: Path) -> list[dict]:
@@ -91,19 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-models", action="store_true", help="keep every model folder (default: picked ones)")
     args = p.parse_args(argv)
 
+    from crystext.embeddings import weights_digest
     from crystext.finetune import MODE_DEFAULTS, finetune
     from crystext.settings import data_dir
 
     data = Path(args.data) if args.data else data_dir(required=True)
     results = Path(args.results)
     run_name = Path(args.run).name
+    # the weights, not only the name: a retrained release keeps its folder name
+    run_sha = (weights_digest(args.run) or "")[:12]
 
     def budget(row: dict) -> tuple:
-        # a finished row counts only for the same run, row caps and epoch budget
-        return tuple(str(row.get(k) or "") for k in ("run", "max_train", "max_val", "max_test", "max_epochs"))
+        # a finished row counts only for the same run (weights), row caps and epoch budget
+        return tuple(str(row.get(k) or "") for k in ("run", "run_sha", "max_train", "max_val", "max_test", "max_epochs"))
 
     def caps(mode: str) -> dict:
-        return {"run": run_name, "max_train": args.max_train or "", "max_val": args.max_val or "",
+        return {"run": run_name, "run_sha": run_sha, "max_train": args.max_train or "", "max_val": args.max_val or "",
                 "max_test": args.max_test or "", "max_epochs": "" if mode == "head" else (args.epochs or "")}
 
     finished = {(r["task"], r["fold"], r["mode"], r["seed"], r["lr"], budget(r)): r for r in done_rows(results)}
@@ -113,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         if key in finished:
             return finished[key]
         folder, target, _ = TASKS[task]
-        budget_tag = "".join(f"-{k}{v}" for k, v in caps(mode).items() if k != "run" and v)
-        out = (Path(args.out) / run_name / task / (f"fold{fold}" if fold is not None else "all")
+        budget_tag = "".join(f"-{k}{v}" for k, v in caps(mode).items() if k not in ("run", "run_sha") and v)
+        out = (Path(args.out) / (f"{run_name}-{run_sha[:8]}" if run_sha else run_name) / task / (f"fold{fold}" if fold is not None else "all")
                / f"{mode}-lr{lr:g}{budget_tag}-s{seed}")
         t0 = time.time()
         s = finetune(args.run, data / folder, out, mode=mode, target=target, fold=fold, seed=seed, lr=lr,
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                "best_epoch": s["best_epoch"], "epochs": s["epochs_run"], "s_per_epoch": s["s_per_epoch"],
                "feature_s": s["feature_s"], "train_s": s["train_s"], "n_train": s["rows"]["train"],
                "n_val": s["rows"]["val"], "n_test": s["rows"]["test"],
-               "skipped": sum(s["skipped"].values()), "precision": s["precision"], "run": run_name,
+               "skipped": sum(s["skipped"].values()), "precision": s["precision"],
                "picked_on": picked_on, "out": str(out), **caps(mode)}
         append(results, row)
         finished[key] = {k: str(v) for k, v in row.items()}

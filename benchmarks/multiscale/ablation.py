@@ -22,8 +22,9 @@ Methods (``--method``):
   table shows.
 - ``gated`` / ``concat``: :class:`crystext.heads.MultiScaleRegressor`, one network per combination.
 
-Branches: ``lm`` (``--run``: a pretrained or fine-tuned crystext run folder, its hidden states
-mean-pooled; or ``--lm-embeddings``), ``composition``, ``graph`` (CGCNN-style GNN trained end to
+Branches: ``lm`` (``--run``: a pretrained crystext run folder, its hidden states pooled by
+``--lm-pooling``; or a ``crystext finetune`` folder, the same pooling of its fine-tuned states
+plus its prediction, as the heads use it; or ``--lm-embeddings``), ``composition``, ``graph`` (CGCNN-style GNN trained end to
 end), ``ace``, ``chgnet`` (pretrained CHGNet 64-D vectors; ``pip install chgnet``). Featurised
 inputs are cached per data set and split (``--cache``); rows already in ``--out`` are skipped.
 
@@ -97,13 +98,19 @@ def lm_arrays(args, name: str, s_train, s_test, tag: str = ""):
         import torch
 
         from crystext.embeddings import load_run, structure_embeddings
+        from crystext.finetune import finetuned_features, is_finetuned
 
-        run = load_run(args.run)
-        # bf16 autocast: ~2-40x faster on CPUs with bf16 matmuls; vectors within 1e-5 cosine of fp32
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.lm_bf16 else contextlib.nullcontext()
-        with ctx:
-            out = (structure_embeddings(s_train, run, batch_size=args.lm_batch_size),
-                   structure_embeddings(s_test, run, batch_size=args.lm_batch_size))
+        if is_finetuned(args.run):  # what the heads take from a fine-tuned folder
+            out = tuple(finetuned_features(args.run, s, batch_size=args.lm_batch_size, pooling=args.lm_pooling,
+                                           precision="bfloat16" if args.lm_bf16 else "float32", with_prediction=True)
+                        for s in (s_train, s_test))
+        else:
+            run = load_run(args.run)
+            # bf16 autocast: ~2-40x faster on CPUs with bf16 matmuls; vectors within 1e-5 cosine of fp32
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.lm_bf16 else contextlib.nullcontext()
+            with ctx:
+                out = tuple(structure_embeddings(s, run, pooling=args.lm_pooling, batch_size=args.lm_batch_size)
+                            for s in (s_train, s_test))
         if args.lm_save:
             Path(args.lm_save).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.lm_save) / f"{name}{tag}_train.npy", out[0])
@@ -166,6 +173,7 @@ def _branch_key(args, name: str, branch: str, tag: str = "") -> str:
             digest = weights_digest(args.run)
             extra += f"-{digest[:12]}" if digest else ""
             extra += "-bf16" if args.lm_bf16 else ""
+            extra += "" if args.lm_pooling == "mean" else f"-{args.lm_pooling}"
     elif branch == "ace":
         extra = "ace-" + "-".join(f"{k}{v}" for k, v in sorted(ACE_PARAMS[name].items())) + f"-{args.element_table}"
     elif branch == "graph":
@@ -420,6 +428,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=None, help="LM run for the lm branch (a pretrained or a fine-tuned run folder)")
     ap.add_argument("--lm-embeddings", default=None, help="folder with <dataset>[-<train>-<test>]_{train,test}.npy LM vectors")
     ap.add_argument("--lm-batch-size", type=int, default=32)
+    ap.add_argument("--lm-pooling", choices=["mean", "last"], default="mean",
+                    help="with --run: mean over the text tokens, or the <eos> state (default: mean)")
     ap.add_argument("--lm-bf16", action="store_true", help="with --run: embed under bf16 autocast")
     ap.add_argument("--lm-save", default=None, help="with --run: also save the LM vectors as <dir>/<dataset>_{train,test}.npy")
     ap.add_argument("--element-table", default="magpie")

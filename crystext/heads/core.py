@@ -175,8 +175,8 @@ class BranchFeaturizer:
                         raise ConfigError("the lm branch needs run=... or a precomputed lm_embeddings array")
                     from ..finetune import finetuned_features, is_finetuned
 
-                    if is_finetuned(self.run):  # a fine-tuned folder: its <eos> states + its prediction
-                        lm_embeddings = finetuned_features(self.run, structures, with_prediction=True)
+                    if is_finetuned(self.run):  # a fine-tuned folder: mean-pooled states + its prediction
+                        lm_embeddings = finetuned_features(self.run, structures, pooling="mean", with_prediction=True)
                     else:
                         from ..embeddings import structure_embeddings
 
