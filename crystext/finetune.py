@@ -988,7 +988,7 @@ def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int
     ``pooling="last"``: the final hidden state at ``<eos>`` (what the regression head reads);
     ``"mean"``: the final hidden states averaged over the text tokens (as
     :func:`crystext.structure_embeddings` pools a pretrained run), which the multi-scale heads use
-    (on perov_5 it gave the MLP ~13 % lower MAE than ``<eos>`` + prediction;
+    (on perov_5 it gave the MLP 14 % lower MAE than ``<eos>`` + prediction;
     ``benchmarks/finetune/README.md``). With ``with_prediction`` the model's prediction (original
     units) is appended as column ``d``."""
     import torch
