@@ -76,8 +76,6 @@ def pack_corpus(corpora: Iterable[str | os.PathLike], out: str | os.PathLike, pr
         elif list(dd) != splits:
             raise ConfigError(f"{folder}: splits {list(dd)} differ from {corpora[0]}'s {splits}")
         parts.append({"folder": folder.name, "summary": dd.summary})
-    vocab = len(json.loads(tok_files["tokenizer.json"])["model"]["vocab"]) + 64  # room for added tokens
-    id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max else np.uint32
     counts = {}
     for split in splits:
         columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "spacegroup")}
@@ -87,14 +85,17 @@ def pack_corpus(corpora: Iterable[str | os.PathLike], out: str | os.PathLike, pr
             flat = table["input_ids"].combine_chunks()
             lengths.append(np.diff(flat.offsets.to_numpy()))
             values = flat.values.to_numpy(zero_copy_only=False)
-            if len(values) and (values.min() < 0 or values.max() > np.iinfo(id_dtype).max):
-                raise ConfigError(f"{folder}/{split}: token ids outside 0..{np.iinfo(id_dtype).max}")
-            ids.append(values.astype(id_dtype))
+            if len(values) and values.min() < 0:
+                raise ConfigError(f"{folder}/{split}: negative token ids")
+            ids.append(values.astype(np.uint32))
             for c in columns:
                 if c not in table.column_names:
                     raise ConfigError(f"{folder}/{split}: no {c!r} column (a corpus from an older crystext: rebuild it)")
                 columns[c].extend(table[c].to_pylist())
-        arrays[f"{split}.input_ids"] = np.concatenate(ids) if ids else np.zeros(0, id_dtype)
+        flat_ids = np.concatenate(ids) if ids else np.zeros(0, np.uint32)
+        # two bytes a token when the vocabulary allows (the crystext tokenizers' do)
+        small = not len(flat_ids) or flat_ids.max() <= np.iinfo(np.uint16).max
+        arrays[f"{split}.input_ids"] = flat_ids.astype(np.uint16) if small else flat_ids
         arrays[f"{split}.lengths"] = np.concatenate(lengths).astype(np.int32)
         arrays[f"{split}.spacegroup"] = np.asarray(columns.pop("spacegroup"), dtype=np.int16)
         for c, values in columns.items():
