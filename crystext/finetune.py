@@ -376,22 +376,32 @@ def _amp(device, precision: str):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _eos_states(model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str):
-    """Final-layer hidden state at the last non-pad token (what ``score`` reads): (n, d) float32."""
+def _final_states(model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str,
+                  poolings: tuple[str, ...] = ("last",), special_ids: list[int] = ()) -> list:
+    """Final-layer hidden states pooled per document, one (n, d) float32 tensor per pooling, from one
+    forward pass a batch: ``"last"`` is the state at the last non-pad token (``<eos>``, what
+    ``score`` reads), ``"mean"`` the average over the tokens not in ``special_ids``."""
     import torch
+
+    from .embeddings import pool_views
 
     device = next(model.parameters()).device
     order = np.argsort([len(r) for r in ids], kind="stable")
-    out = torch.zeros((len(ids), model.config.n_embd), dtype=torch.float32)
+    out = [torch.zeros((len(ids), model.config.n_embd), dtype=torch.float32) for _ in poolings]
+    views = [(int(model.config.n_layer), p) for p in poolings]
     model.eval()
     with torch.inference_mode(), _amp(device, precision):
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            x, m = _pad([ids[i] for i in idx], pad_id)
-            hidden = model.transformer(input_ids=x.to(device), attention_mask=m.to(device)).last_hidden_state
-            last = (m.sum(1) - 1).to(device)
-            out[torch.as_tensor(idx)] = hidden[torch.arange(len(idx), device=device), last].float().cpu()
+            idx = torch.as_tensor(order[start:start + batch_size])
+            x, m = _pad([ids[i] for i in idx.tolist()], pad_id)
+            for whole, part in zip(out, pool_views(model, x.to(device), m.to(device), special_ids, views)):
+                whole[idx] = part.float().cpu()
     return out
+
+
+def _eos_states(model, ids: list[list[int]], pad_id: int, batch_size: int, precision: str):
+    """Final-layer hidden state at the last non-pad token (what ``score`` reads): (n, d) float32."""
+    return _final_states(model, ids, pad_id, batch_size, precision)[0]
 
 
 class EosCache:
@@ -406,11 +416,13 @@ class EosCache:
         self.dir = Path(directory)
 
     @classmethod
-    def for_run(cls, run: str | os.PathLike, precision: str, root: str | os.PathLike | None = None) -> "EosCache | None":
-        """The cache of a local run folder (``None`` for a Hub id: no local weights file to name it by)."""
+    def for_run(cls, run: str | os.PathLike, precision: str, root: str | os.PathLike | None = None,
+                digest: str | None = None) -> "EosCache | None":
+        """The cache of a local run folder (``None`` for a Hub id: no local weights file to name it by);
+        ``digest``: the run's :func:`~crystext.embeddings.weights_digest` when the caller has it."""
         from .embeddings import weights_digest
 
-        digest = weights_digest(run)
+        digest = digest or weights_digest(run)
         if digest is None:
             return None
         return cls(Path(root or cache_dir() / "eos") / f"{digest[:16]}-{precision}")
@@ -684,7 +696,7 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     if mode == "head":
         t0 = time.perf_counter()
         eos_cache = None if eos_cache is False else EosCache.for_run(
-            run, precision, root=None if eos_cache in (None, True) else eos_cache)
+            run, precision, root=None if eos_cache in (None, True) else eos_cache, digest=settings.run_weights)
         embed = _eos_states if eos_cache is None else eos_cache.states
         names = ("train", "val", "test")
         # one call over every split: the cache file is read and rewritten once, not once per split
@@ -957,29 +969,6 @@ def predict(model_dir: str | os.PathLike, structures, batch_size: int = 32, devi
     return z * float(target.get("std", 1.0)) + float(target.get("mean", 0.0))
 
 
-def _last_and_mean_states(model, ids: list[list[int]], pad_id: int, special_ids: list[int], batch_size: int,
-                          precision: str):
-    """Final-layer states at ``<eos>`` and mean-pooled over the text tokens, from one forward pass:
-    two (n, d) float32 tensors."""
-    import torch
-
-    from .embeddings import pool_views
-
-    device = next(model.parameters()).device
-    order = np.argsort([len(r) for r in ids], kind="stable")
-    last = torch.zeros((len(ids), model.config.n_embd), dtype=torch.float32)
-    mean = torch.zeros_like(last)
-    n_layer = int(model.config.n_layer)
-    model.eval()
-    with torch.inference_mode(), _amp(device, precision):
-        for start in range(0, len(order), batch_size):
-            idx = torch.as_tensor(order[start:start + batch_size])
-            x, m = _pad([ids[i] for i in idx.tolist()], pad_id)
-            a, b = pool_views(model, x.to(device), m.to(device), special_ids, [(n_layer, "last"), (n_layer, "mean")])
-            last[idx], mean[idx] = a.float().cpu(), b.float().cpu()
-    return last, mean
-
-
 def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int = 32, device: Any = None,
                        precision: str = "float32", symprec: float = 0.1, with_prediction: bool = False,
                        pooling: str = "last") -> np.ndarray:
@@ -1003,7 +992,8 @@ def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int
     if not ids:
         return np.zeros((0, model.config.n_embd + int(with_prediction)), dtype=np.float32)
     prec = resolve_precision(precision, next(model.parameters()).device)
-    last, mean = _last_and_mean_states(model, ids, tokenizer.pad_token_id, special_token_ids(tokenizer), batch_size, prec)
+    last, mean = _final_states(model, ids, tokenizer.pad_token_id, batch_size, prec, ("last", "mean"),
+                               special_token_ids(tokenizer))
     states = last if pooling == "last" else mean
     if with_prediction:
         with torch.inference_mode():

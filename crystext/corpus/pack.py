@@ -66,8 +66,8 @@ def pack_corpus(corpora: Iterable[str | os.PathLike], out: str | os.PathLike, pr
         raise ConfigError("pack_corpus: no corpus folder given")
     arrays: dict[str, np.ndarray] = {}
     tok_files, splits, parts = None, None, []
-    for folder in corpora:
-        dd = load_corpus(folder)
+    loaded = [load_corpus(folder) for folder in corpora]
+    for folder, dd in zip(corpora, loaded):
         files = _tokenizer_files(folder / "tokenizer")
         if tok_files is None:
             tok_files, splits = files, list(dd)
@@ -80,11 +80,11 @@ def pack_corpus(corpora: Iterable[str | os.PathLike], out: str | os.PathLike, pr
     for split in splits:
         columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "spacegroup")}
         ids, lengths = [], []
-        for folder in corpora:
-            table = load_corpus(folder)[split].with_format("arrow")[:]
+        for folder, dd in zip(corpora, loaded):
+            table = dd[split].with_format("arrow")[:]
             flat = table["input_ids"].combine_chunks()
             lengths.append(np.diff(flat.offsets.to_numpy()))
-            values = flat.values.to_numpy(zero_copy_only=False)
+            values = flat.flatten().to_numpy(zero_copy_only=False)  # flatten(): the slice's values only
             if len(values) and values.min() < 0:
                 raise ConfigError(f"{folder}/{split}: negative token ids")
             ids.append(values.astype(np.uint32))
