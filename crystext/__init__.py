@@ -1,11 +1,13 @@
 """crystext: crystal structures as language-model text.
 
-Data flows one way: Structure -> text -> tokens -> corpus -> model -> embeddings -> benchmarks/heads.
+Data flows one way: Structure -> text -> tokens -> corpus -> model -> embeddings -> fine-tuning ->
+benchmarks/heads -> hub -> CLI; each module imports only from the floors below it (the floors and
+the check: ``tests/test_layers.py``).
 Public names are imported lazily so ``import crystext`` stays light: it imports neither torch
 nor transformers. The pipeline tasks (``crystal-embedding`` and the others in
-:mod:`crystext.pipeline`) are registered with transformers as soon as ``transformers.pipelines``
-is imported, in either order (``import crystext`` first or ``import transformers`` first);
-:func:`crystext.pipeline.register_pipeline` registers them explicitly.
+:mod:`crystext.pipeline`) are registered with transformers once both ``crystext`` and
+``transformers.pipelines`` are imported, in either order; a process that never imports crystext
+does not see them. :func:`crystext.pipeline.register_pipeline` registers them explicitly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -56,6 +58,7 @@ _EXPORTS = {
     "finetuned_features": "finetune",
     "element_counts": "embeddings",
     "resolve_precision": "precision",
+    "resolve_model": "resolve",
     "publish": "hub",
     "export_for_hub": "hub",
 }

@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
-BUILTIN_CORPORA = ("aflow-prototypes",)
-
-
 def _pymatgen_root() -> Path:
     import pymatgen.core
 

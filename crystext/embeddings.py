@@ -35,6 +35,8 @@ import pandas as pd
 
 from .corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
 from .errors import ConfigError, CrystextError, DataNotFoundError, TokenizerError
+from .limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
+from .resolve import resolve_model as _resolve_run_path  # one resolver: release, folder, Hub id
 from .settings import REPO_ROOT
 
 POOLINGS = ("mean", "last")
@@ -61,19 +63,6 @@ def resolve_device(device: Any = None):
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
-
-
-def _resolve_run_path(name_or_path: str | os.PathLike) -> str:
-    """A folder path as is; a bare name that is a folder under ``models/`` -> that folder; else a Hub id."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return str(path)
-    text = str(name_or_path)
-    if "/" not in text and "\\" not in text and (REPO_ROOT / "models" / text).is_dir():
-        return str(REPO_ROOT / "models" / text)
-    if path.is_absolute() or text.startswith((".", "~")) or (os.sep in text and path.parent.is_dir()):
-        raise DataNotFoundError(f"run {text}: no such folder (expected a save_pretrained run folder)")
-    return text  # a Hub repo id: from_pretrained resolves (and caches) it
 
 
 def weights_digest(run: str | os.PathLike) -> str | None:
@@ -109,6 +98,7 @@ def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "
 
     Raises:
         DataNotFoundError: the folder or repo does not exist or holds no loadable model/tokenizer.
+        crystext.atomic.DamagedFileError: a file of the folder is empty, truncated or not valid.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,6 +108,10 @@ def load_run(name_or_path: str | os.PathLike, device: Any = None, dtype: Any = "
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ConfigError(f"dtype {dtype!r} is not a torch dtype")
         dtype = getattr(torch, dtype)
+    if Path(source).is_dir():  # a truncated or empty file: one line naming it, not a loader's traceback
+        from .atomic import check_model_folder
+
+        check_model_folder(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype, **hub_kwargs)
@@ -191,18 +185,47 @@ def _source_formulas(source: str) -> Iterator[str] | None:
     return None
 
 
+#: An element vector trained on fewer pretraining documents than this is flagged as untrained
+#: (:func:`element_embeddings`' ``attrs["untrained"]``, the exported CSV's ``.trained.csv``, the plots).
+MIN_ELEMENT_DOCUMENTS = 20
+
+
+def _identity_element_counts(folder: Path) -> dict[str, int] | None:
+    """Distinct formulas per element in the run's ``corpus_identity.json`` (the corpora it and the
+    runs it was trained from held), or None when the run has no identity file."""
+    import gzip
+    import json
+
+    for name in ("corpus_identity.json", "corpus_identity.json.gz"):
+        path = folder / name
+        if path.is_file():
+            raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+            counts: Counter = Counter()
+            for formula in json.loads(raw).get("formulas", []):
+                counts.update(set(_elements_in(formula)))
+            return dict(counts)
+    return None
+
+
 def element_counts(run: str | os.PathLike) -> dict[str, int] | None:
     """How many pretraining documents of a run folder hold each element, or None when unknown.
 
-    Read from the run's ``corpus_summary.json`` (``element_counts``) when it records them, else
-    counted from the corpus sources it lists (all splits) when they are readable here, and
-    cached under ``$CRYSTEXT_CACHE``. An element absent from the result was never seen.
+    From the run's corpus identity (``corpus_identity.json``: distinct formulas of every corpus in
+    the run's lineage, a lower bound on documents) when it has one; else from
+    ``corpus_summary.json`` (``element_counts``) when it records them; else counted from the corpus
+    sources it lists (all splits) when they are readable here, cached under ``$CRYSTEXT_CACHE``.
+    An element absent from the result was never seen.
     """
     import hashlib
     import json
 
     folder = Path(_resolve_run_path(run)) if isinstance(run, (str, os.PathLike)) else None
-    if folder is None or not (folder / "corpus_summary.json").is_file():
+    if folder is None:
+        return None
+    from_identity = _identity_element_counts(folder)
+    if from_identity is not None:
+        return from_identity
+    if not (folder / "corpus_summary.json").is_file():
         return None
     raw = (folder / "corpus_summary.json").read_text()
     summary = json.loads(raw)
@@ -211,7 +234,7 @@ def element_counts(run: str | os.PathLike) -> dict[str, int] | None:
     sources = (summary.get("config") or {}).get("sources") or []
     if not sources:
         return None
-    from .finetune import cache_dir
+    from .settings import cache_dir
 
     cached = cache_dir() / "element_counts" / f"{hashlib.sha1(raw.encode()).hexdigest()[:16]}.json"
     if cached.is_file():
@@ -252,12 +275,15 @@ def element_embeddings(run: RunLike, warn_unseen: bool = True) -> pd.DataFrame:
     df.columns = list(range(df.shape[1]))
     counts = element_counts(run) if isinstance(run, (str, os.PathLike)) else None
     if counts is not None:
-        seen = pd.Series([counts.get(s, 0) > 0 for s in symbols], index=df.index, name="seen")
-        df.attrs["seen"] = seen
-        df.attrs["unseen"] = [s for s in symbols if not seen[s]]
-        if warn_unseen and df.attrs["unseen"]:
-            warnings.warn(f"{run}: {len(df.attrs['unseen'])} element vectors are untrained (never seen in "
-                          f"pretraining): {', '.join(df.attrs['unseen'])}", stacklevel=2)
+        documents = pd.Series([int(counts.get(s, 0)) for s in symbols], index=df.index, name="documents")
+        df.attrs["documents"] = documents
+        df.attrs["seen"] = (documents > 0).rename("seen")
+        df.attrs["unseen"] = [s for s in symbols if documents[s] == 0]
+        df.attrs["untrained"] = [s for s in symbols if documents[s] < MIN_ELEMENT_DOCUMENTS]
+        if warn_unseen and df.attrs["untrained"]:
+            warnings.warn(f"{run}: {len(df.attrs['untrained'])} element vectors are untrained (fewer than "
+                          f"{MIN_ELEMENT_DOCUMENTS} pretraining documents; never seen: {len(df.attrs['unseen'])}): "
+                          f"{', '.join(df.attrs['untrained'])}", stacklevel=2)
     return df
 
 
@@ -269,12 +295,19 @@ def save_element_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     out.index.name = "element"
     out.columns = [str(c) for c in range(out.shape[1])]
     out.to_csv(path, float_format="%.8g")
+    if "documents" in df.attrs:  # the CSV keeps ElementEmbeddings' layout; the flags go beside it
+        flags = pd.DataFrame({"documents": df.attrs["documents"],
+                              "trained": df.attrs["documents"] >= MIN_ELEMENT_DOCUMENTS})
+        flags.index.name = "element"
+        flags.to_csv(trained_flags_path(path))
     return path
 
 
-def write_element_csv(run: RunLike, out: str | os.PathLike) -> Path:
-    """:func:`element_embeddings` of ``run`` written with :func:`save_element_csv` (``crystext elements``)."""
-    return save_element_csv(element_embeddings(run), out)
+def trained_flags_path(csv_path: str | os.PathLike) -> Path:
+    """``X.csv`` -> ``X.trained.csv``: the element, its pretraining documents and whether its vector
+    counts as trained (at least :data:`MIN_ELEMENT_DOCUMENTS`), written beside an exported table."""
+    path = Path(csv_path)
+    return path.with_name(path.stem + ".trained.csv")
 
 
 # --------------------------------------------------------------------------- pooling core
@@ -390,6 +423,11 @@ class StructureEmbedder:
     #: None keeps the model's dtype. bf16 is ~3x faster on CPUs with bf16 matmul units (AMX,
     #: AVX512-BF16); vectors stay float32 and agree with float32 ones to ~1e-5 cosine.
     autocast: str | None = None
+    #: the text conversion's atom and time limits (``None`` or 0: no limit), as ``crystext text``
+    max_atoms: int | None = DEFAULT_MAX_ATOMS
+    time_limit: float | None = DEFAULT_TIME_LIMIT
+    #: a list to receive every skipped record as ``(key, reason, message)`` (the skipped-rows file)
+    skip_log: list | None = None
 
     def __post_init__(self) -> None:
         self.model, self.tokenizer = as_run(self.run, device=self.device)
@@ -416,7 +454,8 @@ class StructureEmbedder:
         from .text import structure_to_text
         from .inputs import to_structure
 
-        return structure_to_text(to_structure(structure, name=name), symprec=self.symprec)
+        return structure_to_text(to_structure(structure, name=name), symprec=self.symprec,
+                                 max_atoms=self.max_atoms or None, time_limit=self.time_limit or None)
 
     def encode(self, item: Any, is_text: bool = False, name: str = "structure") -> list[int]:
         if is_text and not isinstance(item, str):
@@ -483,6 +522,8 @@ class StructureEmbedder:
     def _skip(self, key: Any, exc: Exception) -> None:
         reason = type(exc).__name__ if isinstance(exc, CrystextError) else f"other:{type(exc).__name__}"
         self.skipped[reason] += 1
+        if self.skip_log is not None:
+            self.skip_log.append((key, reason, str(exc)))
         if len(self.skipped_examples) < 20:
             self.skipped_examples.append((key, f"{reason}: {exc}"))
 
@@ -507,7 +548,11 @@ def structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = D
         run: a run folder, a bare name under ``models/``, a Hub id, or a ``(model, tokenizer)`` pair.
         layer: hidden layer, 0 (embedding output) .. n_layer; -1 = last.
         pooling: ``"mean"`` over the text tokens or ``"last"`` (the ``<eos>`` state).
-        batch_size: structures per forward pass (results do not depend on it).
+        batch_size: structures per forward pass. Vectors depend on it, and on which structures
+            share a batch, only at float32 rounding (a few 1e-7: the padded length changes the
+            shapes of the matrix products); the same inputs in the same order with the same
+            ``batch_size`` give bit-identical vectors, and ``batch_size=1`` vectors independent
+            of any neighbour.
         device: ``"cpu"``, ``"cuda"``, an index, or None (CUDA when available).
         symprec: symmetry tolerance of the canonical text.
 
@@ -612,18 +657,22 @@ def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield frame
 
 
-def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[str, Any]]:
+def iter_records(source: InputSource, chunk_rows: int = 1024,
+                 max_atoms: int | None = DEFAULT_MAX_ATOMS) -> Iterator[tuple[str, Any]]:
     """``(id, item)`` records of one input, streamed. Items are paths, CIF strings or crystal texts
-    (corpus); a record that is broken before parsing (empty cell) comes as an exception instance."""
+    (corpus); a record that is broken before parsing (empty cell) or over ``max_atoms`` (``None``
+    or 0: no limit) comes as an exception instance."""
     from .errors import CIFParseError
-    from .inputs import check_structure, cif_site_count, read_text_file, structure_from_cif
-    from .limits import DEFAULT_MAX_ATOMS, check_size
+    from .inputs import check_structure, cif_site_count, option_hint, read_text_file, structure_from_cif
+    from .limits import check_size
 
     def parse(text_or_file: Any, key: str) -> Any:
         try:  # a file or a cell holds CIF text, never a path: parse it as such
             text = read_text_file(text_or_file) if isinstance(text_or_file, Path) else text_or_file
             # a huge cell is refused from its site rows, before pymatgen spends minutes on it
-            check_size(cif_site_count(text), DEFAULT_MAX_ATOMS, key, "split the file or convert it alone")
+            n = cif_site_count(text)
+            hint = f"raise the limit with {option_hint('max_atoms', 2 * n)} (0: no limit)"
+            check_size(n, max_atoms or None, key, hint)
             return check_structure(structure_from_cif(text, key), key)
         except Exception as exc:  # noqa: BLE001 - counted as a skipped record downstream
             return exc
@@ -667,45 +716,87 @@ def iter_records(source: InputSource, chunk_rows: int = 1024) -> Iterator[tuple[
 def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str | os.PathLike,
                      layer: int = DEFAULT_LAYER, pooling: str = "mean", batch_size: int = 32,
                      device: Any = None, symprec: float = 0.1, rows_per_group: int = 2048,
-                     progress: bool = True, precision: str = "float32") -> dict:
+                     progress: bool = True, precision: str = "float32", max_atoms: int | None = DEFAULT_MAX_ATOMS,
+                     time_limit: float | None = DEFAULT_TIME_LIMIT) -> dict:
     """Embed every record of ``inputs`` into a Parquet file, streaming with bounded memory.
 
     Inputs: CIF files, folders of CIFs (recursive ``*.cif``), tables (CSV/Parquet/JSONL) with a
     ``cif`` column (id from ``id``/``material_id``/``mbid`` when present), saved corpora
     (``datasets`` folders: their ``text`` column is embedded as written). Bad records are skipped
-    and counted, never fatal. Output columns: ``id`` (string), ``source`` (input path),
-    ``embedding`` (fixed-size list of float32). Read back with :func:`read_vectors`.
+    and counted, never fatal, and listed in ``OUT.skipped.csv`` (``id, source, reason, message``).
+    Output columns: ``id`` (string), ``source`` (input path), ``embedding`` (fixed-size list of
+    float32). Read back with :func:`read_vectors`.
 
+    ``max_atoms`` / ``time_limit``: skip structures with more atoms / whose text conversion takes
+    longer (``None`` or 0: no limit), as ``crystext corpus build`` does.
     ``precision``: ``float32`` (default: reproducible vectors), ``bfloat16``, or ``auto`` (bf16
     autocast only where :func:`crystext.precision.resolve_precision` finds it fast here).
     The progress bar shows a total, percentage and ETA whenever the inputs can be counted (CIF
     folders, CSV/Parquet/JSONL tables, saved corpora).
 
-    Returns a summary: ``{"embedded", "skipped", "skip_reasons", "examples", "out", "dim", ...}``.
+    Faults: ``out`` is written under a unique temporary name and renamed into place only when
+    complete; while the job runs it holds ``OUT.lock`` (:class:`crystext.atomic.OutputLock`), so a
+    second job on the same ``out`` refuses with the first one's pid instead of racing it. A full
+    disk or an error removes the temporary file (:class:`crystext.atomic.DiskFullError` names the
+    path). Vectors match those of :func:`structure_embeddings` up to float32 rounding that depends
+    on which records share a batch (see its ``batch_size``).
+
+    Returns a summary: ``{"embedded", "skipped", "skip_reasons", "examples", "out", "skipped_file",
+    "dim", ...}``.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
+
+    from .atomic import OutputLock, SkippedRows, atomic_path, skipped_path
 
     sources = [describe_input(p) for p in inputs]
     if not sources:
         raise ConfigError("no inputs to embed")
     from .precision import resolve_precision
 
-    precision = resolve_precision(precision, resolve_device(device))
-    embedder = StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
-                                 symprec=symprec, autocast=None if precision == "float32" else precision)
-    dim = embedder.dim
-    schema = pa.schema([("id", pa.string()), ("source", pa.string()),
-                        ("embedding", pa.list_(pa.float32(), dim))])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    total = sum(s.count for s in sources) if all(s.count is not None for s in sources) else None
-    bar = tqdm(total=total, unit="struct", desc="embed", disable=not progress)
-    embedded = 0
+    with OutputLock(out):  # before the model loads: a second job on this output refuses at once
+        precision = resolve_precision(precision, resolve_device(device))
+        skips: list = []
+        embedder = StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
+                                     symprec=symprec, autocast=None if precision == "float32" else precision,
+                                     max_atoms=max_atoms, time_limit=time_limit, skip_log=skips)
+        total = sum(s.count for s in sources) if all(s.count is not None for s in sources) else None
+        bar = tqdm(total=total, unit="struct", desc="embed", disable=not progress)
+        with atomic_path(out) as tmp:
+            embedded = _write_vectors(tmp, sources, embedder, bar, rows_per_group, max_atoms)
+            bar.close()
+            listing = SkippedRows(skipped_path(out))
+            listing.extend((key, str(source), reason, message) for source, key, reason, message in skips)
+            listing.write()
+    return {
+        "out": str(out),
+        "embedded": embedded,
+        "skipped": len(skips),
+        "skip_reasons": dict(embedder.skipped),
+        "examples": [f"{k}: {m}" for k, m in embedder.skipped_examples[:5]],
+        "skipped_file": str(listing.path),
+        "dim": embedder.dim,
+        "layer": embedder.layer,
+        "pooling": pooling,
+        "precision": precision,
+        "inputs": [f"{s.path} ({s.kind})" for s in sources],
+    }
+
+
+def _write_vectors(path: Path, sources: list[InputSource], embedder: StructureEmbedder, bar, rows_per_group: int,
+                   max_atoms: int | None) -> int:
+    """Stream every source's vectors into the Parquet file ``path``; return how many were written.
+    Skipped records land in ``embedder.skip_log`` as ``(source, key, reason, message)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = embedder.dim
+    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
     ids: list[str] = []
     srcs: list[str] = []
     vecs: list[np.ndarray] = []
+    embedded = 0
+    log = embedder.skip_log
 
     def flush(writer) -> None:
         if not ids:
@@ -717,15 +808,15 @@ def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str
         writer.write_table(table)
         ids.clear(), srcs.clear(), vecs.clear()
 
-    tmp = out.with_name(out.name + ".partial")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(path, schema) as writer:
         for source in sources:
             def counted(records):
                 for rec in records:
                     bar.update(1)
                     yield rec
 
-            for key, vec in embedder.iter_keyed(counted(iter_records(source)),
+            embedder.skip_log = []
+            for key, vec in embedder.iter_keyed(counted(iter_records(source, max_atoms=max_atoms)),
                                                 texts=source.kind == "corpus", skip_errors=True):
                 ids.append(str(key))
                 srcs.append(str(source.path))
@@ -733,23 +824,11 @@ def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str
                 embedded += 1
                 if len(ids) >= rows_per_group:
                     flush(writer)
+            log.extend((source.path, key, reason, message) for key, reason, message in embedder.skip_log)
             bar.set_postfix(skipped=sum(embedder.skipped.values()), refresh=False)
         flush(writer)
-    bar.close()
-    tmp.replace(out)
-    skipped = sum(embedder.skipped.values())
-    return {
-        "out": str(out),
-        "embedded": embedded,
-        "skipped": skipped,
-        "skip_reasons": dict(embedder.skipped),
-        "examples": [f"{k}: {m}" for k, m in embedder.skipped_examples[:5]],
-        "dim": dim,
-        "layer": embedder.layer,
-        "pooling": pooling,
-        "precision": precision,
-        "inputs": [f"{s.path} ({s.kind})" for s in sources],
-    }
+    embedder.skip_log = log
+    return embedded
 
 
 def read_vectors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

@@ -56,7 +56,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .atomic import SkippedRows, atomic_write_text, check_model_folder, save_into, skipped_path
 from .errors import ConfigError, CrystextError, DataNotFoundError
+from .settings import cache_dir
 
 MODES = ("head", "lora", "full")
 #: per-mode defaults (learning rate, epochs, patience): chosen so each mode converges on perov_5
@@ -207,11 +209,6 @@ def load_task(data: str | os.PathLike, target: str | None = None, fold: int | No
 # --------------------------------------------------------------------------- text cache
 
 
-def cache_dir() -> Path:
-    """Where canonical texts are cached: ``$CRYSTEXT_CACHE`` or ``~/.cache/crystext``."""
-    return Path(os.environ.get("CRYSTEXT_CACHE") or Path.home() / ".cache" / "crystext")
-
-
 def _cif_key(cif: str, symprec: float) -> str:
     return hashlib.sha1(f"{symprec}\n{cif}".encode()).hexdigest()
 
@@ -279,11 +276,20 @@ class TextCache:
 
 
 def encode_split(df: pd.DataFrame, tokenizer, max_len: int, cache: TextCache, num_proc: int = 1,
-                 progress: bool = True, desc: str = "text") -> tuple[list[list[int]], np.ndarray, np.ndarray, Counter, list[str]]:
+                 progress: bool = True, desc: str = "text",
+                 log: list | None = None) -> tuple[list[list[int]], np.ndarray, np.ndarray, Counter, list[str]]:
     """Token ids of a split's structures. Returns ``(ids, y, kept row numbers, skip counts,
     examples)``; a structure that does not convert, does not tokenize, or is longer than
-    ``max_len`` tokens is skipped and counted (``too_long`` for the last: never truncated)."""
+    ``max_len`` tokens is skipped and counted (``too_long`` for the last: never truncated).
+    ``log``: a list that receives every skipped row as ``(row, reason, message)``."""
     from .tokenization import encode_checked
+
+    def skip(row: int, reason: str, message: str) -> None:
+        skipped[reason] += 1
+        if len(examples) < 5:
+            examples.append(f"row {row}: {message}")
+        if log is not None:
+            log.append((row, reason, message))
 
     results = cache.texts(df["cif"].tolist(), num_proc=num_proc, progress=progress, desc=desc)
     ids: list[list[int]] = []
@@ -293,22 +299,15 @@ def encode_split(df: pd.DataFrame, tokenizer, max_len: int, cache: TextCache, nu
     for i, (text, err) in enumerate(results):
         row = int(df["row"].iloc[i])
         if text is None:
-            reason = err.split(":", 1)[0] if err else "unknown"
-            skipped[reason] += 1
-            if len(examples) < 5:
-                examples.append(f"row {row}: {err}")
+            skip(row, err.split(":", 1)[0] if err else "unknown", str(err))
             continue
         try:
             tok = encode_checked(tokenizer, text, add_special_tokens=True)
         except CrystextError as exc:
-            skipped[type(exc).__name__] += 1
-            if len(examples) < 5:
-                examples.append(f"row {row}: {exc}")
+            skip(row, type(exc).__name__, str(exc))
             continue
         if len(tok) > max_len:
-            skipped["too_long"] += 1
-            if len(examples) < 5:
-                examples.append(f"row {row}: {len(tok)} tokens, longer than the context of {max_len}")
+            skip(row, "too_long", f"{len(tok)} tokens, longer than the context of {max_len}")
             continue
         ids.append(tok)
         keep.append(i)
@@ -329,6 +328,8 @@ def load_for_regression(run: str | os.PathLike, seed: int = 0, dtype: str = "flo
     from .embeddings import _resolve_run_path
 
     source = _resolve_run_path(run)
+    if Path(source).is_dir():
+        check_model_folder(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -362,7 +363,7 @@ def _pad(batch: list[list[int]], pad_id: int):
 
 def _batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Seeded per-epoch batches, sorted by length within windows of 16 batches (less padding)."""
-    from .training import epoch_plan
+    from .batching import epoch_plan
 
     return epoch_plan(lengths, batch_size, 16, seed, epoch, min_batch=1)
 
@@ -664,8 +665,13 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     encoded: dict[str, tuple] = {}
     skipped = Counter(task.skipped)
     examples: list[str] = []
+    listing = SkippedRows(skipped_path(out, folder=True))
     for name, df in task.splits.items():
-        ids, y, rows, sk, ex = encode_split(df, tokenizer, max_len, cache, num_proc, progress, desc=f"text {name}")
+        log: list = []
+        ids, y, rows, sk, ex = encode_split(df, tokenizer, max_len, cache, num_proc, progress, desc=f"text {name}",
+                                            log=log)
+        source = Path(str(task.files.get(name, name)).split(" ")[0]).name
+        listing.extend((f"{name}:row {row}", source, reason, message) for row, reason, message in log)
         encoded[name] = (ids, y, rows)
         skipped.update({f"{name}:{k}": v for k, v in sk.items()})
         examples += [f"{name} {e}" for e in ex[:2]]
@@ -792,10 +798,15 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     final.config.id2label = {0: task.target}
     final.config.label2id = {task.target: 0}
     final.config.architectures = [type(final).__name__]
-    final.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    pd.DataFrame({"row": encoded["test"][2], "target": encoded["test"][1], "prediction": test_pred}).to_csv(
-        out / "test_predictions.csv", index=False)
+
+    def save_model(tmp: Path) -> None:  # each file renamed into place whole (see crystext.atomic.save_into)
+        final.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        pd.DataFrame({"row": encoded["test"][2], "target": encoded["test"][1], "prediction": test_pred}).to_csv(
+            tmp / "test_predictions.csv", index=False)
+
+    save_into(out, save_model)
+    listing.write()
     epoch_s = [h["seconds"] for h in history]
     summary = {
         "status": "done", "fingerprint": settings.fingerprint(), "task": task.name, "target": task.target,
@@ -806,14 +817,15 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         "target_mean": mean, "target_std": std, "trainable_parameters": int(n_trainable),
         "precision": precision, "feature_s": round(feature_s, 2), "train_s": round(train_s, 2),
         "s_per_epoch": round(float(np.median(epoch_s)), 3) if epoch_s else None, "notes": task.notes,
+        "skipped_file": listing.path.name,
     }
-    (out / "eval.json").write_text(json.dumps(summary, indent=1))
-    (out / "training_config.json").write_text(json.dumps({
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "training_config.json", json.dumps({
         "finetune": asdict(settings), "mixed_precision": precision, "save_dtype": "float32",
         "architecture": type(final).__name__, "pooling": "last non-pad token (<eos>)", "command": command,
         "train_time_s": round(train_s + feature_s, 2), "versions": _versions(),
     }, indent=1))
-    (out / "README.md").write_text(render_finetune_card(out, summary))
+    atomic_write_text(out / "README.md", render_finetune_card(out, summary))
     for stale in ("last.pt",):  # the best weights stay; the optimiser state is no longer needed
         (ckpt_dir / stale).unlink(missing_ok=True)
     return summary
@@ -832,7 +844,7 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     out = {"crystext": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
     try:
@@ -929,6 +941,8 @@ def load_finetuned(path: str | os.PathLike, device: Any = None):
     from .embeddings import _resolve_run_path, resolve_device
 
     source = _resolve_run_path(path)
+    if Path(source).is_dir():
+        check_model_folder(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(source, use_safetensors=True, dtype=torch.float32)

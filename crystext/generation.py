@@ -54,6 +54,10 @@ def _load(run):
     path = Path(str(run))
     if path.exists() and not (path / "config.json").is_file():
         raise DataNotFoundError(f"run {run}: no config.json; not a run folder (save_pretrained output)")
+    if path.is_dir():  # a truncated or empty file: one line naming it
+        from .atomic import check_model_folder
+
+        check_model_folder(path)
     return AutoModelForCausalLM.from_pretrained(str(run)), AutoTokenizer.from_pretrained(str(run))
 
 
@@ -68,6 +72,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     full_structures: bool = True,
+    constrained: bool = False,
 ) -> list[str]:
     """Sample ``n`` crystal texts that start with ``prompt`` (``"data_"`` for anything,
     ``"data_NaCl"`` for a composition, ...).
@@ -85,7 +90,17 @@ def generate(
     no cell or sites: see :func:`crystext.corpus.header_text`); they branch off right after the
     space-group line with ``_symmetry_Int_Tables_number`` where a full structure writes its
     cell. True forbids that token until the cell is written, so every sample is a structure.
-    Returns the texts, prompt included, special tokens removed. Same ``seed``, same texts.
+    ``constrained``: sample through :class:`crystext.constrained.CrystalTextLogitsProcessor`, which
+    allows only canonical text consistent with the prompt's composition and the space group the
+    sample states (grammar, elements, Wyckoff multiplicities, a site list that fills the formula,
+    special-position coordinates, no two atoms closer than :func:`crystext.constrained.min_distance`).
+    The prompt must then start with a composition: ``data_Na4Cl4`` (the cell's atoms; elements
+    put in the text form's order) or ``data_NaCl`` (the model chooses the formula units, at most
+    :data:`crystext.constrained.MAX_FORMULA_UNITS`), optionally followed by further lines of the text.
+    Unconstrained, a ``data_`` line whose elements lack counts (``data_NaCl``) is refused with the
+    form to use, since the text form writes every count (``data_Na4Cl4``).
+    Returns the texts, prompt included (constrained: the prompt as rewritten), special tokens
+    removed. Same ``seed``, same texts.
     """
     import torch
 
@@ -95,6 +110,19 @@ def generate(
         raise ConfigError(f"generate: temperature must be > 0, not {temperature}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"generate: top_p must be in (0, 1], not {top_p}")
+    constraint = None
+    if constrained:
+        from .constrained import CrystalTextLogitsProcessor
+
+        _, tok_only = _load(run) if isinstance(run, tuple) else (None, None)
+        if tok_only is None:
+            from transformers import AutoTokenizer
+
+            tok_only = AutoTokenizer.from_pretrained(str(run))
+        constraint = CrystalTextLogitsProcessor(tok_only, prompt)  # bad prompts fail before the model loads
+        prompt = constraint.prompt
+    else:
+        check_prompt(prompt)
     model, tok = _load(run)
     model.eval()
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -107,7 +135,11 @@ def generate(
         raise ConfigError(f"generate: prompt is {len(ids)} tokens, the model's context is {context}")
     max_new_tokens = room if max_new_tokens is None else min(int(max_new_tokens), room)
     processors = None
-    if full_structures:
+    if constraint is not None:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([constraint])
+    elif full_structures:
         from transformers import LogitsProcessorList
 
         banned, until = line_start_token(tok, HEADER_BRANCH), line_start_token(tok, CELL_DONE)
@@ -127,6 +159,30 @@ def generate(
             )
             texts += tok.batch_decode(out, skip_special_tokens=True)
     return texts
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt whose ``data_`` line cannot begin a text of the text form, naming the form
+    to use: the form writes the cell composition with every count (``data_Na4Cl4``), so an
+    element without its count before another element (``data_NaCl``), or a finished ``data_``
+    line without counts (``data_NaCl\n``), would make the model continue a text it never saw.
+    A bare ``data_`` or an unfinished last element (``data_Na``, the model writes its count) is fine.
+    Raises :class:`ConfigError`."""
+    import re
+
+    text = prompt.lstrip()
+    if not text.startswith("data_"):
+        return
+    line, newline, _ = text.partition("\n")
+    parts = re.findall(r"([A-Z][a-z]?)(\d*)", line[5:])
+    missing = [el for i, (el, n) in enumerate(parts) if not n and (newline or i < len(parts) - 1)]
+    if missing:
+        example = "".join(f"{el}{n or 1}" for el, n in parts)
+        raise ConfigError(
+            f"prompt {line!r}: {', '.join(missing)} has no count; the text form writes the cell composition with "
+            f"every count (e.g. data_{example}, or that times the formula units in the cell, data_Na4Cl4 for rock "
+            "salt); or sample with constrained=True (--constrained), which lets the model choose the formula units"
+        )
 
 
 def wilson_interval(count: int, n: int, z: float = 1.96) -> tuple[float, float]:

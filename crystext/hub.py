@@ -387,7 +387,6 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
     and the pretraining card; a fine-tuned folder (``crystext finetune``) its task card, metrics
     and test predictions, and is verified as a sequence-regression model.
     """
-    from .embeddings import element_embeddings, save_element_csv
     from .finetune import is_finetuned
 
     run, out = Path(run), Path(out)
@@ -399,11 +398,22 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
                           "benchmark tables are for pretrained runs (leave out --benchmark)")
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise ConfigError(f"repo id {repo_id!r} must look like OWNER/NAME")
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise ConfigError(f"{out}: export folder exists and is not empty (pass overwrite=True)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise ConfigError(f"{out}: export folder exists and is not empty (pass overwrite=True)")
+    from .atomic import atomic_path, check_model_folder
+
+    check_model_folder(run)  # a truncated weights file is never published
+    # assembled and verified under a temporary name beside out, renamed into place only when complete
+    with atomic_path(out, folder=True) as tmp:
+        _assemble_export(run, tmp, repo_id, benchmark, finetuned, verify)
+    return out
+
+
+def _assemble_export(run: Path, out: Path, repo_id: str, benchmark: str | Path | None, finetuned: bool,
+                     verify: bool) -> Path:
+    """The files of :func:`export_for_hub`, written into the (empty) folder ``out``."""
+    from .embeddings import element_embeddings, save_element_csv
+
     for name in RUN_FILES + (FINETUNE_FILES if finetuned else ()):
         if (run / name).is_file():
             shutil.copy2(run / name, out / name)

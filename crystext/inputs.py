@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import limits
+from .decoding import _encoding_message, decode_bytes
 from .errors import (
     CIFParseError,
     CrystextError,
@@ -122,19 +123,6 @@ def _named(structure: Structure, name: str | None) -> Structure:
 
 
 # ----------------------------------------------------------------------------- bytes and files
-
-
-def _encoding_message(data: bytes, offset: int, name: str) -> str:
-    line = data.count(b"\n", 0, offset) + 1
-    return f"{name}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}, line {line})"
-
-
-def decode_bytes(data: bytes, name: str = "input") -> str:
-    """Decode UTF-8 bytes, raising :class:`EncodingError` that names the input, byte offset and line."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EncodingError(_encoding_message(data, exc.start, name)) from None
 
 
 def _comment_start(line: bytes) -> int | None:
@@ -414,7 +402,7 @@ def _rebuild_symbol_only(text: str, label: str) -> Structure:
     """Rebuild a symbol-only CIF block with crystext's reader, which picks the setting that the
     sites fit or refuses when the symbol is ambiguous (never rebuilds in a wrong setting)."""
     from .errors import SpaceGroupError
-    from .text import text_to_structure
+    from .reading import text_to_structure
 
     try:
         return text_to_structure(text)
@@ -508,9 +496,23 @@ def _is_pathlike_str(obj: str) -> bool:
     return not _looks_like_cif(obj) and "\n" not in obj and "\x00" not in obj and len(obj) < 4096
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether a one-line string that is not an existing file still reads as a path: a folder
+    separator, ``~``, or a structure file's suffix / name (``x.cif``, ``POSCAR``)."""
+    path = Path(text.strip())
+    return ("/" in text or "\\" in text or text.startswith("~") or _is_cif_path(path) or _is_poscar_path(path)
+            or path.suffix.lower() in (".json", ".gz", ".mcif", ".txt"))
+
+
 def _is_poscar_path(path: Path) -> bool:
     name = path.name.upper()
     return path.suffix.lower() in (".vasp", ".poscar") or name.startswith(("POSCAR", "CONTCAR"))
+
+
+def is_ase_atoms(obj: Any) -> bool:
+    """Whether ``obj`` is an ``ase.Atoms`` or an instance of any subclass of it (pymatgen's
+    ``MSONAtoms`` from ``AseAtomsAdaptor.get_atoms`` is one), told without importing ase."""
+    return any(cls.__name__ == "Atoms" and cls.__module__.split(".")[0] == "ase" for cls in type(obj).__mro__)
 
 
 def _from_atoms(atoms: Any, name: str) -> Structure:
@@ -559,7 +561,7 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
 
     if isinstance(obj, Structure):
         return _named(check_structure(obj, name or "structure"), name)
-    if type(obj).__name__ == "Atoms" and hasattr(obj, "get_chemical_symbols"):
+    if is_ase_atoms(obj):
         label = name or "Atoms"
         return _named(check_structure(_from_atoms(obj, label), label), name)
     if isinstance(obj, (bytes, bytearray)):
@@ -574,8 +576,11 @@ def to_structure(obj: StructureLike, name: str | None = None, block: str | int |
         return _named(_from_text(obj, name or "JSON text", block), name)
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and _is_pathlike_str(obj)):
         path = Path(obj).expanduser()
-        label = str(path) if not name or name == str(path) else f"{name} ({path})"
+        label = str(path) if not name else name if str(path) in name else f"{name} ({path})"
         if not path.is_file() and not path.is_dir():
+            if isinstance(obj, str) and not _names_a_file(obj):  # words, not a path: say what it is not
+                raise CIFParseError(f"{label}: neither an existing file nor CIF text (no data_ block); give a "
+                                    "CIF or POSCAR path, CIF text or a Structure")
             raise FileNotFoundError(f"{label}: no such file (expected a CIF file, CIF text or a Structure)")
         text = read_text_file(path, label)
         if not text.strip():

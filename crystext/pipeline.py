@@ -103,6 +103,14 @@ class _CrystalPipeline(Pipeline):
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any):
         return super().__call__(_indexed(inputs), *args, **kwargs)
 
+    @staticmethod
+    def _limits(preprocess: dict, max_atoms: int | None, time_limit: float | None) -> None:
+        """``max_atoms`` / ``time_limit`` (0: no limit) of the text conversion, as the error hints advise."""
+        if max_atoms is not None:
+            preprocess["max_atoms"] = int(max_atoms)
+        if time_limit is not None:
+            preprocess["time_limit"] = float(time_limit)
+
     def _check_errors(self, errors: str | None, preprocess: dict) -> None:
         if errors is not None:
             if errors not in ERRORS:
@@ -111,8 +119,10 @@ class _CrystalPipeline(Pipeline):
                 raise ConfigError(f"{self.task_name} pipeline: errors must be one of {ERRORS}, not {errors!r}")
             preprocess["errors"] = errors
 
-    def preprocess(self, inputs: Any, symprec: float = 0.1, errors: str = "raise") -> dict[str, torch.Tensor]:
+    def preprocess(self, inputs: Any, symprec: float = 0.1, errors: str = "raise", max_atoms: int | None = None,
+                   time_limit: float | None = None) -> dict[str, torch.Tensor]:
         from .inputs import to_structure
+        from .limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
         from .text import structure_to_text
 
         index = None
@@ -120,7 +130,9 @@ class _CrystalPipeline(Pipeline):
             index, inputs = inputs.index, inputs.item
         name = _describe(inputs) if index is None else f"input {index} ({_describe(inputs)})"
         try:
-            text = structure_to_text(to_structure(inputs, name=name), symprec=symprec)
+            text = structure_to_text(to_structure(inputs, name=name), symprec=symprec,
+                                     max_atoms=DEFAULT_MAX_ATOMS if max_atoms is None else (max_atoms or None),
+                                     time_limit=DEFAULT_TIME_LIMIT if time_limit is None else (time_limit or None))
             ids = encode_text(text, self.tokenizer, max_positions(self.model), name=name)
         except Exception as exc:
             if errors != "skip":
@@ -158,18 +170,20 @@ class CrystalEmbeddingPipeline(_CrystalPipeline):
     Call parameters (also accepted by ``transformers.pipeline(...)``): ``layer`` (0 = embedding
     output .. n_layer, -1 = last), ``pooling`` (``"mean"`` over text tokens or ``"last"``),
     ``symprec`` (symmetry tolerance of the canonical text), ``errors`` (``"raise"`` or
-    ``"skip"``: ``None`` for a bad item, with a warning naming its index) and the usual
-    ``batch_size``.
+    ``"skip"``: ``None`` for a bad item, with a warning naming its index), ``max_atoms`` and
+    ``time_limit`` (the text conversion's limits, 0: none) and the usual ``batch_size``.
     """
 
     task_name = TASK
 
     def _sanitize_parameters(self, layer: int | None = None, pooling: str | None = None,
-                             symprec: float | None = None, errors: str | None = None, **kwargs: Any):
+                             symprec: float | None = None, errors: str | None = None, max_atoms: int | None = None,
+                             time_limit: float | None = None, **kwargs: Any):
         if kwargs:
             raise TypeError(f"{TASK} pipeline: unexpected parameters {sorted(kwargs)} "
-                            "(accepted: layer, pooling, symprec, errors, batch_size)")
+                            "(accepted: layer, pooling, symprec, errors, max_atoms, time_limit, batch_size)")
         preprocess: dict[str, Any] = {}
+        self._limits(preprocess, max_atoms, time_limit)
         forward: dict[str, Any] = {}
         if symprec is not None:
             preprocess["symprec"] = float(symprec)
@@ -216,11 +230,13 @@ class CrystalPropertyPipeline(_CrystalPipeline):
                               "use a folder made by `crystext finetune` (one regression output)")
         self.target = dict(getattr(self.model.config, "crystext_target", None) or {})
 
-    def _sanitize_parameters(self, symprec: float | None = None, errors: str | None = None, **kwargs: Any):
+    def _sanitize_parameters(self, symprec: float | None = None, errors: str | None = None,
+                             max_atoms: int | None = None, time_limit: float | None = None, **kwargs: Any):
         if kwargs:
             raise TypeError(f"{PROPERTY_TASK} pipeline: unexpected parameters {sorted(kwargs)} "
-                            "(accepted: symprec, errors, batch_size)")
+                            "(accepted: symprec, errors, max_atoms, time_limit, batch_size)")
         preprocess: dict[str, Any] = {}
+        self._limits(preprocess, max_atoms, time_limit)
         if symprec is not None:
             preprocess["symprec"] = float(symprec)
         self._check_errors(errors, preprocess)
@@ -254,16 +270,38 @@ def _describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+def _checked(auto_class: type) -> type:
+    """``auto_class`` whose ``from_pretrained`` first checks a local folder's files
+    (:func:`crystext.atomic.check_model_folder`): a truncated ``model.safetensors`` is named in one
+    line instead of transformers' "could not load with any of the following classes" traceback."""
+
+    def from_pretrained(cls, name_or_path, *args, **kwargs):
+        import os
+
+        if isinstance(name_or_path, (str, os.PathLike)) and os.path.isdir(name_or_path):
+            from .atomic import check_model_folder
+
+            check_model_folder(name_or_path)
+        return auto_class.from_pretrained.__func__(cls, name_or_path, *args, **kwargs)
+
+    return type(auto_class.__name__, (auto_class,), {"from_pretrained": classmethod(from_pretrained),
+                                                     "__module__": __name__})
+
+
+_CheckedCausalLM = _checked(AutoModelForCausalLM)
+_CheckedSequenceClassification = _checked(AutoModelForSequenceClassification)
+
+
 def register_pipeline() -> None:
     """Register the ``crystal-embedding`` and ``crystal-property`` tasks (idempotent; ``import
     crystext`` calls it)."""
     tasks = PIPELINE_REGISTRY.supported_tasks
     if tasks.get(TASK, {}).get("impl") is not CrystalEmbeddingPipeline:
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=CrystalEmbeddingPipeline,
-                                            pt_model=AutoModelForCausalLM)
+                                            pt_model=_CheckedCausalLM)
     if tasks.get(PROPERTY_TASK, {}).get("impl") is not CrystalPropertyPipeline:
         PIPELINE_REGISTRY.register_pipeline(PROPERTY_TASK, pipeline_class=CrystalPropertyPipeline,
-                                            pt_model=AutoModelForSequenceClassification)
+                                            pt_model=_CheckedSequenceClassification)
 
 
 # Importing this module registers the tasks (``import crystext`` arranges for that to happen as soon

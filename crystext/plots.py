@@ -241,10 +241,11 @@ def plot_elements(run: Any, out_dir: str | os.PathLike, compare: list[str] = (),
     if isinstance(run, pd.DataFrame) or (isinstance(run, (str, os.PathLike)) and Path(run).is_file()):
         ours = load_table(run)
     else:
-        ours = (name or (Path(str(run)).name if isinstance(run, (str, os.PathLike)) else "crystext"),
-                element_embeddings(run))
-    if name:
-        ours = (name, ours[1])
+        df = element_embeddings(run)
+        # untrained rows sit far from the rest (initial weights) and squeeze every other element into a strip
+        untrained = df.attrs.get("untrained", [])
+        label = name or (Path(str(run)).name if isinstance(run, (str, os.PathLike)) else "crystext")
+        ours = (f"{label} ({len(untrained)} untrained left out)" if untrained else label, df.drop(index=untrained))
     tables = [ours] + [load_table(c) for c in compare]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

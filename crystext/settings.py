@@ -1,4 +1,5 @@
-"""Where crystext finds the shared data: one setting, ``CRYSTEXT_DATA``."""
+"""Where crystext finds things on disk: the shared data (``CRYSTEXT_DATA``) and its cache
+(``CRYSTEXT_CACHE``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from .errors import DataNotFoundError
 
 DATA_ENV = "CRYSTEXT_DATA"
+CACHE_ENV = "CRYSTEXT_CACHE"
 #: The repository root (the folder holding ``crystext/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +27,8 @@ def data_dir(required: bool = False) -> Path:
             "perov_5/, carbon_24/, composition/ and matbench/"
         )
     return path
+
+
+def cache_dir() -> Path:
+    """Where canonical texts are cached: ``$CRYSTEXT_CACHE`` or ``~/.cache/crystext``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "crystext")

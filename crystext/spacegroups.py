@@ -147,12 +147,6 @@ def number_of(symbol: str) -> int:
 _GRID = np.array(sorted({0.0, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 3 / 8, 1 / 2, 5 / 8, 2 / 3, 3 / 4, 5 / 6, 7 / 8}))
 
 
-def _in_set(vectors: np.ndarray, allowed: np.ndarray, tol: float = 1e-6) -> bool:
-    """Whether every row of ``vectors`` equals (mod 1) some row of ``allowed``."""
-    d = (vectors[:, None, :] - allowed[None, :, :] + 0.5) % 1.0 - 0.5
-    return bool(np.all(np.any(np.all(np.abs(d) < tol, axis=2), axis=1)))
-
-
 def _allowed_table(rot: np.ndarray, trans: np.ndarray):
     """For each distinct rotation: its translations mod 1, padded with NaN into one array."""
     by_rot: dict[bytes, list] = {}

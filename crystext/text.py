@@ -25,14 +25,22 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 from . import limits, spacegroups
 from .errors import CIFParseError, EmptyStructureError, SpaceGroupError, UnknownElementError
 from .inputs import StructureLike, option_hint, resolve_disorder, source_name, to_structure
+from .reading import (  # noqa: F401 - the reader lives below crystext.inputs; its names stay importable here
+    _FRAC_TOL,
+    DECIMALS,
+    _TOKEN,
+    ParsedText,
+    _orbit,
+    _rebuild,
+    parse_text,
+    text_to_structure,
+)
 
 #: Text styles: ``"default"`` (crystext's layout: loop columns indented, values two spaces apart)
 #: and ``"crystallm"`` (CrystaLLM's preprocessed CIFs: no indentation, single spaces, the
 #: atom-property block right after the ``data_`` line), which CrystaLLM's evaluation code reads.
 STYLES = ("default", "crystallm")
 
-DECIMALS = 4
-_FRAC_TOL = 2e-3  # fractional tolerance for merging symmetry images of rounded coordinates
 
 
 def _fmt(x: float, decimals: int = DECIMALS) -> str:
@@ -45,20 +53,6 @@ def _wrap(frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
     out = np.round(np.mod(np.round(frac, decimals), 1.0), decimals)
     out[out >= 1.0] = 0.0
     return out + 0.0  # no -0.0
-
-
-def _orbit(rot: np.ndarray, trans: np.ndarray, frac: np.ndarray, decimals: int = DECIMALS) -> np.ndarray:
-    """All distinct images of one fractional position under the operations, wrapped to [0, 1)."""
-    images = np.mod(np.einsum("nij,j->ni", rot, frac) + trans, 1.0)
-    close = np.all(np.abs((images[:, None, :] - images[None, :, :] + 0.5) % 1.0 - 0.5) < _FRAC_TOL, axis=2)
-    first = np.argmax(close, axis=1)  # the first image each one coincides with
-    if np.all(first[first] == first):  # "coincides" groups the images cleanly: keep the first of each
-        return images[first == np.arange(len(images))]
-    unique: list[int] = []  # chains of near-coincident images: keep each image no kept one is close to
-    for i in range(len(images)):
-        if not close[i, unique].any():
-            unique.append(i)
-    return images[unique]
 
 
 def _element_order(el: Element) -> tuple:
@@ -432,256 +426,6 @@ def _single_spaced(line: str) -> str:
     return " ".join(_TOKEN.findall(line))
 
 
-# --------------------------------------------------------------------------- parsing
-
-_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
-
-
-@dataclass
-class ParsedText:
-    """The fields of a crystal text, as written (no symmetry applied)."""
-
-    data_formula: str
-    items: dict[str, str]
-    loops: list[dict[str, list[str]]]
-
-    def loop_with(self, key: str) -> dict[str, list[str]] | None:
-        return next((loop for loop in self.loops if key in loop), None)
-
-
-def parse_text(text: str) -> ParsedText:
-    """Split crystal text into its ``data_`` name, key-value items and loops.
-
-    Raises :class:`CIFParseError` naming the line that is malformed.
-    """
-    if isinstance(text, bytes):
-        from .inputs import decode_bytes
-
-        text = decode_bytes(text, "crystal text")
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines) and not lines[i].strip():
-        i += 1
-    if i == len(lines) or not lines[i].strip().startswith("data_"):
-        raise CIFParseError("crystal text: the first line must be a data_ line")
-    data_formula = lines[i].strip()[5:]
-    items: dict[str, str] = {}
-    loops: list[dict[str, list[str]]] = []
-    i += 1
-    while i < len(lines):
-        line = lines[i].strip()
-        if not line or line.startswith("#"):
-            i += 1
-            continue
-        if line == "loop_":
-            headers: list[str] = []
-            i += 1
-            while i < len(lines) and lines[i].strip().startswith("_"):
-                headers.append(lines[i].strip())
-                i += 1
-            if not headers:
-                raise CIFParseError(f"crystal text line {i}: loop_ without column names")
-            columns: dict[str, list[str]] = {h: [] for h in headers}
-            while i < len(lines):
-                row = lines[i].strip()
-                if not row or row.startswith(("_", "loop_", "data_")):
-                    break
-                values = [v.strip("'\"") for v in _TOKEN.findall(row)]
-                if len(values) != len(headers):
-                    raise CIFParseError(
-                        f"crystal text line {i + 1}: {len(values)} values for {len(headers)} columns ({row!r})"
-                    )
-                for h, v in zip(headers, values):
-                    columns[h].append(v)
-                i += 1
-            loops.append(columns)
-            continue
-        if line.startswith("_"):
-            parts = line.split(None, 1)
-            if len(parts) != 2:
-                raise CIFParseError(f"crystal text line {i + 1}: {parts[0]} has no value")
-            items[parts[0]] = parts[1].strip().strip("'\"")
-            i += 1
-            continue
-        if line.startswith("data_"):
-            break  # only the first block
-        raise CIFParseError(f"crystal text line {i + 1}: unexpected {line!r}")
-    return ParsedText(data_formula, items, loops)
-
-
-def _float(parsed: ParsedText, key: str) -> float:
-    if key not in parsed.items:
-        raise CIFParseError(f"crystal text: missing {key}")
-    try:
-        return float(parsed.items[key].split("(")[0])
-    except ValueError:
-        raise CIFParseError(f"crystal text: {key} is not a number ({parsed.items[key]!r})") from None
-
-
-@dataclass
-class _Rebuilt:
-    structure: Structure
-    number: int | None
-    stated_multiplicities: list[int]
-    orbit_sizes: list[int]
-    site_elements: list[str]
-
-
-def _rebuild(text: str) -> tuple[ParsedText, _Rebuilt]:
-    parsed = parse_text(text)
-    lattice_params = [_float(parsed, f"_cell_length_{k}") for k in "abc"]
-    angles = [_float(parsed, f"_cell_angle_{k}") for k in ("alpha", "beta", "gamma")]
-    if min(lattice_params) <= 0:
-        raise EmptyStructureError("crystal text: a cell length is not positive")
-    lattice = Lattice.from_parameters(*lattice_params, *angles)
-    if not lattice.volume > 1e-6 or math.isnan(lattice.volume):
-        raise EmptyStructureError("crystal text: the cell has zero volume")
-
-    number = None
-    if "_symmetry_Int_Tables_number" in parsed.items:
-        try:
-            number = int(parsed.items["_symmetry_Int_Tables_number"])
-        except ValueError:
-            raise CIFParseError("crystal text: _symmetry_Int_Tables_number is not an integer") from None
-    sites = parsed.loop_with("_atom_site_fract_x")
-    if sites is None:
-        raise EmptyStructureError("crystal text: no _atom_site loop (the cell holds no atoms)")
-    symbols = sites.get("_atom_site_type_symbol") or sites.get("_atom_site_label")
-    if symbols is None:
-        raise CIFParseError("crystal text: _atom_site loop has no _atom_site_type_symbol")
-    n = len(symbols)
-    if n == 0:
-        raise EmptyStructureError("crystal text: the cell holds no atoms")
-    has_mults = "_atom_site_symmetry_multiplicity" in sites
-    mults = sites.get("_atom_site_symmetry_multiplicity", ["0"] * n)
-    fracs, stated, elems = [], [], []
-    for k in range(n):
-        sym = re.sub(r"[^A-Za-z]", "", symbols[k])
-        if not Element.is_valid_symbol(sym):
-            raise UnknownElementError(f"crystal text: unknown element {symbols[k]!r} in site {k}")
-        try:
-            fracs.append(np.array([float(sites[f"_atom_site_fract_{c}"][k].split("(")[0]) for c in "xyz"]))
-            stated.append(int(mults[k]))
-        except ValueError:
-            raise CIFParseError(f"crystal text: site {k} has a non-numeric coordinate or multiplicity") from None
-        elems.append(sym)
-
-    symops = parsed.loop_with("_symmetry_equiv_pos_as_xyz")
-    if symops and len(symops["_symmetry_equiv_pos_as_xyz"]) > 1:  # explicit operations win
-        from pymatgen.core.operations import SymmOp
-
-        ops = [SymmOp.from_xyz_str(s) for s in symops["_symmetry_equiv_pos_as_xyz"]]
-        rot = np.array([op.rotation_matrix for op in ops])
-        trans = np.array([op.translation_vector for op in ops])
-    else:
-        symbol = parsed.items.get("_symmetry_space_group_name_H-M")
-        if symbol is None and number is None:
-            raise SpaceGroupError("crystal text: no space-group symbol or number")
-        halls, _ = spacegroups.settings(symbol, number)
-        if not halls:  # a symbol only pymatgen knows
-            rot, trans = spacegroups.operations(symbol or "", number)
-        else:
-            # the semisymmetrised layout (one x, y, z line, multiplicities) of crystext and
-            # CrystaLLM writes a bare symbol in spglib's default setting
-            conventional = symops is not None and has_mults
-            hall = _choose_setting(symbol or str(number), halls, lattice, fracs, stated if has_mults else None,
-                                   elems, conventional)
-            rot, trans = spacegroups._operations_for_hall(hall)
-
-    species, coords, sizes = [], [], []
-    for sym, frac in zip(elems, fracs):
-        orbit = _orbit(rot, trans, frac)
-        species += [sym] * len(orbit)
-        coords.extend(orbit)
-        sizes.append(len(orbit))
-    structure = Structure(lattice, species, coords)
-    return parsed, _Rebuilt(structure, number, stated, sizes, elems)
-
-
-_MIN_DISTANCE = 0.5  # angstrom: atoms closer than this mean a wrong setting
-
-
-def _metric_fits(rot: np.ndarray, lattice: Lattice, tol: float = 0.02) -> bool:
-    """Whether every rotation keeps the cell's metric (so the operations suit these axes)."""
-    g = lattice.matrix @ lattice.matrix.T
-    moved = np.einsum("nji,jk,nkl->nil", rot, g, rot)
-    return bool(np.max(np.abs(moved - g)) <= tol * np.max(np.abs(g)))
-
-
-def _choose_setting(symbol: str, halls: tuple[int, ...], lattice: Lattice, fracs: list[np.ndarray],
-                    stated: list[int] | None, elems: list[str], conventional: bool) -> int:
-    """The setting (Hall number) in which to expand the sites of a text naming only a symbol.
-
-    Hexagonal vs rhombohedral axes: the one whose rotations keep the cell's metric. Origin
-    choices: the ones where every site's orbit has its stated multiplicity and no two atoms come
-    closer than 0.5 A; if both fit and give different crystals, the semisymmetrised text forms
-    (crystext's, CrystaLLM's) mean spglib's default, anything else is refused as ambiguous.
-    Raises :class:`SpaceGroupError`.
-    """
-    name = symbol.strip().strip("'\"")
-    if len(halls) == 1:
-        if spacegroups.hall_choice(halls[0]) in ("H", "R") and not _metric_fits(
-            spacegroups._operations_for_hall(halls[0])[0], lattice
-        ):
-            raise SpaceGroupError(_axes_message(name, lattice))
-        return halls[0]
-    if spacegroups.hall_choice(halls[0]) in ("H", "R"):
-        fitting = [h for h in halls if _metric_fits(spacegroups._operations_for_hall(h)[0], lattice)]
-        if len(fitting) != 1:
-            raise SpaceGroupError(_axes_message(name, lattice))
-        return fitting[0]
-    built = {}
-    for h in halls:
-        rot, trans = spacegroups._operations_for_hall(h)
-        orbits = [_orbit(rot, trans, f) for f in fracs]
-        if stated is not None and [len(o) for o in orbits] != stated:
-            continue
-        structure = Structure(lattice, [e for e, o in zip(elems, orbits) for _ in o], np.vstack(orbits))
-        if len(structure) > 1:
-            d = structure.distance_matrix
-            np.fill_diagonal(d, np.inf)
-            if d.min() < _MIN_DISTANCE:
-                continue
-        built[h] = structure
-    if not built:
-        return halls[0]  # fits no setting: the text is inconsistent, which check_text reports
-    if len(built) == 1:
-        return next(iter(built))
-    if conventional:
-        return halls[0]
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    first, *others = built.values()
-    if all(StructureMatcher().fit(first, other) for other in others):
-        return halls[0]
-    choices = " or ".join(f"{name}:{spacegroups.hall_choice(h)}" for h in built)
-    raise SpaceGroupError(
-        f"crystal text: {name} has {len(halls)} origin choices and the sites fit both, giving different "
-        f"crystals; name the setting ({choices}) or list the symmetry operations"
-    )
-
-
-def _axes_message(name: str, lattice: Lattice) -> str:
-    return (
-        f"crystal text: {name} on a cell with a={lattice.a:.4f} b={lattice.b:.4f} c={lattice.c:.4f} "
-        f"alpha={lattice.alpha:.2f} beta={lattice.beta:.2f} gamma={lattice.gamma:.2f}: its operations need "
-        "hexagonal axes (a = b, gamma = 120, setting :H) or rhombohedral axes (a = b = c, alpha = beta = gamma, "
-        "setting :R); the cell fits neither the setting named nor any other"
-    )
-
-
-def text_to_structure(text: str) -> Structure:
-    """Rebuild the full structure from crystal text by applying its space group's operations.
-
-    Accepts the text form of :func:`structure_to_text` and CIF-like text naming a space group in
-    any setting spglib or pymatgen knows (or listing explicit symmetry operations).
-
-    Raises:
-        CIFParseError, SpaceGroupError, UnknownElementError, EmptyStructureError, EncodingError.
-    """
-    return _rebuild(text)[1].structure
-
-
 # --------------------------------------------------------------------------- validity
 
 @dataclass
@@ -743,42 +487,89 @@ def _composition(formula: str) -> Composition:
     return Composition(formula.replace("'", ""))
 
 
-def bond_length_score(structure: Structure, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
-    """CrystaLLM's bond-length rule: the fraction of CrystalNN bonds whose length is within
-    ``1 ± tolerance`` of the expected length (ionic radii for electronegativity difference >= 1.7,
-    atomic radii otherwise; bonds to H only need a ratio below ``h_factor``). 0.0 if no bonds."""
+#: CrystaLLM's bond-length rule, as its ``bond_length_reasonableness_score``: a bond passes when its
+#: length is within ``1 ± BOND_TOLERANCE`` of the expected length; a bond to H passes below
+#: ``BOND_H_FACTOR`` times it. ``check_text`` needs every bond to pass (score 1.0).
+BOND_TOLERANCE, BOND_H_FACTOR = 0.32, 2.5
+
+
+def expected_bond_length(a: Element, b: Element) -> float:
+    """Ionic radii (cation + anion) when the electronegativities differ by >= 1.7, else atomic radii."""
+    xa = a.X if not math.isnan(a.X) else 0.0
+    xb = b.X if not math.isnan(b.X) else 0.0
+    def radius(*values) -> float:  # the first known radius, as a plain float (pymatgen's carry units)
+        return next((float(v) for v in values if v), 1.0)
+
+    if abs(xa - xb) >= 1.7:
+        cat, an = (a, b) if xa < xb else (b, a)
+        return (radius(cat.average_cationic_radius, cat.atomic_radius)
+                + radius(an.average_anionic_radius, an.atomic_radius))
+    return radius(a.atomic_radius) + radius(b.atomic_radius)
+
+
+def crystalnn_bonds(structure: Structure) -> list[tuple[int, int, float, bool]]:
+    """Every CrystalNN bond of the cell as ``(i, j, length, self_image)``: atom ``i`` to atom ``j``
+    (``self_image``: ``j`` is a periodic image of ``i`` itself), ``length`` the distance to the
+    image CrystalNN names (not the minimum-image distance, which is 0 for a self-image)."""
     import warnings
 
     from pymatgen.analysis.local_env import CrystalNN
 
     cnn = CrystalNN()
-    good = total = 0
+    bonds = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, site in enumerate(structure):
             for info in cnn.get_nn_info(structure, i):
-                other = info["site"]
-                a, b = site.specie, other.specie
-                length = site.distance(other)
-                xa = a.X if not math.isnan(a.X) else 0.0
-                xb = b.X if not math.isnan(b.X) else 0.0
-                if abs(xa - xb) >= 1.7:
-                    cat, an = (a, b) if xa < xb else (b, a)
-                    expected = (cat.average_cationic_radius or cat.atomic_radius or 1.0) + (
-                        an.average_anionic_radius or an.atomic_radius or 1.0
-                    )
-                else:
-                    expected = (a.atomic_radius or 1.0) + (b.atomic_radius or 1.0)
-                ratio = float(length / expected)
-                if "H" in (a.symbol, b.symbol):
-                    good += ratio < h_factor
-                else:
-                    good += (1 - tolerance) < ratio < (1 + tolerance)
-                total += 1
-    return good / total if total else 0.0
+                j = int(info["site_index"])
+                length = float(np.linalg.norm(info["site"].coords - site.coords))
+                bonds.append((i, j, length, j == i))
+    return bonds
 
 
-def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) -> TextReport:
+#: atoms closer than this (angstrom) fail the bond-length check whatever CrystalNN finds: it does not
+#: list two atoms on (almost) one spot as bonded, so CrystaLLM's score alone passes them
+MIN_ATOM_DISTANCE = 0.5
+
+
+def closest_distance(structure: Structure) -> float:
+    """The shortest distance between two atoms of the crystal (periodic images included; an
+    atom's distance to its own images is the shortest lattice translation)."""
+    if len(structure) > 1:
+        d = structure.distance_matrix.copy()
+        np.fill_diagonal(d, np.inf)
+        pair = float(d.min())
+    else:
+        pair = float("inf")
+    lattice = structure.lattice
+    own = min(float(np.linalg.norm(v)) for v in lattice.get_lll_reduced_lattice().matrix)
+    return min(pair, own)
+
+
+def bond_length_score(structure: Structure, tolerance: float = BOND_TOLERANCE,
+                      h_factor: float = BOND_H_FACTOR) -> float:
+    """CrystaLLM's bond-length rule: the fraction of CrystalNN bonds whose length is within
+    ``1 ± tolerance`` of the expected length (ionic radii for electronegativity difference >= 1.7,
+    atomic radii otherwise; bonds to H only need a ratio below ``h_factor``). 0.0 if no bonds.
+
+    As in CrystaLLM's code, a bond from an atom to a periodic image of itself is skipped (it is
+    not a bond between two atoms of the cell; measured by minimum image it would have length 0).
+    Only when an atom's cell holds no other bonds at all (one atom per cell, e.g. simple cubic)
+    are the self-image bonds scored, at their true length, instead of giving no score."""
+    bonds = crystalnn_bonds(structure)
+    kept = [b for b in bonds if not b[3]] or bonds
+    good = 0
+    for i, j, length, _ in kept:
+        a, b = structure[i].specie, structure[j].specie
+        ratio = length / expected_bond_length(a, b)
+        if "H" in (a.symbol, b.symbol):
+            good += ratio < h_factor
+        else:
+            good += (1 - tolerance) < ratio < (1 + tolerance)
+    return good / len(kept) if kept else 0.0
+
+
+def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOLERANCE) -> TextReport:
     """Check a crystal text the way CrystaLLM judges generated CIFs, each check separately.
 
     - formula: the ``data_`` composition, ``_chemical_formula_sum`` and ``_chemical_formula_structural``
@@ -854,13 +645,24 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = 0.32) ->
         report.bond_lengths_reasonable = report.bond_length_score >= 1.0
         if not report.bond_lengths_reasonable:
             report.errors.append(f"bond lengths: score {report.bond_length_score:.3f} < 1")
+        closest = closest_distance(rebuilt.structure)
+        if closest < MIN_ATOM_DISTANCE:  # CrystalNN does not bond atoms that sit on one another
+            report.bond_lengths_reasonable = False
+            report.errors.append(f"bond lengths: two atoms {closest:.3f} A apart (< {MIN_ATOM_DISTANCE} A)")
     except Exception as exc:
         report.errors.append(f"bond lengths: {exc}")
     return report
 
 
-def text_header(text: str) -> str:
-    """The header part of a text (everything before the first ``loop_``): a partial document
-    carrying composition, cell and space group but no sites."""
-    idx = text.find("loop_")
-    return text if idx < 0 else text[:idx]
+def split_texts(text: str) -> list[str]:
+    """The crystal texts of a file holding several, one per ``data_`` line (a file without a
+    ``data_`` line is returned whole, so that checking it reports why it does not parse)."""
+    starts = [m.start() for m in re.finditer(r"^[ \t]*data_", text, flags=re.MULTILINE)]
+    if not starts:
+        return [text]
+    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+
+
+def check_texts(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOLERANCE) -> list[TextReport]:
+    """:func:`check_text` for every text of a file holding several (see :func:`split_texts`)."""
+    return [check_text(part, symprec=symprec, bond_tolerance=bond_tolerance) for part in split_texts(text)]

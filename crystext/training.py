@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .batching import BatchPlan, epoch_plan  # noqa: F401 - epoch_plan: importable from here too
+from .atomic import atomic_path, atomic_write_text, disk_full_guard, save_into
 from .errors import ConfigError, CrystextError, DataNotFoundError
 from .lineage import lineage_of_init
 from .modeling import build_model, load_preset
@@ -101,50 +103,6 @@ def _column(ds, name: str, default: str) -> np.ndarray:
 # --------------------------------------------------------------------------- batches
 
 
-def epoch_plan(lengths: np.ndarray, global_batch: int, bucket_size: int, seed: int, epoch: int,
-               min_batch: int = 1) -> list[np.ndarray]:
-    """The global batches (arrays of row indices) of one epoch: a seeded permutation, sorted by
-    length within windows of ``bucket_size`` batches, cut into batches, batches shuffled.
-    Batches smaller than ``min_batch`` (only an epoch's tail) are dropped."""
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(len(lengths))
-    window = global_batch * max(1, bucket_size)
-    batches: list[np.ndarray] = []
-    for start in range(0, len(perm), window):
-        chunk = perm[start:start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
-    batches = [b for b in batches if len(b) >= min_batch]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-class BatchPlan:
-    """Global batch ``step`` of an endless, epoch-by-epoch deterministic plan."""
-
-    def __init__(self, lengths: np.ndarray, global_batch: int, bucket_size: int, seed: int, min_batch: int):
-        self.args = (lengths, global_batch, bucket_size, seed)
-        self.min_batch = min_batch
-        self._cache: dict[int, list[np.ndarray]] = {}
-        self.per_epoch = len(self._epoch(0))
-        if self.per_epoch == 0:
-            raise ConfigError(
-                f"training split has {len(lengths)} documents, fewer than one global batch needs "
-                f"({min_batch}); lower batch_size / gradient_accumulation_steps"
-            )
-
-    def _epoch(self, epoch: int) -> list[np.ndarray]:
-        if epoch not in self._cache:
-            self._cache = {epoch: epoch_plan(*self.args, epoch, self.min_batch)}
-        return self._cache[epoch]
-
-    def position(self, step: int) -> tuple[int, int]:
-        return divmod(step, self.per_epoch)
-
-    def __getitem__(self, step: int) -> np.ndarray:
-        epoch, index = self.position(step)
-        return self._epoch(epoch)[index]
-
-
 def collate(rows: list[list[int]], pad_id: int, block_size: int):
     """Right-pad ``rows`` (truncated to ``block_size``) -> (input_ids, attention_mask) tensors."""
     from .tokenization import pad_batch
@@ -197,6 +155,10 @@ class TrainState:
     batch_size: int = 0
     gradient_accumulation_steps: int = 0
     world_size: int = 0
+    #: the learning-rate schedule and the tokenizer the run was started with ("" in checkpoints from
+    #: before they were recorded): a resume under another schedule or vocabulary is refused
+    schedule: str = ""
+    tokenizer_sha256: str = ""
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -206,23 +168,113 @@ class TrainState:
             setattr(self, key, value)
 
 
+_STEP_DIR = re.compile(r"step-\d+")
+CHECKPOINT_MANIFEST = "manifest.json"
+
+
 def _checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first (``step-NNNNNNN``; temporary
+    ``.tmp`` folders and ones set aside as ``.damaged`` are not checkpoints)."""
     root = out / CHECKPOINTS
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, world_size: int) -> None:
+    """``manifest.json``: every file of a finished checkpoint with its size and SHA-256, and the
+    number of processes whose RNG states it must hold."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _file_sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
+    from .atomic import atomic_write_json
+
+    atomic_write_json(folder / CHECKPOINT_MANIFEST, {"world_size": world_size, "files": files})
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Raise :class:`crystext.atomic.DamagedFileError` naming the first missing, empty, truncated or
+    altered file of a checkpoint folder (weights, optimiser, scheduler, counters, RNG states).
+
+    Checkpoints carry a ``manifest.json`` (sizes and SHA-256 of every file); older ones without it
+    get the structural checks of :func:`crystext.atomic.check_file` alone."""
+    from .atomic import DamagedFileError, check_file
+
+    folder = Path(folder)
+    manifest_path = folder / CHECKPOINT_MANIFEST
+    if manifest_path.exists():
+        check_file(manifest_path)
+        manifest = json.loads(manifest_path.read_text())
+        for name, meta in manifest["files"].items():
+            path = check_file(folder / name)
+            size = path.stat().st_size
+            if size != meta["bytes"]:
+                raise DamagedFileError(f"{path}: {size} bytes, the checkpoint recorded {meta['bytes']} (truncated or "
+                                       "overwritten)")
+            if _file_sha256(path) != meta["sha256"]:
+                raise DamagedFileError(f"{path}: contents differ from the checkpoint's record (SHA-256 mismatch)")
+        return
+    needed = ["model.safetensors", "optimizer.bin", "random_states_0.pkl"]
+    for name in needed:
+        check_file(folder / name)
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            check_file(path)
 
 
 def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
+    """Save the full training state as ``checkpoints/step-NNNNNNN``: written under ``.tmp``,
+    fsynced, given a manifest (sizes and hashes) and renamed into place only when complete, so a
+    kill or a full disk never leaves a half checkpoint under a checkpoint's name. The oldest
+    checkpoints beyond ``keep`` are then removed. A full disk raises a one-line
+    :class:`crystext.atomic.DiskFullError` and removes the partial folder."""
+    from .atomic import disk_full_guard, fsync_tree, replace
+
     final = out / CHECKPOINTS / f"step-{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        with disk_full_guard(final):
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:  # a checkpoint appears only once complete
+                _write_manifest(tmp, accelerator.num_processes)
+                fsync_tree(tmp)
+                replace(tmp, final)
+                for old in _checkpoints(out)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:  # a checkpoint appears only once complete
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+
+def _usable_checkpoint(acc, existing: list[Path]) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that passes :func:`verify_checkpoint`, and a line per damaged newer
+    one (each set aside as ``step-NNNNNNN.damaged`` by the main process)."""
+    from .atomic import DamagedFileError
+
+    skipped: list[str] = []
+    for folder in reversed(existing):
+        try:
+            verify_checkpoint(folder)
+            return folder, skipped
+        except DamagedFileError as exc:
+            skipped.append(f"{folder.name}: {exc}")
+            acc.wait_for_everyone()  # every process has checked this one before it is moved
+            if acc.is_main_process:
+                aside = folder.with_name(folder.name + ".damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                folder.rename(aside)
+            acc.wait_for_everyone()
+    return None, skipped
 
 
 def _param_digest(model) -> str:
@@ -246,7 +298,7 @@ class _Log:
             if resume_step is not None and self.path.is_file():
                 with self.path.open() as fh:
                     self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-            with self.path.open("w", newline="") as fh:
+            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as fh:  # a kill keeps the old log
                 w = csv.DictWriter(fh, LOG_FIELDS)
                 w.writeheader()
                 w.writerows(self.rows)
@@ -435,6 +487,7 @@ class _Session:
     t_start: float = 0.0  # when this session's training loop began
     seconds_before: float = 0.0  # training seconds of earlier sessions (from the checkpoint)
     keep: int = 2  # checkpoints kept
+    interrupt: Any = None  # a _Interrupt while the loop runs
 
     @property
     def micro(self) -> int:
@@ -579,10 +632,23 @@ def _resume(s: _Session, resume: bool | str, force_resume: bool) -> None:
     geometry unless forced; open the log."""
     acc, out = s.accelerator, s.out
     existing = _checkpoints(out)
+    if acc.is_main_process and (out / CHECKPOINTS).is_dir():  # left by a process killed while saving
+        for stale in (out / CHECKPOINTS).glob("step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     if resume is True and not existing:
         raise DataNotFoundError(f"resume: no checkpoint in {out / CHECKPOINTS}")
-    s.resume_from = existing[-1] if (resume in (True, "auto") and existing) else None
-    if s.resume_from is None and existing and acc.is_main_process:
+    s.resume_from = None
+    if resume in (True, "auto") and existing:
+        s.resume_from, damaged = _usable_checkpoint(acc, existing)
+        for line in damaged:
+            warnings.warn(f"pretrain {out}: skipped damaged checkpoint {line}; set aside as .damaged"
+                          + ("" if s.resume_from is None else f"; resuming from {s.resume_from.name}"),
+                          RuntimeWarning, stacklevel=3)
+        if s.resume_from is None:
+            raise CrystextError(
+                f"resume: no intact checkpoint in {out / CHECKPOINTS} ({'; '.join(damaged)}); the run cannot be "
+                "resumed exactly. Start afresh (--fresh / resume=False)")
+    elif existing and acc.is_main_process:
         shutil.rmtree(out / CHECKPOINTS)
     acc.wait_for_everyone()
     now = {"batch_size": s.micro, "gradient_accumulation_steps": s.accum, "world_size": s.world}
@@ -599,12 +665,104 @@ def _resume(s: _Session, resume: bool | str, force_resume: bool) -> None:
                     "start afresh (--fresh / resume=False), or force it (--force-resume / force_resume=True)")
             if acc.is_main_process:
                 print(f"crystext pretrain: resuming with a changed batch geometry ({what}) as forced", file=sys.stderr)
-        acc.load_state(str(s.resume_from))
-    for key, value in now.items():
+        _check_same_run(s, saved, force_resume)
+        try:
+            acc.load_state(str(s.resume_from))
+        except Exception as exc:  # passed the checks, yet would not load: never go on inexactly
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CrystextError(f"resume from {s.resume_from}: the checkpoint does not load ({type(exc).__name__}: "
+                                f"{first}); the run cannot be resumed exactly. Start afresh (--fresh / "
+                                "resume=False)") from None
+    for key, value in {**now, **_run_identity(s)}.items():
         setattr(s.state, key, value)
     out.mkdir(parents=True, exist_ok=True)
     s.log = _Log(out, acc, s.state.step if s.resume_from is not None else None)
     acc.init_trackers("tensorboard")
+
+
+SCHEDULE_KEYS = ("learning_rate", "min_learning_rate", "warmup_steps", "max_steps")
+
+
+def _run_identity(s: _Session) -> dict:
+    """The schedule (its keys as JSON) and the tokenizer (SHA-256 of its sorted vocabulary) of this run."""
+    schedule = json.dumps({k: s.cfg[k] for k in SCHEDULE_KEYS}, sort_keys=True)
+    vocab = json.dumps(sorted(s.tok.get_vocab().items()), separators=(",", ":"))
+    return {"schedule": schedule, "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest()}
+
+
+def _check_same_run(s: _Session, saved: dict, force_resume: bool) -> None:
+    """Refuse a resume whose tokenizer differs from the checkpoint's (always: the ids would mean other
+    tokens) or whose learning-rate schedule differs (unless forced, and then said)."""
+    now = _run_identity(s)
+    if saved.get("tokenizer_sha256") and saved["tokenizer_sha256"] != now["tokenizer_sha256"]:
+        raise ConfigError(f"resume from {s.resume_from}: the checkpoint was trained with another tokenizer (vocabulary "
+                          f"sha256 {saved['tokenizer_sha256'][:12]} -> {now['tokenizer_sha256'][:12]}); its token ids "
+                          "would mean other tokens. Use the run's own corpus and tokenizer, or start afresh (--fresh)")
+    if not saved.get("schedule") or saved["schedule"] == now["schedule"]:
+        return
+    old, new = json.loads(saved["schedule"]), json.loads(now["schedule"])
+    what = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in SCHEDULE_KEYS if old.get(k) != new.get(k))
+    if not force_resume:
+        raise ConfigError(f"resume from {s.resume_from}: the checkpoint was trained with another learning-rate schedule "
+                          f"({what}); resuming would jump the learning rate. Use the same settings, start afresh "
+                          "(--fresh / resume=False), or force it (--force-resume / force_resume=True)")
+    if s.accelerator.is_main_process:
+        print(f"crystext pretrain: resuming with a changed schedule ({what}) as forced", file=sys.stderr)
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) or SIGTERM while the loop runs: remembered, not raised mid-step. The loop
+    saves a checkpoint at the end of the step it is in and raises ``KeyboardInterrupt`` (the CLI
+    exits 130); a second signal stops at once. Handlers are installed only in the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_Interrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("\ncrystext pretrain: interrupted; saving a checkpoint at the end of this step (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def requested(self, acc) -> bool:
+        """Whether any process was signalled (every process then stops at the same step)."""
+        flag = self.signum is not None
+        if acc.num_processes > 1:
+            import torch
+
+            flag = float(acc.reduce(torch.tensor([float(flag)], device=acc.device), "max")) > 0
+        return flag
+
+
+def _stop_on_interrupt(s: _Session, saved: bool) -> None:
+    """After a step: if interrupted, checkpoint this step (unless just saved) and raise ``KeyboardInterrupt``."""
+    if s.interrupt is None or not s.interrupt.requested(s.accelerator):
+        return
+    if not saved:
+        s.state.train_seconds = s.seconds_before + time.time() - s.t_start
+        _save_checkpoint(s.accelerator, s.out, s.state.step, s.keep)
+    if s.accelerator.is_main_process:
+        print(f"crystext pretrain: checkpoint {s.out / CHECKPOINTS / f'step-{s.state.step:07d}'} saved; rerun the "
+              "same command to resume", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt(f"pretrain interrupted at step {s.state.step}")
 
 
 def _train_step(s: _Session) -> tuple[float, int, int, float]:
@@ -698,6 +856,7 @@ def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
             t_ckpt = time.time()
             _save_checkpoint(acc, s.out, state.step, s.keep)
             budget.checkpoint_s = time.time() - t_ckpt
+        _stop_on_interrupt(s, saved=state.step % cfg["checkpoint_interval"] == 0 or done)
         if done:
             break
     bar.close()
@@ -766,15 +925,19 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
     unwrapped = acc.unwrap_model(s.model)
     save_dtype = getattr(torch, cfg["save_dtype"])
     to_save = unwrapped if save_dtype == torch.float32 else _copy_as(unwrapped, save_dtype)
-    to_save.save_pretrained(out, safe_serialization=True)
-    if save_dtype != torch.float32:
-        # weights stored in save_dtype, but loaded as float32 by default (from_pretrained reads the
-        # config's dtype): embeddings and fine-tuning want float32
-        config_path = out / "config.json"
-        config = json.loads(config_path.read_text())
-        config["dtype"] = "float32"
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    s.tok.save_pretrained(out)
+
+    def save_model(tmp: Path) -> None:  # into a temporary folder; each file is renamed into place whole
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        if save_dtype != torch.float32:
+            # weights stored in save_dtype, but loaded as float32 by default (from_pretrained reads the
+            # config's dtype): embeddings and fine-tuning want float32
+            config_path = tmp / "config.json"
+            config = json.loads(config_path.read_text())
+            config["dtype"] = "float32"
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        s.tok.save_pretrained(tmp)
+
+    save_into(out, save_model)
     split_counts = {sp: {"documents": len(s.dd[sp]), **_kind_counts(s.dd[sp])} for sp in s.dd}
     info = {
         "preset": s.preset["name"],
@@ -807,21 +970,22 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "versions": _versions(),
         "hardware": _hardware(acc),
     }
-    (out / "training_config.json").write_text(json.dumps(info, indent=2, default=str))
+    atomic_write_text(out / "training_config.json", json.dumps(info, indent=2, default=str))
     summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
     if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
         scrubbed = _portable_json(json.loads(summary.read_text()), out)
-        (out / "corpus_summary.json").write_text(json.dumps(scrubbed, indent=2))
+        atomic_write_text(out / "corpus_summary.json", json.dumps(scrubbed, indent=2))
     _write_identity(s, out)
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
-    plot_loss(out / "log.csv", out / "loss.png", title=f"{s.preset['name']}: {out.name}")
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
+    with atomic_path(out / "loss.png", suffix=".png") as png:
+        plot_loss(out / "log.csv", png, title=f"{s.preset['name']}: {out.name}")
     return report
 
 
 def _write_identity(s: _Session, out: Path) -> None:
     """``corpus_identity.json``: what the corpus held (formulas, structure-text hashes, formula and
     space-group pairs), so the benchmark's leakage table needs neither the corpus nor its sources."""
-    from .benchmark.leakage import IDENTITY_FILE, identity_of_corpus
+    from .corpus.identity import IDENTITY_FILE, identity_of_corpus
 
     needed = {"kind", "text", "formula", "spacegroup"}
     if not all(needed <= set(s.dd[sp].column_names) for sp in s.dd):
@@ -839,7 +1003,7 @@ def _write_identity(s: _Session, out: Path) -> None:
         ident["structures"] = sorted(set(ident["structures"]) | set(old.get("structure_text_sha1", [])))
         pairs = {tuple(p) for p in ident["formula_spacegroup"]} | {tuple(p) for p in old.get("formula_spacegroup", [])}
         ident["formula_spacegroup"] = sorted([f, int(g)] for f, g in pairs)
-    (out / IDENTITY_FILE).write_text(json.dumps({
+    atomic_write_text(out / IDENTITY_FILE, json.dumps({
         "symprec": config.get("symprec", 0.1), "corpus": s.corpus_info.get("name"),
         "init": None if s.init is None else s.init.name, "includes_init": includes_init,
         "formulas": ident["formulas"], "structure_text_sha1": ident["structures"],
@@ -896,6 +1060,12 @@ def pretrain(
 
     ``eval.json`` reports the held-out loss against a unigram baseline
     (``beats_unigram_baseline``); a run that does not beat it warns.
+
+    Faults (see ``docs/faults.md``): Ctrl-C / SIGTERM during training saves a checkpoint at the
+    step reached and raises ``KeyboardInterrupt`` (the CLI exits 130); the rerun resumes from it
+    exactly. Resuming verifies the newest checkpoint against its ``manifest.json`` and falls back,
+    with a warning, to the newest intact one; a full disk raises a one-line
+    :class:`crystext.atomic.DiskFullError`; final files appear whole (temporary name, rename).
     """
     from accelerate.utils import gather_object
 
@@ -909,13 +1079,16 @@ def pretrain(
     s.t_start, s.seconds_before, s.keep = time.time(), state.train_seconds, keep_checkpoints
     state.sessions += 1
     stop = min(s.cfg["max_steps"], stop_at if stop_at is not None else s.cfg["max_steps"])
-    reason = _train(s, stop, budget, progress)
+    with _Interrupt() as s.interrupt, disk_full_guard(out):  # Ctrl-C: checkpoint at the step's end, then exit
+        reason = _train(s, stop, budget, progress)
+    s.interrupt = None
     train_time = time.time() - s.t_start
     state.train_seconds = s.seconds_before + train_time
 
     digests = gather_object([_param_digest(acc.unwrap_model(s.model))])
     held = _final_eval(s, budget)
-    report = _write_out(s, held, reason, train_time, digests)
+    with disk_full_guard(out):
+        report = _write_out(s, held, reason, train_time, digests)
     acc.wait_for_everyone()
     acc.end_training()  # closes trackers (and the process group under accelerate launch)
     if len(set(digests)) > 1:

@@ -397,11 +397,12 @@ def test_unseen_elements_are_flagged(tmp_path, recwarn):
 
     run_dir = make_tiny_run(tmp_path / "with-summary")
     (run_dir / "corpus_summary.json").write_text(json.dumps({"element_counts": {"Na": 3, "Cl": 3, "O": 1}}))
-    with pytest.warns(UserWarning, match=r"untrained \(never seen in pretraining\): H, He"):
+    with pytest.warns(UserWarning, match=r"untrained \(fewer than 20 pretraining documents; never seen: 115\): H, He"):
         df = element_embeddings(str(run_dir))
     assert df.attrs["seen"]["Na"] and df.attrs["seen"]["O"] and not df.attrs["seen"]["Fe"]
     assert "Fe" in df.attrs["unseen"] and "Na" not in df.attrs["unseen"]
     assert len(df.attrs["unseen"]) == len(df) - 3
+    assert "Na" in df.attrs["untrained"] and len(df.attrs["untrained"]) == len(df)  # 3 documents < 20
     no_summary = make_tiny_run(tmp_path / "bare")
     assert "unseen" not in element_embeddings(str(no_summary)).attrs  # unknown: nothing claimed
 

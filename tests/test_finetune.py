@@ -96,6 +96,10 @@ def test_saved_folder_is_a_native_regression_model(trained):
     assert not [k for k in model.state_dict() if "lora" in k]  # merged: a plain GPT-2 checkpoint
     assert summary["status"] == "done" and summary["rows"] == {"train": 16, "val": 6, "test": 5}
     assert summary["skipped"] == {"test:missing_target": 1, "test:CIFParseError": 1}
+    from crystext.atomic import read_skipped  # the converted-but-skipped row is listed, not just counted
+
+    listed = read_skipped(out / summary["skipped_file"])
+    assert [(r["id"], r["source"], r["reason"]) for r in listed] == [("test:row 3", "test.csv", "CIFParseError")]
     card = (out / "README.md").read_text()
     assert "GPT2ForSequenceClassification" in card and f"{summary['test']['mae']:.4g}" in card
     assert json.loads((out / "eval.json").read_text())["test"]["n"] == 5

@@ -33,11 +33,11 @@ def run(tmp_path_factory):
 
 
 def test_generate_continues_the_prompt_reproducibly(run):
-    texts = generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=1, batch_size=2)
-    assert len(texts) == 3 and all(t.startswith("data_NaCl") for t in texts)
-    assert texts == generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=1, batch_size=2)
-    assert texts != generate(run, prompt="data_NaCl", n=3, max_new_tokens=12, seed=2, batch_size=2)
-    longer = generate(run, prompt="data_NaCl", n=3, max_new_tokens=40, seed=1, batch_size=2)
+    texts = generate(run, prompt="data_Na4Cl4", n=3, max_new_tokens=12, seed=1, batch_size=2)
+    assert len(texts) == 3 and all(t.startswith("data_Na4Cl4") for t in texts)
+    assert texts == generate(run, prompt="data_Na4Cl4", n=3, max_new_tokens=12, seed=1, batch_size=2)
+    assert texts != generate(run, prompt="data_Na4Cl4", n=3, max_new_tokens=12, seed=2, batch_size=2)
+    longer = generate(run, prompt="data_Na4Cl4", n=3, max_new_tokens=40, seed=1, batch_size=2)
     assert all(b.startswith(a) for a, b in zip(texts, longer))  # same seed: the same samples, continued
 
 
@@ -116,3 +116,147 @@ def test_header_texts_stay_possible_on_request(run):
     forced = generate(run, prompt=prompt, n=2, max_new_tokens=3, seed=0)
     assert all(t.startswith(prompt) for t in free + forced)
     assert not any(t[len(prompt):].startswith(HEADER) for t in forced for HEADER in ["_symmetry_Int_Tables_number"])
+
+
+# --------------------------------------------------------------------------- prompts and constrained sampling
+
+@pytest.mark.parametrize("prompt", ["data_NaCl", "data_NaCl\n", "data_Na4Cl\n"])
+def test_a_data_line_without_counts_is_refused_with_the_form_to_use(run, prompt):
+    with pytest.raises(ConfigError, match=r"has no count; the text form writes the cell composition with every "
+                                          r"count \(e.g. data_Na"):
+        generate(run, prompt=prompt, n=1, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("prompt", ["data_", "data_Na", "data_Na4Cl4", "data_Na4Cl"])
+def test_prompts_the_model_can_continue_are_accepted(prompt):
+    from crystext.generation import check_prompt
+
+    check_prompt(prompt)  # no error: the model writes the missing count itself
+
+
+def test_constrained_cli_writes_one_json_object_per_sample(run, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "samples.jsonl"
+    assert main(["generate", str(run), "--prompt", "data_Na1Cl1", "-n", "2", "--max-new-tokens", "700",
+                 "--constrained", "--top-k", "0", "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["constrained"] and r["prompt"] == "data_Na1Cl1" for r in rows)
+    for r in rows:  # an untrained model, but the constraints leave it no way to break these
+        assert r["text"].startswith("data_Na1Cl1\n_symmetry_space_group_name_H-M ")
+        assert r["parsable"] and r["formula_consistent"] and r["multiplicity_consistent"], r["errors"]
+        assert {"space_group_consistent", "bond_lengths_reasonable", "valid"} <= set(r)
+
+
+def test_constrained_generate_refuses_impossible_prompts_before_sampling(run):
+    with pytest.raises(ConfigError, match=r"Im-3m \(229\) cannot hold Na1Cl1"):
+        generate(run, prompt="data_Na1Cl1\n_symmetry_space_group_name_H-M Im-3m\n", n=1, constrained=True)
+
+
+# --------------------------------------------------------------------------- the bond-length check on real crystals
+
+def _real(name: str) -> Structure:
+    lattices = {
+        "hcp Mg": Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]]),
+        "bcc Fe": Structure.from_spacegroup("Im-3m", Lattice.cubic(2.87), ["Fe"], [[0, 0, 0]]),
+        "diamond": Structure.from_spacegroup("Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]]),
+        "fcc Cu": Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], [[0, 0, 0]]),
+        "simple cubic Po": Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]),
+        "rutile TiO2": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                                 [[0, 0, 0], [0.3049, 0.3049, 0]]),
+        "wurtzite ZnO": Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.207), ["Zn", "O"],
+                                                  [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]]),
+    }
+    return lattices[name]
+
+
+@pytest.mark.parametrize("name", ["hcp Mg", "bcc Fe", "diamond", "fcc Cu", "simple cubic Po", "rutile TiO2",
+                                  "wurtzite ZnO"])
+def test_real_crystals_pass_every_check(name):
+    from crystext.text import check_text
+
+    report = check_text(structure_to_text(_real(name)))
+    assert report.valid, report.errors
+    assert report.bond_length_score == 1.0
+
+
+def test_bonds_to_an_atoms_own_images_are_skipped():
+    """hcp Mg: each atom's six in-plane neighbours are its own images (one atom per orbit in a
+    two-atom cell). Measured by minimum image they are 0 A long, which scored 0.5 before."""
+    from crystext.text import bond_length_score, crystalnn_bonds, text_to_structure
+
+    mg = text_to_structure(structure_to_text(_real("hcp Mg")))
+    bonds = crystalnn_bonds(mg)
+    self_images = [b for b in bonds if b[3]]
+    assert len(self_images) == 12 and all(abs(b[2] - 3.21) < 1e-3 for b in self_images)  # true length, not 0
+    assert len(bonds) == 24 and bond_length_score(mg) == 1.0
+
+
+@pytest.mark.parametrize("name, squeeze", [("hcp Mg", 0.6), ("bcc Fe", 0.6), ("rutile TiO2", 1.6)])
+def test_broken_crystals_still_fail_the_bond_check(name, squeeze):
+    from crystext.text import check_text
+
+    broken = _real(name).copy()
+    broken.scale_lattice(broken.volume * squeeze ** 3)
+    report = check_text(structure_to_text(broken))
+    assert not report.bond_lengths_reasonable and not report.valid
+    assert any(e.startswith("bond lengths: score") for e in report.errors)
+
+
+def test_materials_project_structures_pass_every_check():
+    """Structures of several space groups and element counts from the mp_e_form test split
+    (DFT-relaxed): benchmarks/generation/check_real_structures.md measures 400 of them."""
+    from crystext.inputs import to_structure
+    from crystext.settings import data_dir
+    from crystext.text import check_text
+
+    root = data_dir()
+    if root is None or not (root / "mp_e_form" / "test.csv").is_file():
+        pytest.skip("shared data (mp_e_form) not available")
+    import pandas as pd
+
+    df = pd.read_csv(root / "mp_e_form" / "test.csv", nrows=60)
+    picked = {}
+    for cif, mid in zip(df.cif, df.material_id):
+        text = structure_to_text(to_structure(cif))
+        group = text.splitlines()[1].split()[-1]
+        if group not in picked and len(to_structure(cif)) <= 24:
+            picked[group] = (mid, text)
+        if len(picked) == 6:
+            break
+    assert len(picked) >= 4
+    for group, (mid, text) in picked.items():
+        report = check_text(text)
+        assert report.valid, (mid, group, report.errors)
+
+
+def test_check_texts_checks_every_text_of_a_file(tmp_path, capsys):
+    from crystext.text import check_texts
+
+    good = structure_to_text(_real("bcc Fe"))
+    bad = good.replace("data_Fe2", "data_Fe3", 1)
+    reports = check_texts(good + bad + good)
+    assert [r.valid for r in reports] == [True, False, True]
+    path = tmp_path / "three.txt"
+    path.write_text(good + bad + good)
+    assert main(["text", "check", str(path)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and '"index": 1' in lines[1] and '"valid": false' in lines[1]
+
+
+def test_atoms_on_one_spot_fail_the_bond_check_though_crystalnn_sees_no_bond():
+    """CrystalNN does not bond an atom to one sitting on it, so CrystaLLM's score alone passes two
+    atoms 0 A apart (a constrained sample did this before the rule)."""
+    from crystext.text import MIN_ATOM_DISTANCE, check_text, closest_distance, text_to_structure
+
+    good = structure_to_text(Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.9), ["Sr", "Ti", "O"],
+                                                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]]))
+    assert check_text(good).valid
+    assert closest_distance(text_to_structure(good)) == pytest.approx(3.9 / 2)
+    p1 = structure_to_text(Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O", "Ti"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+                                      [0.05, 0, 0]]), p1=True)  # a second Ti 0.195 A from Sr
+    assert MIN_ATOM_DISTANCE == 0.5
+    report = check_text(p1)
+    assert not report.bond_lengths_reasonable and not report.valid
+    assert any("two atoms 0.195 A apart" in e for e in report.errors), report.errors

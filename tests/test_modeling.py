@@ -176,7 +176,7 @@ def test_shipped_resources_come_from_the_package_data_mapping():
     from crystext.modeling import PRESET_DIR, list_presets
     from crystext.resources import REPO_FOLDERS, resource_dir
 
-    assert list_presets() == ["base", "crystallm-small", "tiny"]
+    assert list_presets() == ["base", "cpu", "crystallm-small", "tiny"]
     assert (PRESET_DIR / "base.yaml").is_file()
     for kind in REPO_FOLDERS:
         assert any(resource_dir(kind).iterdir()), kind

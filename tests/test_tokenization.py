@@ -150,10 +150,15 @@ def test_crystallm_style_baseline_agrees(cif, texts):
     assert style(texts[:30]) == cif(texts[:30])["input_ids"]
 
 
+@pytest.fixture(scope="module")
+def pair():
+    return build_tokenizer("pair")
+
+
 @pytest.mark.parametrize("name", ["perov_5", "carbon_24"])
-def test_shared_corpora_have_no_unknown_tokens(name, cif, compact):
+def test_shared_corpora_have_no_unknown_tokens(name, cif, compact, pair):
     texts = _shared_texts(name)
-    for tok in (cif, compact):
+    for tok in (cif, compact, pair):
         ids = tok(texts)["input_ids"]
         assert sum(i.count(tok.unk_token_id) for i in ids) == 0
         assert tok.batch_decode(ids, skip_special_tokens=True) == texts
@@ -276,3 +281,41 @@ def test_cli_build_and_encode(tmp_path, capsys):
     bad.write_text("data_Na1\t\n")
     assert main(["tokenizer", "encode", str(bad)]) == 2
     assert "<unk>" in capsys.readouterr().err
+
+
+def test_pair_kind_has_one_token_per_element_wherever_it_stands(pair, compact, texts):
+    """Header, formulas and site rows all use the bare symbol's token (compact fuses the site-row
+    separator into a second token per element)."""
+    import re as _re
+
+    elements = element_token_ids(pair)
+    by_id = {i: sym for sym, i in elements.items()}
+    for text in texts[:40]:
+        ids = pair(text, add_special_tokens=False)["input_ids"]
+        expected = []
+        for line in text.split("\n"):
+            if line.startswith("data_"):
+                expected += _re.findall(r"[A-Z][a-z]?", line[5:])
+            elif line.startswith("_chemical_formula"):
+                expected += _re.findall(r"[A-Z][a-z]?", line.split(" ", 1)[1])
+            elif line.startswith("  ") and not line.startswith("  1  'x"):
+                expected += [e for f in line.split()[:2] for e in _re.findall(r"[A-Z][a-z]?", f)]
+        assert [by_id[i] for i in ids if i in by_id] == expected, text
+    site_row = "  Sr  Sr0  4  0.2500  0.2500  0.2500  1\n"
+    assert pair.convert_ids_to_tokens(pair(site_row, add_special_tokens=False)["input_ids"]) == [
+        "  ", "Sr", "  ", "Sr", "0", "  4", "  0", ".25", "00", "  0", ".25", "00", "  0", ".25", "00", "  1", "\n"]
+    assert "  Sr" in compact.convert_ids_to_tokens(compact(site_row, add_special_tokens=False)["input_ids"])
+
+
+def test_pair_kind_splits_fractions_into_two_digit_pieces_and_integers_into_digits(pair):
+    tokens = pair.convert_ids_to_tokens(pair("_cell_angle_gamma 120.0000\n_cell_volume 1234.5678\n",
+                                             add_special_tokens=False)["input_ids"])
+    assert tokens == ["_cell_angle_gamma ", "1", "2", "0", ".00", "00", "\n",
+                      "_cell_volume ", "1", "2", "3", "4", ".56", "78", "\n"]
+
+
+def test_pair_kind_is_between_compact_and_cif_in_length_with_a_small_vocabulary(cif, compact, pair, texts):
+    n = {name: sum(map(len, encode_batch(tok, texts))) for name, tok in
+         (("cif", cif), ("compact", compact), ("pair", pair))}
+    assert n["compact"] < n["pair"] < 0.75 * n["cif"]
+    assert len(pair) < 1000 < len(compact)

@@ -1,5 +1,7 @@
 """The wheel works outside the repository: build it, install it (no deps) into a fresh venv that
-sees the system's torch/transformers, and run the main entry points from a temporary folder."""
+sees the torch/transformers of the interpreter running the tests (the system's, or the virtual
+environment's where the README's test command runs inside one), and run the main entry points from
+a temporary folder."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ SMOKE = textwrap.dedent('''
     assert Path(crystext.__file__).resolve().is_relative_to(site), crystext.__file__  # the wheel's copy
     for kind in ("presets", "accelerate", "tokenizers", "model_cards"):
         assert resource_dir(kind).resolve().is_relative_to(site), (kind, resource_dir(kind))
-    assert PRESET_DIR.resolve().is_relative_to(site) and list_presets() == ["base", "crystallm-small", "tiny"]
+    assert PRESET_DIR.resolve().is_relative_to(site) and list_presets() == ["base", "cpu", "crystallm-small", "tiny"]
     assert load_preset("base")["model"]["n_embd"] == 512
     assert builtin_dir("crystext-cif").resolve().is_relative_to(site)
     assert len(load_tokenizer("crystext-cif")) > 100
@@ -66,6 +68,28 @@ SMOKE = textwrap.dedent('''
 ''')
 
 
+def _outer_site_dirs() -> list[str]:
+    """The site-packages folders of the interpreter running the tests: a virtual environment's own
+    (where ``pip install -e ".[test]"`` put torch and transformers) and any it sees beyond it."""
+    import site
+
+    dirs = list(site.getsitepackages()) + [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
+    return [d for d in dict.fromkeys(os.path.realpath(d) for d in dirs) if os.path.isdir(d)]
+
+
+def see_outer_packages(venv: Path) -> Path:
+    """Let ``venv`` see the packages of the interpreter running the tests, after its own.
+
+    ``python -m venv --system-site-packages`` sees the *base* interpreter's packages, which inside
+    a virtual environment are not the ones the tests run with. A ``.pth`` file in the venv's
+    site-packages adds the running interpreter's folders with ``site.addsitedir`` (their own
+    ``.pth`` files included), after the venv's folder, so what is installed in the venv wins."""
+    line = "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in _outer_site_dirs())
+    pth = _site_packages(venv) / "_crystext_outer_site.pth"
+    pth.write_text(line + "\n")
+    return pth
+
+
 def _site_packages(venv: Path) -> Path:
     out = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          capture_output=True, text=True, check=True)
@@ -99,6 +123,7 @@ def test_the_wheel_works_outside_the_repository(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
+    see_outer_packages(venv)
     install = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]

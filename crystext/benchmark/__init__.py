@@ -1,7 +1,7 @@
 """Benchmarks of element and structure vectors: tasks, one regression protocol, intrinsic metrics, reports.
 
 >>> from crystext.benchmark import run_benchmark
->>> res = run_benchmark(out="bench", runs=["models/base"], tasks=["aflow__ael_bulk_modulus_vrh"])
+>>> res = run_benchmark(out="bench", runs=["models/crystext-base"], tasks=["aflow__ael_bulk_modulus_vrh"])
 
 Modules: :mod:`.tasks` (task discovery, splits), :mod:`.protocol` (ridge / HGB / MLP),
 :mod:`.representations` (baselines, extra tables, our runs), :mod:`.intrinsic` (similarity

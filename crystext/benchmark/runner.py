@@ -42,6 +42,7 @@ from .representations import Run, element_sets, resolve_precision, structure_tex
 from .structures import (QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig, crystal_graphs, fit_cgcnn_seeds,
                          parse_structures, structure_vectors)
 from .leakage import task_identities
+from .probes import resolve_tasks
 from .tasks import Split, Task, discover_tasks, load_splits
 
 RESULT_COLUMNS = ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
@@ -74,11 +75,26 @@ class BenchmarkResult:
     #: (:mod:`crystext.benchmark.leakage`); written as leakage.csv
     leakage: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)
+    #: per-row absolute test errors, ``{(task, representation, pooling, regressor, seed): array}``:
+    #: what the paired bootstraps of the ranks and of the probe verdicts resample (kept in memory only)
+    errors: dict | None = field(default=None, repr=False)
 
 
 def _default_data() -> Path:
     root = data_dir(required=True)
     return root
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it; else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _coverage_reasons(split: Split) -> Counter:
@@ -258,7 +274,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                   config: ProtocolConfig | None = None, n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
                   lm_precision: str = "auto", structure_baselines: Sequence[str] | None = None,
                   structure_config: StructureConfig | None = None, n_boot: int | None = None,
-                  leakage: bool = True,
+                  leakage: bool = True, probes: bool = True,
                   intrinsic: bool = True, report: bool = True, plots: bool = True, progress: bool = True,
                   command: str | None = None) -> BenchmarkResult:
     """Benchmark element-vector sets (and our runs' structure vectors) on every task under ``data``.
@@ -297,6 +313,9 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
             :data:`QUICK_STRUCTURE`).
         n_boot: paired-bootstrap resamples for the tie-aware ranks (default
             :data:`crystext.benchmark.selection.N_BOOT`; quick 200).
+        probes: add the geometry probes (:mod:`crystext.benchmark.probes`: ``probes/polymorph``,
+            ``probes/geometry``, built from ``mp_e_form``) when ``tasks`` is ``None`` and the data holds
+            ``mp_e_form``; ``tasks`` may name them, or ``"probes"`` for them and carbon_24.
         leakage: count, per run and task, the test compositions and structures found in the run's
             pretraining corpus (:mod:`crystext.benchmark.leakage`; leakage.csv and the report).
         intrinsic, report, plots: compute intrinsic metrics / write report.md / draw plots.
@@ -340,7 +359,8 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     unknown = [b for b in structure_baselines if b not in STRUCTURE_BASELINES]
     if unknown:
         raise ConfigError(f"structure baselines must be among {STRUCTURE_BASELINES}, not {', '.join(unknown)}")
-    task_list = discover_tasks(data, tasks)
+    task_list, probe_info = (resolve_tasks(data, tasks, cache_dir, log=log) if probes
+                             else (discover_tasks(data, tasks), {}))
     run_list = [Run.parse(r) for r in runs]
     sets = element_sets(BASELINES if baselines is None else baselines, tables, run_list)
     log(f"benchmark: {len(task_list)} tasks, {len(sets)} vector sets ({', '.join(sets)}), "
@@ -413,7 +433,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                      "selection": round(time.perf_counter() - t_select, 1)}
     seconds = time.perf_counter() - start  # everything but writing the report and plots
     result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
-                             fits=fits, selected=selected, leakage=leak)
+                             fits=fits, selected=selected, leakage=leak, errors=errors)
     if out is not None:
         from .report import write_outputs
 
@@ -423,10 +443,11 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
                 "caps": {"train": caps[0], "val": caps[1], "test": caps[2]}, "quick": quick, "n_jobs": n_jobs,
                 "lm_precision": lm_precision if run_list else None,
                 "structure_baselines": list(structure_baselines), "structure_config": structure_config.as_dict(),
-                "notes": notes, "task_seconds": task_seconds, "prepare_seconds": prepare_seconds,
+                "notes": notes, "probes": probe_info, "task_seconds": task_seconds, "prepare_seconds": prepare_seconds,
                 "phase_seconds": phase_seconds, "cached_vector_files_at_start": cached_at_start,
                 "protocol": config.as_dict(), "data": str(data), "python": platform.python_version(),
-                "cpus": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+                "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
         result.files = write_outputs(result, Path(out), info, report=report, plots=plots)
     log(f"benchmark done in {seconds:.0f} s" + (f" -> {out}" if out is not None else ""))
     return result

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     from ..errors import CrystextError
     from ..inputs import cli_mode
+    from ..quiet import silence_library_noise
 
+    silence_library_noise()  # no weight-loading bars, no advice meant for library authors
     command = "crystext"
     try:
         parser = build_parser()

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--structure-baselines", nargs="*", default=None, choices=["ace", "chgnet", "cgcnn"],
                    help="structure baselines on structure tasks (default: ace chgnet cgcnn; chgnet only when the "
                    "optional package is installed; give none to skip them)")
+    p.add_argument("--no-probes", action="store_true",
+                   help="leave out the geometry probes (probes/polymorph, probes/geometry, built from mp_e_form; "
+                   "run by default with all tasks; --tasks probes runs them and carbon_24 alone)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.set_defaults(func=_benchmark)
 
@@ -76,7 +79,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         quick=args.quick, seeds=args.seeds, regressors=tuple(args.regressors or REGRESSORS),
         max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, n_jobs=args.n_jobs,
         cache_dir=args.cache_dir, plots=not args.no_plots, lm_precision=args.lm_precision,
-        structure_baselines=args.structure_baselines,
+        structure_baselines=args.structure_baselines, probes=not args.no_probes,
         command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else None,
         **kwargs,
     )

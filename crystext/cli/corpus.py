@@ -124,6 +124,19 @@ def _unpack(args) -> int:
     return 0
 
 
+def _retokenize(args) -> int:
+    from ..corpus import retokenize_corpus
+
+    dd = retokenize_corpus(args.corpus, args.out, args.tokenizer, max_tokens=args.max_tokens or None)
+    info = dd.summary["retokenized"]["splits"]
+    print(f"corpus written to {args.out} ({args.tokenizer}): "
+          + ", ".join(f"{k} {v['documents']} docs / {v['tokens']} tokens" for k, v in info.items())
+          + f"; {sum(v['excluded_too_long'] for v in info.values())} over --max-tokens excluded, "
+          + f"{sum(v['documents_with_unk'] for v in info.values())} with <unk>, "
+          + f"{sum(v['documents_not_round_trip'] for v in info.values())} not decoding back to their text")
+    return 0
+
+
 def with_pd_options(fn) -> None:
     import pandas as pd
 
@@ -230,5 +243,17 @@ def register(sub) -> None:
     u.add_argument("file", metavar="FILE", help="packed corpus file")
     u.add_argument("--out", required=True, metavar="DIR", help="corpus folder to write")
     u.set_defaults(func=_unpack)
+
+    r = verbs.add_parser(
+        "retokenize",
+        help="write a corpus under another tokenizer from its text (no structure converted again)",
+        description="Tokenize a built corpus's text column with another tokenizer into a new corpus folder: "
+        "same splits, rows and order; documents over --max-tokens excluded and counted, never cut.",
+    )
+    r.add_argument("corpus", metavar="DIR", help="corpus folder (crystext corpus build output)")
+    r.add_argument("--out", required=True, metavar="DIR", help="corpus folder to write")
+    r.add_argument("--tokenizer", required=True, help="tokenizer name (crystext-pair, ...) or folder")
+    r.add_argument("--max-tokens", type=int, default=1024, help="exclude longer documents; 0: keep all (default: 1024)")
+    r.set_defaults(func=_retokenize)
 
     p.set_defaults(func=lambda args: p.print_help() or 0)

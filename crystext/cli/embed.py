@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,7 +15,8 @@ def register(subparsers) -> None:
         help="embed structures into vectors (Parquet)",
         description="Embed structures with a pretrained run: pooled hidden states of one layer, one "
         "vector per structure, streamed in batches into a Parquet file (columns id, source, "
-        "embedding). Bad records are skipped and counted.",
+        "embedding). Bad records are skipped, counted and listed in OUT.skipped.csv (id, source, reason, "
+        "message). OUT appears only when complete; a second run on the same OUT refuses while the first runs.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="a CIF file, a folder of CIFs, a table (CSV/Parquet/JSONL) with a 'cif' column, "
@@ -29,6 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="float32",
                    help="float32 (default: reproducible vectors), bf16, or auto (bf16 autocast only where this "
                    "machine runs it fast; vectors then differ from float32 ones at ~1e-3)")
+    p.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, metavar="N",
+                   help=f"skip structures of more atoms (default {DEFAULT_MAX_ATOMS}; 0: no limit)")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+                   help=f"skip records whose text conversion takes longer (default {DEFAULT_TIME_LIMIT:g}; 0: no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     p.set_defaults(func=_embed)
@@ -52,11 +59,13 @@ def _embed(args: argparse.Namespace) -> int:
         layer=DEFAULT_LAYER if args.layer is None else args.layer,
         pooling=args.pooling, batch_size=args.batch_size, device=args.device, symprec=args.symprec,
         progress=not args.no_progress, precision=args.precision,
+        max_atoms=args.max_atoms or None, time_limit=args.time_limit or None,
     )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["skip_reasons"].items())) or "none"
     print(f"embedded {summary['embedded']} structures ({summary['dim']}-D, layer {summary['layer']}, "
           f"{summary['pooling']} pooling, {summary['precision']}) -> {summary['out']}")
-    print(f"skipped {summary['skipped']} ({reasons})")
+    print(f"skipped {summary['skipped']} ({reasons})" + (f": listed in {summary['skipped_file']}"
+                                                         if summary["skipped"] else ""))
     for line in summary["examples"]:
         print(f"  {line}", file=sys.stderr)
     if summary["embedded"] == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _branches(text: str) -> list[str]:
@@ -29,18 +30,24 @@ def _predict(args) -> int:
     import numpy as np
     import pandas as pd
 
+    from ..atomic import SkippedRows, atomic_path, skipped_path
     from ..heads import load_head, read_structures_table
 
     model = load_head(args.model, device=args.device)
     feat = model.featurizer(args.model, run=args.run)
-    structures, y, ids = read_structures_table(args.table, args.target)
+    skipped = SkippedRows(skipped_path(args.out))
+    structures, y, ids = read_structures_table(args.table, args.target, skipped=skipped)
     pred = model.predict(feat.fit(structures).transform(structures))
     out = pd.DataFrame({"id": ids, "prediction": pred})
     if args.target:
         out["target"] = y
         ok = np.isfinite(pred)
         print(json.dumps({"mae": float(np.mean(np.abs(pred[ok] - y[ok]))), "n": int(ok.sum())}))
-    out.to_csv(args.out, index=False)
+    with atomic_path(args.out) as tmp:  # the CSV appears whole or not at all
+        out.to_csv(tmp, index=False)
+    skipped.write()
+    if len(skipped):
+        print(f"skipped {len(skipped)} rows: listed in {skipped.path}", file=sys.stderr)
     return 0
 
 
@@ -70,7 +77,7 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--limit", type=int, default=None, help="use only the first N rows of each table")
+    t.add_argument("--limit", type=int, default=None, help="use only the first N rows of each table, the test table too (a quick look, not a test MAE)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", default=None, help="save the trained head here (save_pretrained folder)")
     t.add_argument("--verbose", action="store_true", help="print every epoch")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 def _run(args) -> int:
     from ..hub import publish
+    from ..resolve import resolve_model
 
     result = publish(
-        args.run,
+        resolve_model(args.run),
         args.repo_id,
         export_dir=args.export,
         benchmark=args.benchmark,
@@ -16,7 +17,13 @@ def _run(args) -> int:
         commit_message=args.message,
         export_only=args.export is not None and not args.upload,
     )
-    print(result)
+    exported_only = args.export is not None and not args.upload
+    checked = ("loads offline in a fresh process (model, tokenizer, pipeline, model card; "
+               "safetensors only)")
+    if exported_only:
+        print(f"exported to {result}; the folder {checked}")
+    else:
+        print(f"verified that the folder {checked}, then uploaded: {result}")
     return 0
 
 
@@ -29,7 +36,7 @@ def register(sub) -> None:
         "--export DIR it stops after the verified folder unless --upload is also given. The token "
         "comes from `huggingface-cli login` or HF_TOKEN.",
     )
-    p.add_argument("run", help="run folder (a save_pretrained folder)")
+    p.add_argument("run", help="run folder (a save_pretrained folder) or release name under models/")
     p.add_argument("--repo-id", required=True, help="Hub repository, OWNER/NAME")
     p.add_argument("--export", metavar="DIR", help="write the verified folder here and stop")
     p.add_argument("--upload", action="store_true", help="with --export: upload after exporting")

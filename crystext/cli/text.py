@@ -24,13 +24,13 @@ def _convert(args) -> int:
 
 def _check(args) -> int:
     from ..inputs import read_text_file
-    from ..text import check_text
+    from ..text import check_texts
 
     bad = 0
-    for path in args.inputs:
-        report = check_text(read_text_file(path), symprec=args.symprec).as_dict()
-        bad += not report["valid"]
-        print(json.dumps({"file": str(path), **report}))
+    for path in args.inputs:  # a file may hold several texts (one per data_ line): each is checked
+        for index, report in enumerate(check_texts(read_text_file(path), symprec=args.symprec)):
+            bad += not report.valid
+            print(json.dumps({"file": str(path), "index": index, **report.as_dict()}))
     return 1 if bad else 0
 
 

@@ -33,8 +33,9 @@ def register(sub) -> None:
     p = sub.add_parser("tokenizer", help="build the crystext tokenizers or tokenize crystal text")
     verbs = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
     b = verbs.add_parser("build", help="build a tokenizer folder (tokenizer.json + config) loadable by AutoTokenizer")
-    b.add_argument("--kind", choices=["cif", "compact"], default="cif",
-                   help="cif: CrystaLLM-like, one token per digit; compact: 4-decimal chunks, fused keywords")
+    b.add_argument("--kind", choices=["cif", "compact", "pair"], default="cif",
+                   help="cif: CrystaLLM-like, one token per digit; compact: 4-decimal chunks, fused keywords; "
+                   "pair: one token per element everywhere, two-digit decimal pieces")
     b.add_argument("--out", default=None, help="output folder (default: tokenizers/crystext-KIND under the current folder, i.e. the "
                    "repository's shipped copy when run from its root)")
     b.set_defaults(func=_build)

@@ -41,6 +41,7 @@ from .build import (
 )
 from .headers import CENTERING, header_lines, header_text
 from .pack import pack_corpus, unpack_corpus
+from .retokenize import retokenize_corpus
 from .sources import (
     HEADER_KEEP,
     ID_COLUMNS,

@@ -22,7 +22,6 @@ disordered, has an unknown element, holds more than ``max_atoms`` atoms, takes l
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -48,6 +47,7 @@ from ..errors import (
     EmptyStructureError,
     TokenizerError,
 )
+from ..atomic import OutputLock, SkippedRows, atomic_path, atomic_write_text, disk_full_error, is_disk_full, save_into
 from ..limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT, check_size
 from ..limits import time_limit as _time_limit
 from .headers import header_text
@@ -260,9 +260,7 @@ def _shard_schema():
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # a unique temporary name, fsynced, renamed; removed on error
 
 
 def _write_shard(build: Path, index: int, start: int, stop: int, rows: list[tuple], skips: list[tuple]) -> dict:
@@ -280,10 +278,9 @@ def _write_shard(build: Path, index: int, start: int, stop: int, rows: list[tupl
     _atomic_write_text(skip_path, "".join(
         json.dumps({"id": r.id, "source": r.source, "reason": reason, "message": msg}) + "\n"
         for r, reason, msg in skips))
-    tmp = build / f"{name}.arrow.tmp"
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, build / f"{name}.arrow")
+    with atomic_path(build / f"{name}.arrow") as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(table)
     records = Counter(r[2] for r in rows)
     records.update(r.source for r, _, _ in skips)
     return {
@@ -609,16 +606,16 @@ def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split:
             w.close()
             sink.close()
     del tables
-    for sub in (*SPLITS, "tokenizer"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
+    if (out / "tokenizer").is_dir():  # the splits are replaced whole below, each by os.replace
+        shutil.rmtree(out / "tokenizer")
     dd = DatasetDict({name: Dataset.from_file(str(stage / f"{name}.arrow")) for name in SPLITS})
     was_enabled = ds_logging.is_progress_bar_enabled()
     if not progress:
         ds_logging.disable_progress_bar()
     try:
         # datasets writes no file for an empty split and then cannot load it: one shard there
-        dd.save_to_disk(str(out), num_shards={name: 1 for name in SPLITS if len(dd[name]) == 0} or None)
+        save_into(out, lambda tmp: dd.save_to_disk(
+            str(tmp), num_shards={name: 1 for name in SPLITS if len(dd[name]) == 0} or None))
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
@@ -699,13 +696,13 @@ def print_summary(summary: dict, file=None) -> None:
 
 
 def _write_skipped(build: Path, manifest: dict, out: Path) -> None:
-    with open(out / "skipped.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "source", "reason", "message"])
-        writer.writeheader()
-        for s in manifest["shards"]:
-            with open(build / s["skipped_file"]) as src:
-                for line in src:
-                    writer.writerow(json.loads(line))
+    listing = SkippedRows(out / "skipped.csv")  # id, source, reason, message; written atomically
+    for s in manifest["shards"]:
+        with open(build / s["skipped_file"]) as src:
+            for line in src:
+                row = json.loads(line)
+                listing.add(row["id"], row["source"], row["reason"], row["message"])
+    listing.write()
 
 
 def build_corpus(
@@ -834,8 +831,12 @@ def build_corpus(
         out_path = Path(tmp.name)
     else:
         out_path = Path(out)
+    # one build per folder at a time: a second one refuses, naming the first's pid
+    lock = OutputLock(out_path).acquire() if out is not None else None
     try:
         build = out_path / BUILD_DIR
+        for stale in build.glob(".*.tmp*") if build.is_dir() else ():  # left by a killed build
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         old = _load_manifest(build)
         if old is not None and old.get("config_hash") != config_hash:
             if not fresh:
@@ -858,16 +859,25 @@ def build_corpus(
         stats, dup_counts, timeouts = _finalise(build, manifest, out_path, dedupe, split, split_by, seed, num_proc,
                                                 progress, time_limit)
         summary = _make_summary(opened, manifest, stats, dup_counts, config, command, timeouts)
-        tok.save_pretrained(str(out_path / "tokenizer"))
+        with atomic_path(out_path / "tokenizer", folder=True) as tok_dir:
+            tok.save_pretrained(str(tok_dir))
         _write_skipped(build, manifest, out_path)
-        (out_path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_path / "summary.json", json.dumps(summary, indent=2) + "\n")
         if progress:
             print_summary(summary)
         if not keep_shards:
             shutil.rmtree(build)
         corpus = load_corpus(out_path, keep_in_memory=tmp is not None)
         return corpus
+    except Exception as exc:
+        if (out_path / BUILD_DIR / "final").is_dir():  # the half-written split files of _finalise
+            shutil.rmtree(out_path / BUILD_DIR / "final", ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(out_path, exc) from None
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         if tmp is not None:
             tmp.cleanup()
 

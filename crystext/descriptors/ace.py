@@ -206,14 +206,29 @@ class ACE(ParamsMixin):
         on_error: ``"raise"``, or ``"nan"`` (bad structures give NaN rows; listed in
             ``skipped_`` as (index, message)).
         dtype, device: torch dtype/device of the computation (float64 on CPU by default).
+        out_dtype: dtype of the arrays ``transform`` returns (``"float32"`` by default: half the
+            memory; ``"float64"`` keeps the computation's precision, ~1e-16 instead of ~6e-8
+            relative).
         max_atoms_per_batch: structures are processed in chunks of about this many atoms.
+        max_memory: bytes ``transform`` may allocate for its result; ``None`` (default): the
+            memory available on this machine (``MemAvailable``). A request over it is refused
+            before anything is allocated (use :meth:`transform_iter` to stream instead).
+
+    Size with the defaults (``n_radial=4``, ``max_angular=2``, ``correlation_order=3``, 3 element
+    channels, centre split into 4 blocks): **15,128 features per structure, 60.5 KB as float32**
+    (3,782 per-atom invariants). All of Matbench ``mp_e_form`` (36,737 structures, 81 elements)
+    is then a 2.2 GB matrix; the process peaked at 0.71 GB for 500 and 0.90 GB for 2,000 random
+    mp_e_form structures (0.125 MB per further structure: the structures and the result), about
+    5.3 GB for the whole set (``benchmarks/descriptors/ace_memory.py``). The earlier defaults
+    (``n_radial=6``, ``max_angular=4``, float64) gave 174,636 features (1.4 MB) per structure:
+    ~51 GB for mp_e_form.
     """
 
     def __init__(
         self,
         cutoff: float = 5.0,
-        n_radial: int = 6,
-        max_angular: int = 4,
+        n_radial: int = 4,
+        max_angular: int = 2,
         correlation_order: int = 3,
         radial: str = "gto",
         cutoff_width: float = 0.5,
@@ -229,6 +244,8 @@ class ACE(ParamsMixin):
         device: Any = "cpu",
         max_atoms_per_batch: int = 1024,
         neighbor_backend: str = "auto",
+        out_dtype: str = "float32",
+        max_memory: float | None = None,
     ) -> None:
         self.cutoff = cutoff
         self.n_radial = n_radial
@@ -248,6 +265,8 @@ class ACE(ParamsMixin):
         self.device = device
         self.max_atoms_per_batch = max_atoms_per_batch
         self.neighbor_backend = neighbor_backend
+        self.out_dtype = out_dtype
+        self.max_memory = max_memory
 
     def __repr__(self) -> str:
         default = ACE.__new__(ACE)
@@ -266,6 +285,8 @@ class ACE(ParamsMixin):
             raise ConfigError(f"pooling must be 'mean' or 'sum', got {self.pooling!r}")
         if self.on_error not in ("raise", "nan"):
             raise ConfigError(f"on_error must be 'raise' or 'nan', got {self.on_error!r}")
+        if str(self.out_dtype) not in ("float32", "float64"):
+            raise ConfigError(f"out_dtype must be 'float32' or 'float64', got {self.out_dtype!r}")
 
     def fit(self, structures: Iterable[Any] = (), y: Any = None) -> "ACE":
         """Learn the species (unless ``species`` was given) and fix the feature layout."""
@@ -592,14 +613,46 @@ class ACE(ParamsMixin):
             out[k] = np.full((0, self.n_atom_features_), np.nan)
         return out  # type: ignore[return-value]
 
+    def result_bytes(self, n_structures: int) -> int:
+        """Bytes of the ``(n_structures, n_features)`` array :meth:`transform` returns."""
+        self._check_fitted()
+        return int(n_structures) * self.n_features_ * np.dtype(str(self.out_dtype)).itemsize
+
+    def _check_memory(self, n_structures: int) -> None:
+        """Refuse, before allocating, a result larger than ``max_memory`` (default: available RAM)."""
+        need = self.result_bytes(n_structures)
+        limit = self.max_memory if self.max_memory is not None else _available_memory()
+        if limit is not None and need > limit:
+            raise ConfigError(
+                f"ACE.transform: {n_structures:,} structures x {self.n_features_:,} features x "
+                f"{np.dtype(str(self.out_dtype)).itemsize} bytes = {_human(need)}, more than the {_human(limit)} "
+                f"{'allowed (max_memory)' if self.max_memory is not None else 'of memory available'}; use "
+                "transform_iter(structures) to stream chunks, out_dtype='float32', a smaller basis (n_radial, "
+                "max_angular) or correlation_order=2")
+
+    def transform_iter(self, structures: Iterable[Any], chunk_structures: int = 1024) -> Iterable[np.ndarray]:
+        """Stream :meth:`transform`: yield ``(k, n_features)`` arrays for successive chunks of at most
+        ``chunk_structures`` structures, holding one chunk of structures and features at a time."""
+        self._check_fitted()
+        chunk: list = []
+        for s in structures:
+            chunk.append(s)
+            if len(chunk) >= chunk_structures:
+                yield self.transform(chunk)
+                chunk = []
+        if chunk:
+            yield self.transform(chunk)
+
     def transform(self, structures: Iterable[Any]) -> np.ndarray:
-        """Per-structure features (n_structures, n_features): pooled over atoms, split by centre."""
+        """Per-structure features (n_structures, n_features) in ``out_dtype``: pooled over atoms,
+        split by centre. Refuses (ConfigError) a result over ``max_memory`` before computing."""
         self._check_fitted()
         self._prepare()
         structures = list(structures)
+        self._check_memory(len(structures))
         self.skipped_ = []
         n_cc = len(self.center_channels_)
-        out = np.full((len(structures), n_cc, self.n_atom_features_), np.nan)
+        out = np.full((len(structures), n_cc, self.n_atom_features_), np.nan, dtype=str(self.out_dtype))
         with torch.no_grad():
             for chunk in self._chunks(structures):
                 a, offsets, wn_all = self._batch_basis(chunk)
@@ -659,6 +712,31 @@ def _group_plan(bounds, centre: np.ndarray, cw: np.ndarray, n_channels: int, dev
         scale = torch.as_tensor([m[3] for m in members], dtype=dtype, device=device)
         out.append((rows, torch.as_tensor(index, device=device), scale))
     return direct, out
+
+
+def _human(n: float) -> str:
+    """Bytes as kB / MB / GB (powers of 1000)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no way to know: no check
+        return None
 
 
 def _same(a: Any, b: Any) -> bool:

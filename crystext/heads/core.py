@@ -33,8 +33,9 @@ import numpy as np
 
 from ..descriptors.params import ParamsMixin
 from ..errors import ConfigError, CrystextError, DataNotFoundError
+from .net import _build_net, _torch
 
-__all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "TrainingDivergedError", "train_heads"]
+__all__ = ["BranchInputs", "BranchFeaturizer", "MultiScaleRegressor", "KNOWN_BRANCHES", "TrainingDivergedError"]
 
 KNOWN_BRANCHES = ("lm", "composition", "graph", "ace", "chgnet")
 CONFIG_NAME = "config.json"
@@ -282,99 +283,6 @@ def _branch_statistics(x: np.ndarray, reduce_dim: int) -> tuple[np.ndarray, np.n
         comp = np.eye(z.shape[1], 1)
     sd = (z @ comp).std(0, ddof=1) if len(x) > 1 else np.ones(comp.shape[1])
     return mean, scale, comp / np.where(sd > 0, sd, 1.0)
-
-
-# ----------------------------------------------------------------------------- the network
-def _torch():
-    import torch
-
-    return torch
-
-
-def _build_net(config: dict):
-    """The torch module for ``config`` (dims, width, fusion, graph encoder, ...)."""
-    torch = _torch()
-    from torch import nn
-
-    from ..descriptors.graph import GraphEncoder
-
-    class VectorBranch(nn.Module):
-        """Standardise (and optionally PCA-project) a fixed vector, then Linear -> SiLU -> LayerNorm."""
-
-        def __init__(self, d_in: int, d_red: int, width: int, dropout: float) -> None:
-            super().__init__()
-            self.register_buffer("mean", torch.zeros(d_in))
-            self.register_buffer("scale", torch.ones(d_in))
-            # PCA projection (identity when the branch is not reduced)
-            self.register_buffer("proj", torch.eye(d_in) if d_red >= d_in else torch.zeros(d_in, d_red))
-            self.net = nn.Sequential(nn.Dropout(dropout * 0.5), nn.Linear(d_red, width), nn.SiLU(), nn.LayerNorm(width))
-
-        def project(self, x):
-            """Standardised (and PCA-projected) input: fixed buffers, no trainable weight."""
-            return ((x - self.mean) / self.scale) @ self.proj
-
-        def forward(self, x, projected: bool = False):
-            return self.net(x if projected else self.project(x))
-
-    class GraphBranch(nn.Module):
-        def __init__(self, enc_cfg: dict, width: int) -> None:
-            super().__init__()
-            self.encoder = GraphEncoder(**{**enc_cfg, "out_dim": width})
-            self.norm = nn.LayerNorm(width)
-
-        def forward(self, batch):
-            return self.norm(self.encoder(batch))
-
-    class Net(nn.Module):
-        def __init__(self, cfg: dict) -> None:
-            super().__init__()
-            w, hid, p = cfg["width"], cfg["hidden"], cfg["dropout"]
-            self.names = list(cfg["branches"])
-            self.fusion = cfg["fusion"]
-            self.branch_dropout = float(cfg.get("branch_dropout", 0.0))
-            self.branches = nn.ModuleDict()
-            for name in self.names:
-                if name == "graph":
-                    self.branches[name] = GraphBranch(cfg["graph_encoder"], w)
-                else:
-                    self.branches[name] = VectorBranch(cfg["dims"][name], cfg["reduced_dims"][name], w, p)
-            if self.fusion == "gated":
-                self.gate = nn.Sequential(nn.Linear(w, w), nn.Tanh(), nn.Linear(w, 1))
-                d_head = w
-            else:
-                d_head = w * len(self.names)
-            self.head = nn.Sequential(nn.Linear(d_head, hid), nn.SiLU(), nn.Dropout(p), nn.Linear(hid, hid), nn.SiLU(), nn.Linear(hid, 1))
-            # per-branch linear read-outs for the auxiliary loss (every branch must predict alone)
-            self.aux = nn.ModuleDict({n: nn.Linear(w, 1) for n in self.names}) if cfg.get("aux_weight", 0) > 0 and len(self.names) > 1 else None
-            self.register_buffer("y_mean", torch.zeros(()))
-            self.register_buffer("y_scale", torch.ones(()))
-
-        def forward(self, feats: dict, graph_batch=None, return_aux: bool = False, projected: bool = False):
-            # projected: the vector features already went through their branch's project()
-            hs = [self.branches[n](graph_batch) if n == "graph" else self.branches[n](feats[n], projected=projected)
-                  for n in self.names]
-            aux = [self.aux[n](h).squeeze(-1) for n, h in zip(self.names, hs)] if (return_aux and self.aux is not None) else None
-            keep = None
-            if self.training and self.branch_dropout > 0 and len(hs) > 1:
-                keep = torch.rand(hs[0].shape[0], len(hs), device=hs[0].device) >= self.branch_dropout
-                keep[torch.arange(len(keep)), torch.randint(len(hs), (len(keep),), device=keep.device)] |= ~keep.any(1)
-                hs = [h * keep[:, k : k + 1].to(h.dtype) for k, h in enumerate(hs)]
-            if self.fusion == "gated":
-                h = torch.stack(hs, 1)  # (B, n_branches, w)
-                logits = self.gate(h).squeeze(-1)
-                if keep is not None:  # a dropped branch is left out of the softmax, not just zeroed
-                    logits = logits.masked_fill(~keep, float("-inf"))
-                alpha = torch.softmax(logits, dim=1)
-                fused = (alpha[:, :, None] * h).sum(1)
-            else:
-                alpha = None
-                fused = torch.cat(hs, 1)
-            pred = self.head(fused).squeeze(-1) * self.y_scale + self.y_mean
-            if return_aux:
-                return pred, alpha, aux
-            return pred, alpha
-
-    return Net(config)
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -691,27 +599,23 @@ class MultiScaleRegressor(ParamsMixin):
         """Write ``config.json`` + ``model.safetensors`` (a native ``transformers`` folder, read back by
         :meth:`from_pretrained` or ``MultiScaleModel.from_pretrained``) and, when the featuriser's
         element table is a DataFrame, ``element_table.csv``."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        self.to_hf(featurizer).save_pretrained(str(out))
-        if featurizer is not None and featurizer.config()["element_table"] == TABLE_NAME:
-            featurizer._table().to_csv(out / TABLE_NAME)
-        return out
+        from ..atomic import save_into
+
+        def write(tmp: Path) -> None:  # each file renamed into place whole; a full disk leaves none half-written
+            self.to_hf(featurizer).save_pretrained(str(tmp))
+            if featurizer is not None and featurizer.config()["element_table"] == TABLE_NAME:
+                featurizer._table().to_csv(tmp / TABLE_NAME)
+
+        return save_into(Path(path), write)
 
     def push_to_hub(self, repo_id: str, featurizer: BranchFeaturizer | None = None, private: bool = False,
                     token: str | None = None, commit_message: str = "Upload crystext multi-scale head") -> str:
         """Save to a temporary folder and upload it to the Hub repository ``repo_id`` (created if
         needed). Returns the repository id."""
-        import tempfile
+        from ..upload import push_saved
 
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, featurizer=featurizer)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
-        return repo_id
+        return push_saved(lambda tmp: self.save_pretrained(tmp, featurizer=featurizer), repo_id, private, token,
+                          commit_message)
 
     @classmethod
     def from_hf(cls, model, device: str = "cpu") -> "MultiScaleRegressor":
@@ -740,6 +644,9 @@ class MultiScaleRegressor(ParamsMixin):
             if cfg.get("model_type") != "crystext-multiscale":
                 raise ConfigError(f"{folder / CONFIG_NAME} is not a crystext multi-scale head config "
                                   f"(model_type {cfg.get('model_type')!r}; heads saved before the transformers format must be retrained)")
+            from ..atomic import check_model_folder
+
+            check_model_folder(folder)  # a truncated file: one line naming it
         return cls.from_hf(MultiScaleModel.from_pretrained(str(path)), device=device)
 
     def featurizer(self, path: str | os.PathLike | None = None, run: Any = None) -> BranchFeaturizer:
@@ -775,20 +682,14 @@ def train_validation_split(check, inputs: BranchInputs, y, val_inputs: BranchInp
     return inputs, y, val_inputs, y_val, rng
 
 
-def _json_default(obj: Any):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    return str(obj)
-
-
 # ----------------------------------------------------------------------------- one-call training
-def read_structures_table(path: str | os.PathLike, target: str | None, limit: int | None = None):
+def read_structures_table(path: str | os.PathLike, target: str | None, limit: int | None = None,
+                          skipped: Any = None):
     """(structures, targets, ids) from a CSV/Parquet/JSON-lines table with a ``cif`` column and a
     target column (``target=None``: targets are NaN), read by crystext's one table reader
     (:func:`crystext.corpus.sources.iter_table_chunks`). Unparsable rows and missing targets are
-    skipped and counted (printed)."""
+    skipped and counted (printed); ``skipped`` (a :class:`crystext.atomic.SkippedRows`) also
+    receives each one as ``(id, table, reason, message)``."""
     import pandas as pd
 
     from ..corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
@@ -808,16 +709,20 @@ def read_structures_table(path: str | os.PathLike, target: str | None, limit: in
             if limit and k >= limit:
                 break
             y = float(pd.to_numeric(row[target], errors="coerce")) if target is not None else float("nan")
+            key = str(row[id_col]) if id_col else f"{p.name}:{k}"
             if target is not None and not np.isfinite(y):
                 no_target += 1
+                if skipped is not None:
+                    skipped.add(key, p.name, "missing_target", f"{key}: no numeric {target!r} value")
                 continue
-            key = str(row[id_col]) if id_col else f"{p.name}:{k}"
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     structures.append(structure_from_cif(str(row["cif"]), key))
-            except Exception:  # noqa: BLE001 - a bad row is counted, not fatal
+            except Exception as exc:  # noqa: BLE001 - a bad row is counted, not fatal
                 bad += 1
+                if skipped is not None:
+                    skipped.add(key, p.name, type(exc).__name__, str(exc))
                 continue
             ys.append(y)
             ids.append(key)
@@ -827,69 +732,3 @@ def read_structures_table(path: str | os.PathLike, target: str | None, limit: in
         print(f"[heads] {p.name}: skipped {bad} unparsable rows and {no_target} rows without a target",
               file=sys.stderr, flush=True)
     return structures, np.array(ys), ids
-
-
-def load_head(path: str | os.PathLike, device: str = "cpu"):
-    """A saved head of either kind: :class:`StackedRegressor` (folder with ``stack.json``) or
-    :class:`MultiScaleRegressor`."""
-    from .stacking import STACK_NAME, StackedRegressor
-
-    if (Path(path) / STACK_NAME).is_file():
-        return StackedRegressor.from_pretrained(path, device=device)
-    return MultiScaleRegressor.from_pretrained(path, device=device)
-
-
-def train_heads(
-    train: str | os.PathLike,
-    test: str | os.PathLike | None,
-    target: str,
-    branches: Sequence[str],
-    out: str | os.PathLike | None = None,
-    run: Any = None,
-    element_table: Any = "magpie",
-    limit: int | None = None,
-    fusion: str = "stack",
-    n_folds: int = 5,
-    **regressor_kwargs,
-) -> dict:
-    """Featurise a train (and test) table, train a head, report MAEs.
-
-    ``fusion="stack"`` (default): :class:`StackedRegressor` (``regressor_kwargs`` go to every
-    per-branch regressor; ``seed``/``device``/``verbose``/``joint``/``subset_means``/``predict_with``
-    to the stack); ``"gated"``/``"concat"``:
-    one :class:`MultiScaleRegressor`. Returns a dict with ``val_mae``, ``test_mae`` (if ``test``),
-    ``dummy_test_mae`` (predicting the training mean), ``branch_test_mae`` (stack),
-    ``branch_weights``, and ``choice`` (stack); saves the model to ``out`` if given.
-    """
-    from .stacking import StackedRegressor
-
-    s_train, y_train, _ = read_structures_table(train, target, limit)
-    feat = BranchFeaturizer(branches=branches, run=run, element_table=element_table)
-    s_test, y_test = [], np.zeros(0)
-    if test is not None:
-        s_test, y_test, _ = read_structures_table(test, target, limit)
-    feat.fit(s_train + s_test)  # species/tables only: no targets involved
-    x_train = feat.transform(s_train, progress=True)
-    if fusion == "stack":
-        outer = {k: regressor_kwargs.pop(k) for k in ("seed", "device", "verbose", "joint", "subset_means", "predict_with")
-                 if k in regressor_kwargs}
-        model = StackedRegressor(branches=list(branches), n_folds=n_folds, base_params=regressor_kwargs, **outer).fit(x_train, y_train)
-        result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
-                      choice=model.choice_, missing=model.missing_)
-    else:
-        model = MultiScaleRegressor(branches=branches, fusion=fusion, **regressor_kwargs).fit(x_train, y_train)
-        result = dict(branches=list(branches), target=target, n_train=len(y_train), val_mae=model.best_val_mae_,
-                      epochs=model.n_epochs_, dropped=model.dropped_)
-    if test is not None:
-        x_test = feat.transform(s_test, progress=True)
-        result.update(test_mae=model.mae(x_test, y_test), n_test=len(y_test),
-                      dummy_test_mae=float(np.mean(np.abs(y_test - y_train.mean()))))
-        if fusion == "stack":
-            result.update(branch_test_mae=model.branch_maes(x_test, y_test),
-                          branch_weights={b: float(w) for b, w in zip(model.learner_names, model.weights_)})
-        else:
-            result.update(branch_weights=model.branch_weights(x_test))
-    if out is not None:
-        model.save_pretrained(out, featurizer=feat)
-        result["saved"] = str(out)
-    return result

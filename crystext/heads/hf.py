@@ -41,7 +41,7 @@ class MultiScaleModel(PreTrainedModel):
 
     def __init__(self, config: MultiScaleConfig, net: Any = None) -> None:
         super().__init__(config)
-        from .core import _build_net
+        from .net import _build_net
 
         self.net = net if net is not None else _build_net(config.net)
         self.post_init()

@@ -418,9 +418,14 @@ class StackedRegressor(ParamsMixin):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike, featurizer: Any = None) -> Path:
         """``stack.json`` (choice, weights, validation MAEs) + one transformers folder per branch."""
+        from ..atomic import save_into
+
         self._check_fitted()
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+        # files and branch folders are renamed into place whole
+        return save_into(Path(path), lambda tmp: self._write(tmp, featurizer))
+
+    def _write(self, out: Path, featurizer: Any = None) -> Path:
+        """Write the stack's files into ``out`` (see :meth:`save_pretrained`)."""
         for b, m in self.models_.items():
             m.save_pretrained(out / _folder(b), featurizer=featurizer)
             if self.predict_with == "folds":
@@ -438,16 +443,10 @@ class StackedRegressor(ParamsMixin):
     def push_to_hub(self, repo_id: str, featurizer: Any = None, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload crystext stacked multi-scale head") -> str:
         """Save to a temporary folder and upload it to the Hub repository ``repo_id``."""
-        import tempfile
+        from ..upload import push_saved
 
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, featurizer=featurizer)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
-        return repo_id
+        return push_saved(lambda tmp: self.save_pretrained(tmp, featurizer=featurizer), repo_id, private, token,
+                          commit_message)
 
     def featurizer(self, path: str | os.PathLike | None = None, run: Any = None):
         """Rebuild the saved :class:`BranchFeaturizer` (unfitted) from a loaded model."""
