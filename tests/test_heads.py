@@ -120,14 +120,19 @@ def test_cli_train_and_predict(tmp_path, capsys):
     for k in range(40):
         a = rng.uniform(3.8, 4.3)
         rows.append({"material_id": f"m{k}", "cif": perovskite(a, ["Ti", "Zr"][k % 2]).to(fmt="cif"), "y": 2 * a + (k % 2)})
-    table = tmp_path / "t.csv"
+    table, train = tmp_path / "t.csv", tmp_path / "train.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
+    bad = [{"material_id": "broken", "cif": "data_x\n_cell_length_a oops\n", "y": 1.0},
+           {"material_id": "unlabelled", "cif": rows[0]["cif"], "y": None}]
+    pd.DataFrame(rows + bad).to_csv(train, index=False)
     out = tmp_path / "head"
-    assert main(["heads", "train", "--train", str(table), "--test", str(table), "--target", "y",
+    assert main(["heads", "train", "--train", str(train), "--test", str(table), "--target", "y",
                  "--branches", "composition,ace", "--epochs", "5", "--width", "8", "--n-folds", "2", "--out", str(out),
                  ]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_train"] == 40 and res["test_mae"] >= 0
+    listed = pd.read_csv(res["skipped_file"])
+    assert res["skipped"] == 2 and sorted(listed["id"]) == ["broken", "unlabelled"] and res["skipped_file"] == str(out / "skipped.csv")
     assert set(res["branch_weights"]) == {"composition", "ace", "joint:composition+ace"}
     pred_csv = tmp_path / "pred.csv"
     assert main(["heads", "predict", "--model", str(out), "--table", str(table), "--target", "y", "--out", str(pred_csv)]) == 0

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heldout_loss import _unigram_logp  # noqa: E402  (the sibling script's add-one smoothed unigram)
+
 CLASSES = (
     "syntax", "element", "integer", "space_group", "cell_length", "cell_angle", "volume",
     "coord_special", "coord_general_int", "coord_d1", "coord_d2", "coord_d3", "coord_d4", "other",
@@ -192,13 +195,6 @@ def _token_losses(model, ids: list[list[int]], batch_size: int) -> list[np.ndarr
     return out
 
 
-def _unigram_logp(tok, texts: list[str], vocab: int) -> np.ndarray:
-    counts = np.zeros(vocab, dtype=np.int64)
-    for ids in tok(texts, add_special_tokens=True)["input_ids"]:
-        counts += np.bincount(np.asarray(ids[1:], dtype=np.int64), minlength=vocab)[:vocab]
-    return np.log((counts + 1.0) / (counts.sum() + vocab))
-
-
 def measure(run: str, texts: list[str], marks: list, reference: list[str], batch_size: int) -> dict:
     """Per-class nats of ``run`` and of its tokenizer's unigram on ``texts``."""
     import torch
@@ -211,7 +207,7 @@ def measure(run: str, texts: list[str], marks: list, reference: list[str], batch
     start = time.perf_counter()
     losses = _token_losses(model, ids, batch_size)
     seconds = time.perf_counter() - start
-    logp = _unigram_logp(tok, reference, int(model.config.vocab_size))
+    logp = _unigram_logp(tok, reference, int(model.config.vocab_size), 10**9)
     model_nats, uni_nats = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
     for k, (classes, _) in enumerate(marks):
         model_nats += attribute(losses[k], offsets[k][1:], classes)

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loss_by_token  # noqa: E402  (the sibling script: held-out figures by kind of token)
+from throughput import matmul_peak  # noqa: E402  (the sibling script's timed matmul peak)
 
 
 def parse_candidate(spec: str) -> dict:
@@ -127,7 +128,7 @@ def measure_speed(cands: list[dict], preset: str, steps: int, threads: int, prec
             _one_step(s, rows, dtype)
             if k == 0:
                 s.update({key: before[key] for key in ("cpu", "wall", "tokens", "docs", "steps")})
-    peak = loss_by_token_peak(dtype or torch.float32)
+    peak = matmul_peak(dtype or torch.float32)
     rows = []
     for c, s in zip(cands, states):
         cfg = s["model"].config
@@ -139,20 +140,6 @@ def measure_speed(cands: list[dict], preset: str, steps: int, threads: int, prec
                      "tokens_per_cpu_s": s["tokens"] / s["cpu"], "tokens_per_doc": mean_len,
                      "matmul_peak_share": flops_tok * s["tokens"] / s["wall"] / peak, "precision": resolved})
     return rows
-
-
-def loss_by_token_peak(dtype, n: int = 2048, reps: int = 5) -> float:
-    """Matmul FLOP/s of this process at ``dtype`` (median of ``reps``)."""
-    import torch
-
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / float(np.median(times))
 
 
 def _pretrain_command(cand: dict, out: Path, steps: int, preset: str, threads: int) -> list[str]:

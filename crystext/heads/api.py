@@ -42,13 +42,17 @@ def train_heads(
     to the stack); ``"gated"``/``"concat"``:
     one :class:`MultiScaleRegressor`. Returns a dict with ``val_mae``, ``test_mae`` (if ``test``),
     ``dummy_test_mae`` (predicting the training mean), ``branch_test_mae`` (stack),
-    ``branch_weights``, and ``choice`` (stack); saves the model to ``out`` if given.
+    ``branch_weights``, and ``choice`` (stack); saves the model to ``out`` if given, with the rows
+    of either table that were skipped (unparsable, missing target) listed in ``out/skipped.csv``.
     """
-    s_train, y_train, _ = read_structures_table(train, target, limit)
+    from ..atomic import SkippedRows, skipped_path
+
+    skipped = SkippedRows(skipped_path(out, folder=True)) if out is not None else None
+    s_train, y_train, _ = read_structures_table(train, target, limit, skipped=skipped)
     feat = BranchFeaturizer(branches=branches, run=run, element_table=element_table)
     s_test, y_test = [], np.zeros(0)
     if test is not None:
-        s_test, y_test, _ = read_structures_table(test, target, limit)
+        s_test, y_test, _ = read_structures_table(test, target, limit, skipped=skipped)
     feat.fit(s_train + s_test)  # species/tables only: no targets involved
     x_train = feat.transform(s_train, progress=True)
     if fusion == "stack":
@@ -72,7 +76,7 @@ def train_heads(
             result.update(branch_weights=model.branch_weights(x_test))
     if out is not None:
         model.save_pretrained(out, featurizer=feat)
-        result["saved"] = str(out)
+        result.update(saved=str(out), skipped=len(skipped), skipped_file=str(skipped.write()))
     return result
 
 
