@@ -101,6 +101,8 @@ class TaskData:
     files: dict[str, str]
     skipped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    #: rows dropped while reading the tables: (split:row N, file, reason, message)
+    dropped: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def _read_split(path: Path, target: str) -> tuple[pd.DataFrame, Counter]:
@@ -116,6 +118,8 @@ def _read_split(path: Path, target: str) -> tuple[pd.DataFrame, Counter]:
     skipped = Counter({"missing_target": int((~ok_y).sum()), "empty_cif": int((ok_y & ~ok_cif).sum())})
     keep = ok_y & ok_cif
     out = pd.DataFrame({"cif": cif[keep].tolist(), "y": y[keep], "row": np.flatnonzero(keep)})
+    out.attrs["dropped"] = [(int(r), "missing_target", f"{target} is not a number") for r in np.flatnonzero(~ok_y)]
+    out.attrs["dropped"] += [(int(r), "empty_cif", "the cif cell is empty") for r in np.flatnonzero(ok_y & ~ok_cif)]
     return out, +skipped
 
 
@@ -188,13 +192,17 @@ def load_task(data: str | os.PathLike, target: str | None = None, fold: int | No
         train_f, test_f = folder / f"{train_split}.csv", folder / "test.csv"
         val_f = folder / "val.csv" if train_split != "val" and "val.csv" in has else None
     skipped: Counter = Counter()
-    train, sk = _read_split(train_f, target)
-    skipped.update({f"train:{k}": v for k, v in sk.items()})
-    test, sk = _read_split(test_f, target)
-    skipped.update({f"test:{k}": v for k, v in sk.items()})
+    dropped: list[tuple[str, str, str, str]] = []
+
+    def read(name: str, path: Path) -> pd.DataFrame:
+        df, sk = _read_split(path, target)
+        skipped.update({f"{name}:{k}": v for k, v in sk.items()})
+        dropped.extend((f"{name}:row {row}", path.name, reason, msg) for row, reason, msg in df.attrs.pop("dropped"))
+        return df
+
+    train, test = read("train", train_f), read("test", test_f)
     if val_f is not None:
-        val, sk = _read_split(val_f, target)
-        skipped.update({f"val:{k}": v for k, v in sk.items()})
+        val = read("val", val_f)
     else:
         train, val = _carve(train, VAL_FRACTION, DATA_SEED)
         notes.append(f"validation: {len(val)} rows carved from {train_f.name} (seed {DATA_SEED})")
@@ -203,7 +211,7 @@ def load_task(data: str | os.PathLike, target: str | None = None, fold: int | No
     name = folder.name + (f"/fold{fold}" if fold is not None else "") + (f"/{target}" if target != "target" else "")
     files = {"train": str(train_f), "val": str(val_f) if val_f else f"{train_f} (carved)", "test": str(test_f)}
     return TaskData(name, target, unit if unit is not None else KNOWN_UNITS.get((folder.name, target)), splits,
-                    files, skipped, notes)
+                    files, skipped, notes, dropped)
 
 
 # --------------------------------------------------------------------------- text cache
@@ -666,6 +674,7 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     skipped = Counter(task.skipped)
     examples: list[str] = []
     listing = SkippedRows(skipped_path(out, folder=True))
+    listing.extend(task.dropped)
     for name, df in task.splits.items():
         log: list = []
         ids, y, rows, sk, ex = encode_split(df, tokenizer, max_len, cache, num_proc, progress, desc=f"text {name}",

@@ -99,7 +99,8 @@ def test_saved_folder_is_a_native_regression_model(trained):
     from crystext.atomic import read_skipped  # the converted-but-skipped row is listed, not just counted
 
     listed = read_skipped(out / summary["skipped_file"])
-    assert [(r["id"], r["source"], r["reason"]) for r in listed] == [("test:row 3", "test.csv", "CIFParseError")]
+    assert [(r["id"], r["source"], r["reason"]) for r in listed] == [("test:row 5", "test.csv", "missing_target"),
+                                                                      ("test:row 3", "test.csv", "CIFParseError")]
     card = (out / "README.md").read_text()
     assert "GPT2ForSequenceClassification" in card and f"{summary['test']['mae']:.4g}" in card
     assert json.loads((out / "eval.json").read_text())["test"]["n"] == 5
