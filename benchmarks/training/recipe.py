@@ -191,8 +191,7 @@ def run_all(cands: list[dict], speed: list[dict], root: Path, budget_s: float, p
                 continue
             log.close()
             running.remove(item)
-            prior = json.loads((j["out"] / "cpu.json").read_text()) if (j["out"] / "cpu.json").is_file() else {}
-            cpu = usage.ru_utime + usage.ru_stime + prior.get("cpu_s_partial", 0.0)
+            cpu = usage.ru_utime + usage.ru_stime  # this process only: a run resumed after a kill counts its last part
             (j["out"] / "cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": time.time() - t0,
                                                            "exit": os.waitstatus_to_exitcode(status)}))
         time.sleep(2)
