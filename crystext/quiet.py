@@ -38,6 +38,8 @@ class DropMessages(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
             return True
+        if message.startswith("[RANK "):  # accelerate's process adapter prefixes "[RANK n] "
+            message = message.split("] ", 1)[-1]
         return not message.startswith(self.starts)
 
 

@@ -103,6 +103,8 @@ def test_the_cli_drops_library_noise_and_nothing_else():
         assert len(logger.filters) >= 1
         record = logging.LogRecord(name, logging.WARNING, __file__, 1, starts[0] + " {'lm_head.weight'}", None, None)
         assert not all(f.filter(record) for f in logger.filters)
+        ranked = logging.LogRecord(name, logging.WARNING, __file__, 1, "[RANK 0] " + starts[0], None, None)
+        assert not all(f.filter(ranked) for f in logger.filters)  # accelerate's multi-process prefix
         other = logging.LogRecord(name, logging.WARNING, __file__, 1, "something else", None, None)
         assert all(f.filter(other) for f in logger.filters)
 
