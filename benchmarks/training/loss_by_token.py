@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout_loss import _unigram_logp  # noqa: E402  (the sibling script's add-one smoothed unigram)
+from precision import cpu_name  # noqa: E402  (the sibling script's CPU model name)
 
 CLASSES = (
     "syntax", "element", "integer", "space_group", "cell_length", "cell_angle", "volume",
@@ -298,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": "python " + " ".join([sys.argv[0].replace(str(Path.cwd()) + "/", "")] + (argv or sys.argv[1:])),
             "n_docs": len(keep), "left_out_too_long": len(texts) - len(keep), "held_out": args.held_out,
             "seed": args.seed, "general_coords": totals["coord_general"], "special_coords": totals["coord_special"],
-            "elements": totals["elements"], "machine": f"{platform.processor() or platform.machine()}, "
-            f"{_cpu_model()}"}
+            "elements": totals["elements"], "machine": cpu_name()}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "totals": totals, "rows": rows}, indent=2))
     md = _markdown(rows, meta)
@@ -307,16 +306,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.md).write_text(md)
     print(md)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

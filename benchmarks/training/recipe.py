@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if runs and args.held_out:
         runs = held_out(runs, args.held_out, 0)
     meta = {"command": "python " + shlex.join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-            "machine": loss_by_token._cpu_model(), "preset": args.preset, "threads": args.threads,
+            "machine": loss_by_token.cpu_name(), "preset": args.preset, "threads": args.threads,
             "parallel": args.parallel, "budget_cpu_min": args.budget_cpu_min,
             "baseline": args.baseline or cands[0]["name"]}
     md = _markdown(speed, runs, meta)
