@@ -22,3 +22,15 @@ def benchmark_script():
         return module
 
     return load
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (tiny models gain nothing from more; a shared CPU loses a
+    lot); the module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from crystext.corpus import build_corpus, load_corpus, retokenize_corpus
 from crystext.errors import ConfigError
@@ -19,12 +18,7 @@ def cif_corpus(tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**training) -> dict:

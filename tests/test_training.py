@@ -26,12 +26,7 @@ HEADERS = [("Fe2O3", 167), ("NaCl", 225), ("TiO2", 136), ("SrTiO3", 221), ("GaAs
            ("ZnO", 186), ("Si", 227), ("CaF2", 225), ("LiFePO4", 62), ("BaTiO3", 99), ("Al2O3", 167)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text, save_into
 from ..errors import ConfigError
-from .build import DEFAULT_MAX_TOKENS, SPLITS, load_corpus, resolve_tokenizer
+from .build import DEFAULT_MAX_TOKENS, SPLITS, features, load_corpus, resolve_tokenizer
 
 
 def _retokenize_split(ds, tok, max_tokens: int | None, chunk: int = 4096):
@@ -35,13 +35,11 @@ def _retokenize_split(ds, tok, max_tokens: int | None, chunk: int = 4096):
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     keep = np.ones(len(ids), dtype=bool) if not max_tokens else lengths <= max_tokens
     with_unk = sum(1 for x in ids if unk in x)
-    kept_ids = [ids[i] for i in np.flatnonzero(keep)]
-    order = ds.column_names
-    ds = ds.select(np.flatnonzero(keep).tolist()).remove_columns(["input_ids", "num_tokens"])
-    from datasets import List, Value
-
-    ds = ds.add_column("input_ids", kept_ids, feature=List(Value("int32")))
-    ds = ds.add_column("num_tokens", lengths[keep].astype(np.int32).tolist(), feature=Value("int32")).select_columns(order)
+    kept = np.flatnonzero(keep)
+    order, schema = ds.column_names, features()
+    ds = ds.select(kept.tolist()).remove_columns(["input_ids", "num_tokens"])
+    ds = ds.add_column("input_ids", [ids[i] for i in kept], feature=schema["input_ids"])
+    ds = ds.add_column("num_tokens", lengths[keep].tolist(), feature=schema["num_tokens"]).select_columns(order)
     stats = {"documents": int(keep.sum()), "tokens": int(lengths[keep].sum()),
              "excluded_too_long": int((~keep).sum()), "documents_with_unk": with_unk,
              "documents_not_round_trip": not_round_trip}
