@@ -29,6 +29,8 @@ _EXPORTS = {
     "parse_text": "text",
     "TextReport": "text",
     "to_structure": "inputs",
+    "encode": "encoding",
+    "encode_inputs": "encoding",
     "register_pipeline": "pipeline",
     "aflow_prototypes": "builtin",
     # tokens and corpora
@@ -40,7 +42,9 @@ _EXPORTS = {
     # model and training
     "build_model": "modeling",
     "load_preset": "modeling",
+    "PretrainSettings": "pretrain_config",
     "pretrain": "training",
+    "run_pretrain": "training",
     "generate": "generation",
     "validity_report": "generation",
     # embeddings
@@ -51,8 +55,14 @@ _EXPORTS = {
     "load_element_table": "composition",
     # benchmarks, heads, hub
     "run_benchmark": "benchmark",
+    "BenchmarkSettings": "benchmark",
     "MultiScaleRegressor": "heads",
+    # tasks: splits, targets, units and the carved validation split, for every layer above
+    "discover_tasks": "tasks",
+    "load_task": "tasks",
     # fine-tuning on a property
+    "FinetuneSettings": "finetune_config",
+    "run_finetune": "finetune",
     "finetune": "finetune",
     "predict": "finetune",
     "finetuned_features": "finetune",

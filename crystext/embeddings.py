@@ -3,9 +3,9 @@
 * :func:`element_embeddings`: the input-embedding rows of the element tokens, one row per element
   (the CrystaLLM-style atom vectors), as a DataFrame that ElementEmbeddings can read back
   (:func:`save_element_csv`).
-* :func:`structure_embeddings`: a structure's canonical text (:func:`crystext.text.structure_to_text`)
-  is tokenized as in training, ``<bos> text <eos>``, run through the transformer, and the hidden
-  states of one layer are pooled:
+* :func:`structure_embeddings`: a structure's canonical text is tokenized as in training,
+  ``<bos> text <eos>`` (the encode step, :mod:`crystext.encoding`), run through the transformer,
+  and the hidden states of one layer are pooled:
 
   - ``pooling="mean"``: the mean over the *text* tokens, i.e. every position except the special
     tokens ``<bos>``/``<eos>`` (``<bos>`` carries no information about the structure: its state is
@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from .corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
-from .errors import ConfigError, CrystextError, DataNotFoundError, TokenizerError
+from .encoding import DEFAULT_SYMPREC, canonical_text, encode, skip_reason
+from .errors import ConfigError, DataNotFoundError, TokenizerError
 from .limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
 from .resolve import resolve_model as _resolve_run_path  # one resolver: release, folder, Hub id
 from .settings import REPO_ROOT
@@ -191,20 +192,17 @@ MIN_ELEMENT_DOCUMENTS = 20
 
 
 def _identity_element_counts(folder: Path) -> dict[str, int] | None:
-    """Distinct formulas per element in the run's ``corpus_identity.json`` (the corpora it and the
-    runs it was trained from held), or None when the run has no identity file."""
-    import gzip
-    import json
+    """Distinct formulas per element in the run's corpus identity (the corpora it and the runs it
+    was trained from held), or None when the run has no identity file."""
+    from .corpus.identity import read_identity
 
-    for name in ("corpus_identity.json", "corpus_identity.json.gz"):
-        path = folder / name
-        if path.is_file():
-            raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
-            counts: Counter = Counter()
-            for formula in json.loads(raw).get("formulas", []):
-                counts.update(set(_elements_in(formula)))
-            return dict(counts)
-    return None
+    identity = read_identity(folder)
+    if identity is None:
+        return None
+    counts: Counter = Counter()
+    for formula in identity.get("formulas", []):
+        counts.update(set(_elements_in(formula)))
+    return dict(counts)
 
 
 def element_counts(run: str | os.PathLike) -> dict[str, int] | None:
@@ -380,20 +378,6 @@ def max_positions(model) -> int | None:
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
-def encode_text(text: str, tokenizer, max_length: int | None = None, name: str = "text") -> list[int]:
-    """Token ids of ``<bos> text <eos>``; TokenizerError naming ``name`` for a text the tokenizer
-    cannot represent (unknown characters, unknown keywords) or one longer than the context."""
-    from .tokenization import encode_checked
-
-    try:
-        ids = encode_checked(tokenizer, text, add_special_tokens=True)
-    except TokenizerError as exc:
-        raise TokenizerError(f"{name}: {exc}") from None
-    if max_length is not None and len(ids) > max_length:
-        raise TokenizerError(f"{name}: {len(ids)} tokens, longer than the model's context of {max_length}")
-    return ids
-
-
 # --------------------------------------------------------------------------- structure vectors
 
 
@@ -411,7 +395,7 @@ class StructureEmbedder:
     pooling: str = "mean"
     batch_size: int = 32
     device: Any = None
-    symprec: float = 0.1
+    symprec: float = DEFAULT_SYMPREC
     #: items read ahead and sorted by length before batching (bounded memory, little padding)
     chunk_batches: int = 8
     skipped: Counter = field(default_factory=Counter)
@@ -449,19 +433,13 @@ class StructureEmbedder:
     def dim(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1]) * len(self.views)
 
-    # -- one item -> token ids
+    # -- one item -> token ids (the encode step, :mod:`crystext.encoding`)
     def text_of(self, structure: Any, name: str = "structure") -> str:
-        from .text import structure_to_text
-        from .inputs import to_structure
-
-        return structure_to_text(to_structure(structure, name=name), symprec=self.symprec,
-                                 max_atoms=self.max_atoms or None, time_limit=self.time_limit or None)
+        return canonical_text(structure, self.symprec, name, self.max_atoms, self.time_limit)
 
     def encode(self, item: Any, is_text: bool = False, name: str = "structure") -> list[int]:
-        if is_text and not isinstance(item, str):
-            raise TypeError(f"{name}: expected crystal text, got {type(item).__name__}")
-        text = item if is_text else self.text_of(item, name=name)
-        return encode_text(text, self.tokenizer, self._max_len, name=name)
+        return encode(item, self.tokenizer, self._max_len, symprec=self.symprec, name=name, is_text=is_text,
+                      max_atoms=self.max_atoms, time_limit=self.time_limit)
 
     # -- a batch of token-id lists -> (n, d)
     def embed_ids(self, batch: list[list[int]]) -> np.ndarray:
@@ -520,7 +498,7 @@ class StructureEmbedder:
             yield from zip(keys, self._embed_sorted(encoded))
 
     def _skip(self, key: Any, exc: Exception) -> None:
-        reason = type(exc).__name__ if isinstance(exc, CrystextError) else f"other:{type(exc).__name__}"
+        reason = skip_reason(exc, too_long=TokenizerError.__name__)
         self.skipped[reason] += 1
         if self.skip_log is not None:
             self.skip_log.append((key, reason, str(exc)))
@@ -540,7 +518,7 @@ class StructureEmbedder:
 
 def structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = DEFAULT_LAYER,
                          pooling: str = "mean", batch_size: int = 32, device: Any = None,
-                         symprec: float = 0.1) -> np.ndarray:
+                         symprec: float = DEFAULT_SYMPREC) -> np.ndarray:
     """Vectors of structures: (n, d) float32.
 
     Args:
@@ -566,7 +544,7 @@ def structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = D
 
 def iter_structure_embeddings(structures: Iterable[Any], run: RunLike, layer: int = DEFAULT_LAYER,
                               pooling: str = "mean", batch_size: int = 32, device: Any = None,
-                              symprec: float = 0.1) -> Iterator[np.ndarray]:
+                              symprec: float = DEFAULT_SYMPREC) -> Iterator[np.ndarray]:
     """Streaming :func:`structure_embeddings`: yields one (d,) vector per structure, in order,
     holding at most a few batches of inputs in memory."""
     return StructureEmbedder(run, layer=layer, pooling=pooling, batch_size=batch_size, device=device,
@@ -715,7 +693,7 @@ def iter_records(source: InputSource, chunk_rows: int = 1024,
 
 def embed_to_parquet(inputs: Iterable[str | os.PathLike], run: RunLike, out: str | os.PathLike,
                      layer: int = DEFAULT_LAYER, pooling: str = "mean", batch_size: int = 32,
-                     device: Any = None, symprec: float = 0.1, rows_per_group: int = 2048,
+                     device: Any = None, symprec: float = DEFAULT_SYMPREC, rows_per_group: int = 2048,
                      progress: bool = True, precision: str = "float32", max_atoms: int | None = DEFAULT_MAX_ATOMS,
                      time_limit: float | None = DEFAULT_TIME_LIMIT) -> dict:
     """Embed every record of ``inputs`` into a Parquet file, streaming with bounded memory.

@@ -27,14 +27,18 @@ Targets are standardised with the training split's mean and standard deviation (
 best epoch's weights restored. A checkpoint per epoch in ``DIR/checkpoints/`` (the last one kept,
 plus the best weights): rerunning the same command continues where it stopped.
 
-Task folders: ``train.csv`` / ``val.csv`` / ``test.csv`` (no ``val.csv``: an inner validation
-split of train), or 5 folds ``train{k}.csv`` / ``test{k}.csv`` (``fold=k``; inner validation split
-of the training fold). A folder with ``val.csv`` and ``test.csv`` but no ``train.csv`` (the CDVAE
-sets ``perov_5``, ``carbon_24`` in the shared data) follows that data's README: ``val`` is the
-training split, and the validation split is carved from it. Inner validation splits and ``max_*``
-subsamples use the benchmark's fixed data seed, so every model seed and mode sees the same rows.
-Rows with an unparsable CIF, a missing target or a text longer than the model's context are
-skipped and counted by reason (never truncated).
+Task folders are read by the task layer (:func:`crystext.tasks.load_task`): ``train.csv`` /
+``val.csv`` / ``test.csv``, ``val.csv`` / ``test.csv`` (the CDVAE sets: ``val`` is the training
+split) or folds ``train{k}.csv`` / ``test{k}.csv`` (``fold=k``); without a validation file, one is
+carved from the training split, and ``max_*`` subsamples use the same fixed data seed, so every
+model seed and mode sees the same rows. Rows with an unparsable CIF, a missing target or a text
+longer than the model's context are skipped and counted by reason (never truncated).
+
+The run's settings are one :class:`~crystext.finetune_config.FinetuneSettings` (saved in
+``training_config.json``); :func:`finetune` is its keyword face, :func:`run_finetune` takes the
+object. The run is: resolve the settings and read the task, encode the splits, build the model
+and optimiser (:class:`_Session`), train epoch by epoch with a checkpoint after each, save the
+best epoch's model with its metrics and card.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,269 +61,34 @@ import numpy as np
 import pandas as pd
 
 from .atomic import SkippedRows, atomic_write_text, check_model_folder, save_into, skipped_path
-from .errors import ConfigError, CrystextError, DataNotFoundError
+from .encoding import DEFAULT_SYMPREC, TextCache, encode_cifs, encode_inputs
+from .errors import ConfigError, DataNotFoundError
+from .finetune_config import FinetuneSettings
 from .settings import cache_dir
+from .tasks import load_task
 
-MODES = ("head", "lora", "full")
-#: per-mode defaults (learning rate, epochs, patience): chosen so each mode converges on perov_5
-MODE_DEFAULTS = {
-    "head": {"lr": 3e-3, "epochs": 200, "patience": 20},
-    "lora": {"lr": 1e-3, "epochs": 30, "patience": 4},
-    "full": {"lr": 2e-4, "epochs": 30, "patience": 4},
-}
-#: share of the training rows held out for validation when a task has no validation split
-#: (the benchmark protocol's :data:`crystext.benchmark.tasks.CARVED_VAL_FRACTION`)
-VAL_FRACTION = 0.15
-#: the benchmark's fixed data seed (:data:`crystext.benchmark.tasks.DATA_SEED`)
-DATA_SEED = 20240501
-#: units of the targets of the shared structure tasks, by (folder, column)
-KNOWN_UNITS = {
-    ("perov_5", "heat_all"): "eV/cell", ("perov_5", "heat_ref"): "eV/cell", ("perov_5", "dir_gap"): "eV",
-    ("perov_5", "ind_gap"): "eV", ("carbon_24", "energy_per_atom"): "eV/atom",
-    ("mp_e_form", "target"): "eV/atom", ("mp_dielectric_n", "target"): "",
-    ("mp_log_kvrh", "target"): "log10(GPa)", ("mp_log_gvrh", "target"): "log10(GPa)",
-}
-#: default target column of the shared structure tasks whose targets are not called ``target``
-DEFAULT_TARGETS = {"perov_5": "heat_all", "carbon_24": "energy_per_atom"}
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 CHECKPOINTS = "checkpoints"
 LOG_FIELDS = ["epoch", "train_loss", "val_mae", "best_val_mae", "lr", "seconds"]
 
 
-# --------------------------------------------------------------------------- task folders
-
-
-@dataclass
-class TaskData:
-    """The splits of one task, rows already cleaned: ``{"train", "val", "test"}`` -> DataFrame
-    with columns ``cif``, ``y`` (float) and ``row`` (row number in its file)."""
-
-    name: str
-    target: str
-    unit: str | None
-    splits: dict[str, pd.DataFrame]
-    files: dict[str, str]
-    skipped: Counter = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-    #: rows dropped while reading the tables: (split:row N, file, reason, message)
-    dropped: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-
-def _read_split(path: Path, target: str) -> tuple[pd.DataFrame, Counter]:
-    df = pd.read_csv(path, keep_default_na=False, na_values={target: ["", "nan", "NaN"]})
-    missing = [c for c in ("cif", target) if c not in df.columns]
-    if missing:
-        raise DataNotFoundError(f"{path}: no column {' or '.join(repr(c) for c in missing)} "
-                                f"(columns: {', '.join(map(str, df.columns))}); pass --target COL")
-    y = pd.to_numeric(df[target], errors="coerce").to_numpy(dtype=np.float64)
-    cif = df["cif"].astype(str)
-    ok_y = np.isfinite(y)
-    ok_cif = cif.str.strip().str.len().to_numpy() > 0
-    skipped = Counter({"missing_target": int((~ok_y).sum()), "empty_cif": int((ok_y & ~ok_cif).sum())})
-    keep = ok_y & ok_cif
-    out = pd.DataFrame({"cif": cif[keep].tolist(), "y": y[keep], "row": np.flatnonzero(keep)})
-    out.attrs["dropped"] = [(int(r), "missing_target", f"{target} is not a number") for r in np.flatnonzero(~ok_y)]
-    out.attrs["dropped"] += [(int(r), "empty_cif", "the cif cell is empty") for r in np.flatnonzero(ok_y & ~ok_cif)]
-    return out, +skipped
-
-
-def _carve(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(df))
-    n_val = max(1, int(round(fraction * len(df))))
-    if len(df) - n_val < 2:
-        raise ConfigError(f"{len(df)} training rows: too few to carve a validation split")
-    val = df.iloc[np.sort(order[:n_val])].reset_index(drop=True)
-    return df.iloc[np.sort(order[n_val:])].reset_index(drop=True), val
-
-
-def _cap(df: pd.DataFrame, n_max: int | None, seed: int) -> pd.DataFrame:
-    if n_max is None or n_max <= 0 or len(df) <= n_max:
-        return df
-    rng = np.random.default_rng(seed)
-    return df.iloc[np.sort(rng.permutation(len(df))[:n_max])].reset_index(drop=True)
-
-
-def load_task(data: str | os.PathLike, target: str | None = None, fold: int | None = None,
-              train_split: str | None = None, unit: str | None = None, max_train: int | None = None,
-              max_val: int | None = None, max_test: int | None = None) -> TaskData:
-    """Read a task folder's splits (see the module docstring for the layouts).
-
-    Args:
-        data: the task folder.
-        target: target column; default ``target``, or the shared sets' own (``perov_5``:
-            ``heat_all``, ``carbon_24``: ``energy_per_atom``).
-        fold: fold number for a 5-fold folder (``train{k}.csv`` / ``test{k}.csv``).
-        train_split: the file stem used as the training split (``"val"`` for the CDVAE sets,
-            which is what ``None`` picks when there is no ``train.csv``).
-        unit: the target's unit (default: known for the shared tasks, else unknown).
-        max_train, max_val, max_test: seeded subsamples (``None``/0 = all rows).
-
-    Raises:
-        DataNotFoundError: no such folder, split files absent, or no ``cif``/target column (the
-            message names the file).
-    """
-    folder = Path(data).expanduser()
-    if not folder.is_dir():
-        raise DataNotFoundError(f"task folder {folder}: no such folder")
-    target = target or DEFAULT_TARGETS.get(folder.name, "target")
-    notes: list[str] = []
-    has = {p.name for p in folder.glob("*.csv")}
-    if fold is not None:
-        train_f, test_f, val_f = folder / f"train{fold}.csv", folder / f"test{fold}.csv", None
-        if f"val{fold}.csv" in has:
-            val_f = folder / f"val{fold}.csv"
-        for f in (train_f, test_f):
-            if not f.is_file():
-                raise DataNotFoundError(f"task folder {folder}: fold {fold} needs {f.name} (found: "
-                                        f"{', '.join(sorted(has)) or 'no CSV files'})")
-    else:
-        folds = sorted(n for n in has if n.startswith("train") and n[5:-4].isdigit())
-        if train_split is None:
-            if "train.csv" in has:
-                train_split = "train"
-            elif "val.csv" in has and "test.csv" in has:
-                train_split = "val"
-                notes.append(f"{folder.name}: no train.csv; val.csv is the training split (the shared "
-                             "data README's convention for the CDVAE sets), validation carved from it")
-            elif folds:
-                raise DataNotFoundError(f"task folder {folder} holds folds ({', '.join(folds)}): pass a fold "
-                                        "number (--fold K)")
-        if train_split is None or f"{train_split}.csv" not in has or "test.csv" not in has:
-            raise DataNotFoundError(
-                f"task folder {folder}: expected train.csv/val.csv/test.csv, val.csv/test.csv, or folds "
-                f"train{{k}}.csv/test{{k}}.csv (found: {', '.join(sorted(has)) or 'no CSV files'})")
-        train_f, test_f = folder / f"{train_split}.csv", folder / "test.csv"
-        val_f = folder / "val.csv" if train_split != "val" and "val.csv" in has else None
-    skipped: Counter = Counter()
-    dropped: list[tuple[str, str, str, str]] = []
-
-    def read(name: str, path: Path) -> pd.DataFrame:
-        df, sk = _read_split(path, target)
-        skipped.update({f"{name}:{k}": v for k, v in sk.items()})
-        dropped.extend((f"{name}:row {row}", path.name, reason, msg) for row, reason, msg in df.attrs.pop("dropped"))
-        return df
-
-    train, test = read("train", train_f), read("test", test_f)
-    if val_f is not None:
-        val = read("val", val_f)
-    else:
-        train, val = _carve(train, VAL_FRACTION, DATA_SEED)
-        notes.append(f"validation: {len(val)} rows carved from {train_f.name} (seed {DATA_SEED})")
-    splits = {"train": _cap(train, max_train, DATA_SEED), "val": _cap(val, max_val, DATA_SEED + 1),
-              "test": _cap(test, max_test, DATA_SEED + 2)}
-    name = folder.name + (f"/fold{fold}" if fold is not None else "") + (f"/{target}" if target != "target" else "")
-    files = {"train": str(train_f), "val": str(val_f) if val_f else f"{train_f} (carved)", "test": str(test_f)}
-    return TaskData(name, target, unit if unit is not None else KNOWN_UNITS.get((folder.name, target)), splits,
-                    files, skipped, notes, dropped)
-
-
-# --------------------------------------------------------------------------- text cache
-
-
-def _cif_key(cif: str, symprec: float) -> str:
-    return hashlib.sha1(f"{symprec}\n{cif}".encode()).hexdigest()
-
-
-def _convert(args: tuple[str, float]) -> tuple[str | None, str | None]:
-    """CIF -> (text, None) or (None, "Reason: message"); runs in worker processes."""
-    cif, symprec = args
-    from .inputs import to_structure
-    from .text import structure_to_text
-
-    try:
-        return structure_to_text(to_structure(cif, name="cif"), symprec=symprec), None
-    except Exception as exc:  # noqa: BLE001 - counted by reason, never fatal
-        reason = type(exc).__name__ if isinstance(exc, CrystextError) else f"other:{type(exc).__name__}"
-        return None, f"{reason}: {str(exc)[:200]}"
-
-
-class TextCache:
-    """Canonical texts of CIFs, cached on disk by a hash of (symprec, CIF) in an append-only JSONL
-    file, so a killed conversion keeps what it finished and every run of a task reuses it."""
-
-    def __init__(self, path: str | os.PathLike | None = None, symprec: float = 0.1) -> None:
-        self.path = Path(path) if path else cache_dir() / "texts" / f"symprec-{symprec}.jsonl"
-        self.symprec = symprec
-        self.data: dict[str, tuple[str | None, str | None]] = {}
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by a kill
-                        continue
-                    self.data[rec["k"]] = (rec.get("t"), rec.get("e"))
-
-    def texts(self, cifs: list[str], num_proc: int = 1, progress: bool = True,
-              desc: str = "text") -> list[tuple[str | None, str | None]]:
-        """``(text, error)`` for each CIF, converting (in ``num_proc`` processes) what is not cached."""
-        from tqdm.auto import tqdm
-
-        keys = [_cif_key(c, self.symprec) for c in cifs]
-        todo = sorted({k: c for k, c in zip(keys, cifs) if k not in self.data}.items())
-        if todo:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            bar = tqdm(total=len(todo), desc=desc, unit="cif", disable=not progress)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                if num_proc > 1:
-                    from concurrent.futures import ProcessPoolExecutor
-
-                    with ProcessPoolExecutor(num_proc) as pool:
-                        results = pool.map(_convert, [(c, self.symprec) for _, c in todo], chunksize=8)
-                        for (k, _), res in zip(todo, results):
-                            self._put(fh, k, res)
-                            bar.update(1)
-                else:
-                    for k, c in todo:
-                        self._put(fh, k, _convert((c, self.symprec)))
-                        bar.update(1)
-            bar.close()
-        return [self.data[k] for k in keys]
-
-    def _put(self, fh, key: str, res: tuple[str | None, str | None]) -> None:
-        self.data[key] = res
-        fh.write(json.dumps({"k": key, "t": res[0], "e": res[1]}) + "\n")
-        fh.flush()
+# --------------------------------------------------------------------------- encoding
 
 
 def encode_split(df: pd.DataFrame, tokenizer, max_len: int, cache: TextCache, num_proc: int = 1,
                  progress: bool = True, desc: str = "text",
                  log: list | None = None) -> tuple[list[list[int]], np.ndarray, np.ndarray, Counter, list[str]]:
-    """Token ids of a split's structures. Returns ``(ids, y, kept row numbers, skip counts,
-    examples)``; a structure that does not convert, does not tokenize, or is longer than
-    ``max_len`` tokens is skipped and counted (``too_long`` for the last: never truncated).
-    ``log``: a list that receives every skipped row as ``(row, reason, message)``."""
-    from .tokenization import encode_checked
-
-    def skip(row: int, reason: str, message: str) -> None:
-        skipped[reason] += 1
-        if len(examples) < 5:
-            examples.append(f"row {row}: {message}")
-        if log is not None:
-            log.append((row, reason, message))
-
-    results = cache.texts(df["cif"].tolist(), num_proc=num_proc, progress=progress, desc=desc)
-    ids: list[list[int]] = []
-    keep: list[int] = []
-    skipped: Counter = Counter()
-    examples: list[str] = []
-    for i, (text, err) in enumerate(results):
-        row = int(df["row"].iloc[i])
-        if text is None:
-            skip(row, err.split(":", 1)[0] if err else "unknown", str(err))
-            continue
-        try:
-            tok = encode_checked(tokenizer, text, add_special_tokens=True)
-        except CrystextError as exc:
-            skip(row, type(exc).__name__, str(exc))
-            continue
-        if len(tok) > max_len:
-            skip(row, "too_long", f"{len(tok)} tokens, longer than the context of {max_len}")
-            continue
-        ids.append(tok)
-        keep.append(i)
-    return ids, df["y"].to_numpy()[keep], df["row"].to_numpy()[keep], skipped, examples
+    """Token ids of a split's structures (the encode step, :func:`crystext.encoding.encode_cifs`).
+    Returns ``(ids, y, kept row numbers, skip counts, examples)``; a structure that does not
+    convert, does not tokenize, or is longer than ``max_len`` tokens is skipped and counted
+    (``too_long`` for the last: never truncated). ``log``: a list that receives every skipped row
+    as ``(row, reason, message)``."""
+    enc = encode_cifs(df["cif"].tolist(), tokenizer, max_len, cache, num_proc=num_proc, progress=progress, desc=desc)
+    rows = df["row"].to_numpy()
+    if log is not None:
+        log.extend((int(rows[i]), reason, message) for i, reason, message in enc.log)
+    examples = [f"row {int(rows[i])}: {message}" for i, _, message in enc.log[:5]]
+    return enc.ids, df["y"].to_numpy()[enc.kept], rows[enc.kept], enc.skipped, examples
 
 
 # --------------------------------------------------------------------------- model
@@ -518,43 +287,7 @@ def _base(model):
     return model
 
 
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass
-class FinetuneSettings:
-    """What a fine-tuning run depends on; a resume refuses settings that differ."""
-
-    run: str
-    data: str
-    target: str
-    mode: str
-    fold: int | None = None
-    train_split: str | None = None
-    seed: int = 0
-    epochs: int = 30
-    lr: float = 1e-3
-    batch_size: int = 32
-    patience: int = 4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    grad_clip: float = 1.0
-    max_train: int | None = None
-    max_val: int | None = None
-    max_test: int | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    symprec: float = 0.1
-    precision: str = "float32"
-    #: SHA-256 of the run's weights (``None`` for a Hub id): a retrained release under the same
-    #: folder name is another starting point, so its folder is never "complete" from the old one
-    run_weights: str | None = None
-
-    def fingerprint(self) -> str:
-        # every setting, the epoch budget included: the cosine schedule spans ``epochs``, so a run
-        # of another budget is another run (neither "complete" nor resumable as this one)
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+# --------------------------------------------------------------------------- pieces of the loop
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -587,7 +320,315 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- the loop
+@dataclass
+class _Progress:
+    """Where the epochs stand; saved in ``checkpoints/state.json`` after each epoch."""
+
+    epoch: int = 0
+    best_val_mae: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_s: float = 0.0
+
+
+class _Session:
+    """One fine-tuning run's model, optimiser and schedule on the encoded splits: an epoch, a
+    prediction, a checkpoint and its restore."""
+
+    def __init__(self, settings: FinetuneSettings, model, pad_id: int, encoded: dict[str, tuple], device) -> None:
+        import torch
+
+        self.s, self.model, self.pad_id, self.encoded, self.dev = settings, model, pad_id, encoded, device
+        y_train = encoded["train"][1]
+        self.mean, self.std = float(y_train.mean()), float(y_train.std()) or 1.0
+        _seed_all(settings.seed)
+        model.to(device)
+        self.trainee = _trainable(model, settings.mode, settings.lora_r, settings.lora_alpha, settings.lora_dropout)
+        self.params = [p for p in self.trainee.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.z_train = torch.tensor((y_train - self.mean) / self.std, dtype=torch.float32)
+        self.lengths = np.array([len(r) for r in encoded["train"][0]])
+        total = len(_batches(self.lengths, settings.batch_size, settings.seed, 0)) * settings.epochs
+        warmup = max(1, int(settings.warmup_fraction * total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 0
+            self.optimizer,
+            lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))))
+        self.feats: dict[str, Any] = {}
+        self.feature_s = 0.0
+
+    def cache_head_inputs(self) -> None:
+        """Head mode: the frozen transformer's ``<eos>`` states of every split, once (or from the
+        :class:`EosCache`), so that each epoch trains the head alone."""
+        import torch
+
+        s, t0 = self.s, time.perf_counter()
+        cache = None if s.eos_cache is False else EosCache.for_run(
+            s.run, s.precision, root=None if s.eos_cache in (None, True) else s.eos_cache, digest=s.run_weights)
+        embed = _eos_states if cache is None else cache.states
+        names = ("train", "val", "test")
+        # one call over every split: the cache file is read and rewritten once, not once per split
+        ids = [r for n in names for r in self.encoded[n][0]]
+        states = embed(self.model, ids, self.pad_id, s.batch_size * 2, s.precision).to(self.dev)
+        self.feats = dict(zip(names, torch.split(states, [len(self.encoded[n][0]) for n in names])))
+        self.feature_s = time.perf_counter() - t0
+
+    def predict(self, split: str) -> np.ndarray:
+        """Predictions of one split, in target units."""
+        import torch
+
+        if self.s.mode == "head":
+            with torch.inference_mode():
+                z = self.model.score(self.feats[split]).float().reshape(-1).cpu().numpy()
+        else:
+            z = _predict_ids(self.trainee, self.encoded[split][0], self.pad_id, self.s.batch_size * 2, self.s.precision)
+        return z * self.std + self.mean
+
+    def train_epoch(self, epoch: int, best_val: float) -> float:
+        """One pass over the training rows in seeded, length-sorted batches; the mean loss."""
+        import torch
+        from tqdm.auto import tqdm
+
+        s, dev = self.s, self.dev
+        self.trainee.train()
+        losses = []
+        bar = tqdm(_batches(self.lengths, s.batch_size, s.seed, epoch), desc=f"epoch {epoch + 1}/{s.epochs}",
+                   unit="batch", disable=not s.progress, leave=False)
+        for idx in bar:
+            with _amp(dev, s.precision):
+                if s.mode == "head":
+                    pred = self.model.score(self.feats["train"][torch.as_tensor(idx, device=dev)])
+                else:
+                    x, m = _pad([self.encoded["train"][0][i] for i in idx], self.pad_id)
+                    pred = self.trainee(input_ids=x.to(dev), attention_mask=m.to(dev)).logits
+            loss = torch.nn.functional.mse_loss(pred.float().reshape(-1), self.z_train[idx].to(dev))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_val_mae=f"{best_val:.4g}", refresh=False)
+        bar.close()
+        return float(np.mean(losses))
+
+    def save_checkpoint(self, folder: Path, progress: _Progress) -> None:
+        """The trainable weights, optimiser, schedule and random states, then the progress (each
+        file replaced whole, so a kill leaves the previous epoch's checkpoint)."""
+        import torch
+
+        torch.save({"model": _trained_state(self.trainee), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}, folder / "last.tmp")
+        os.replace(folder / "last.tmp", folder / "last.pt")
+        state = {"fingerprint": self.s.fingerprint(), "settings": self.s.to_dict(), **asdict(progress)}
+        (folder / "state.tmp").write_text(json.dumps(state, indent=1))
+        os.replace(folder / "state.tmp", folder / "state.json")
+
+    def restore(self, folder: Path) -> None:
+        """Continue from the last checkpoint in ``folder``."""
+        import torch
+
+        blob = torch.load(folder / "last.pt", map_location=self.dev, weights_only=False)
+        self.trainee.load_state_dict(blob["model"], strict=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        _set_rng_state(blob["rng"])
+
+    def load_best(self, folder: Path) -> None:
+        """Back to the best epoch's weights (``folder/best.pt``)."""
+        import torch
+
+        self.trainee.load_state_dict(torch.load(folder / "best.pt", map_location=self.dev, weights_only=True),
+                                     strict=False)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _resolve(settings: FinetuneSettings):
+    """``(settings, task, device)``: mode defaults, device and precision resolved, the task read,
+    the data folder made absolute and the run's weights named by their digest."""
+    from .embeddings import resolve_device, weights_digest
+    from .precision import resolve_precision
+
+    s = settings.with_mode_defaults()
+    dev = resolve_device(s.device)
+    precision = resolve_precision(s.precision, dev)
+    task = load_task(s.data, s.target, s.fold, s.train_split, s.unit, s.max_train, s.max_val, s.max_test)
+    s = replace(s, data=str(Path(s.data).resolve()), target=task.target, precision=precision,
+                run_weights=weights_digest(s.run))
+    return s, task, dev
+
+
+def _finished(out: Path, fingerprint: str) -> dict | None:
+    """The summary of a finished run of these settings in ``out``, else None."""
+    if (out / "eval.json").is_file() and (out / "model.safetensors").is_file():
+        done = json.loads((out / "eval.json").read_text())
+        if done.get("status") == "done" and done.get("fingerprint") == fingerprint:
+            print(f"finetune: {out} is complete (best epoch {done.get('best_epoch')}); nothing to do", file=sys.stderr)
+            return done
+    return None
+
+
+def _saved_progress(out: Path, settings: FinetuneSettings) -> _Progress | None:
+    """The progress of an interrupted run of these settings in ``out`` (None: none to continue).
+
+    Raises:
+        ConfigError: ``out`` holds a checkpoint of other settings.
+    """
+    state_file = out / CHECKPOINTS / "state.json"
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    if state["fingerprint"] != settings.fingerprint():
+        raise ConfigError(f"{out}: holds a checkpoint of other settings ({state['settings']}); use another --out or "
+                          "delete its checkpoints/ folder to start over")
+    return _Progress(**{f.name: state[f.name] for f in fields(_Progress)})
+
+
+def _encode_task(task, tokenizer, max_len: int, settings: FinetuneSettings,
+                 listing: SkippedRows) -> tuple[dict[str, tuple], Counter, list[str]]:
+    """``({split: (ids, y, rows)}, skip counts, examples)``; skipped rows go to ``listing``.
+
+    Raises:
+        ConfigError: a split has no usable row.
+    """
+    cache = TextCache(settings.text_cache, symprec=settings.symprec)
+    encoded: dict[str, tuple] = {}
+    skipped = Counter(task.skipped)
+    examples: list[str] = []
+    for name, df in task.splits.items():
+        log: list = []
+        ids, y, rows, sk, ex = encode_split(df, tokenizer, max_len, cache, settings.num_proc, settings.progress,
+                                            desc=f"text {name}", log=log)
+        source = Path(str(task.files.get(name, name)).split(" ")[0]).name
+        listing.extend((f"{name}:row {row}", source, reason, message) for row, reason, message in log)
+        encoded[name] = (ids, y, rows)
+        skipped.update({f"{name}:{k}": v for k, v in sk.items()})
+        examples += [f"{name} {e}" for e in ex[:2]]
+        if not ids:
+            raise ConfigError(f"task {task.name}: no usable {name} rows ({dict(sk)}; first: {ex[:1]})")
+    return encoded, skipped, examples
+
+
+def _train(session: _Session, progress: _Progress, out: Path) -> str:
+    """Epochs until the budget, early stopping (``patience``) or ``stop_after``, a checkpoint after
+    each and the best weights kept; ``"done"`` or ``"paused"``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    s, folder = session.s, out / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    start, elapsed_before, t_start = progress.epoch, progress.train_s, time.perf_counter()
+    status = "done"
+    while progress.epoch < s.epochs and progress.bad_epochs < s.patience:
+        if s.stop_after is not None and progress.epoch - start >= s.stop_after:
+            status = "paused"
+            break
+        t0 = time.perf_counter()
+        loss = session.train_epoch(progress.epoch, progress.best_val_mae)
+        val_mae = _metrics(session.encoded["val"][1], session.predict("val"))["mae"]
+        progress.epoch += 1
+        improved = val_mae < progress.best_val_mae
+        if improved:
+            progress.best_val_mae, progress.best_epoch, progress.bad_epochs = val_mae, progress.epoch, 0
+            torch.save(_trained_state(session.trainee), folder / "best.pt")
+        else:
+            progress.bad_epochs += 1
+        seconds = time.perf_counter() - t0
+        progress.history.append({"epoch": progress.epoch, "train_loss": loss, "val_mae": val_mae,
+                                 "best_val_mae": progress.best_val_mae, "lr": session.scheduler.get_last_lr()[0],
+                                 "seconds": seconds})
+        if s.progress:
+            tqdm.write(f"epoch {progress.epoch}/{s.epochs}: train loss {loss:.4f}, val MAE {val_mae:.4g}"
+                       f"{' (best)' if improved else ''}, {seconds:.1f} s")
+        progress.train_s = elapsed_before + time.perf_counter() - t_start
+        session.save_checkpoint(folder, progress)
+    progress.train_s = elapsed_before + time.perf_counter() - t_start
+    return status
+
+
+def _save_outputs(out: Path, session: _Session, task, tokenizer, progress: _Progress, listing: SkippedRows,
+                  skipped: Counter, examples: list[str]) -> dict:
+    """The best epoch's model (LoRA merged, float32), tokenizer and test predictions, the skipped
+    rows, ``eval.json`` (returned), ``training_config.json`` (the settings) and the card; the
+    optimiser checkpoint removed."""
+    s, encoded = session.s, session.encoded
+    session.load_best(out / CHECKPOINTS)
+    test_pred = session.predict("test")  # once: the test split is the slowest pass left
+    metrics = {"val": _metrics(encoded["val"][1], session.predict("val")),
+               "test": _metrics(encoded["test"][1], test_pred)}
+    final = _base(session.trainee).float().cpu()
+    final.config.crystext_target = {"name": task.target, "unit": task.unit, "mean": session.mean, "std": session.std,
+                                    "task": task.name}
+    final.config.id2label = {0: task.target}
+    final.config.label2id = {task.target: 0}
+    final.config.architectures = [type(final).__name__]
+
+    def save_model(tmp: Path) -> None:  # each file renamed into place whole (see crystext.atomic.save_into)
+        final.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        pd.DataFrame({"row": encoded["test"][2], "target": encoded["test"][1], "prediction": test_pred}).to_csv(
+            tmp / "test_predictions.csv", index=False)
+
+    save_into(out, save_model)
+    listing.write()
+    epoch_s = [h["seconds"] for h in progress.history]
+    summary = {
+        "status": "done", "fingerprint": s.fingerprint(), "task": task.name, "target": task.target,
+        "unit": task.unit, "mode": s.mode, "seed": s.seed, "base_run": s.run, "files": task.files,
+        "best_epoch": progress.best_epoch, "epochs_run": len(progress.history),
+        "stopped_early": progress.bad_epochs >= s.patience, "val": metrics["val"], "test": metrics["test"],
+        "rows": {k: len(v[0]) for k, v in encoded.items()}, "skipped": dict(skipped), "skip_examples": examples,
+        "target_mean": session.mean, "target_std": session.std,
+        "trainable_parameters": int(sum(p.numel() for p in session.params)), "precision": s.precision,
+        "feature_s": round(session.feature_s, 2), "train_s": round(progress.train_s, 2),
+        "s_per_epoch": round(float(np.median(epoch_s)), 3) if epoch_s else None, "notes": task.notes,
+        "skipped_file": listing.path.name,
+    }
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "training_config.json", json.dumps({
+        "finetune": s.to_dict(), "mixed_precision": s.precision, "save_dtype": "float32",
+        "architecture": type(final).__name__, "pooling": "last non-pad token (<eos>)", "command": s.command,
+        "train_time_s": round(progress.train_s + session.feature_s, 2), "versions": _versions(),
+    }, indent=1))
+    atomic_write_text(out / "README.md", render_finetune_card(out, summary))
+    (out / CHECKPOINTS / "last.pt").unlink(missing_ok=True)  # the best weights stay; the optimiser state goes
+    return summary
+
+
+def run_finetune(settings: FinetuneSettings, out: str | os.PathLike) -> dict:
+    """Fine-tune as ``settings`` say and save the regression model in ``out`` (see :func:`finetune`,
+    its keyword face). A finished folder of the same settings is returned as it is; an interrupted
+    one continues from its last checkpoint."""
+    out = Path(out)
+    settings, task, dev = _resolve(settings)
+    done = _finished(out, settings.fingerprint())
+    if done is not None:
+        return done
+    progress = _saved_progress(out, settings)
+    for note in task.notes:
+        print(f"finetune: {note}", file=sys.stderr)
+    model, tokenizer = load_for_regression(settings.run, seed=settings.seed)
+    max_len = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+    listing = SkippedRows(skipped_path(out, folder=True))
+    listing.extend(task.dropped)
+    encoded, skipped, examples = _encode_task(task, tokenizer, max_len, settings, listing)
+    session = _Session(settings, model, tokenizer.pad_token_id, encoded, dev)
+    if settings.mode == "head":
+        session.cache_head_inputs()
+    if progress is not None:
+        session.restore(out / CHECKPOINTS)
+        print(f"finetune: resuming {out} after epoch {progress.epoch} (best val MAE {progress.best_val_mae:.4g} at "
+              f"epoch {progress.best_epoch})", file=sys.stderr)
+    progress = progress or _Progress()
+    status = _train(session, progress, out)
+    _write_log(out / "log.csv", progress.history)
+    if status == "paused":
+        print(f"finetune: paused after epoch {progress.epoch}; rerun the same command to continue", file=sys.stderr)
+        return {"status": "paused", "epoch": progress.epoch, "best_epoch": progress.best_epoch,
+                "best_val_mae": progress.best_val_mae, "fingerprint": settings.fingerprint()}
+    return _save_outputs(out, session, task, tokenizer, progress, listing, skipped, examples)
 
 
 def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, mode: str = "lora",
@@ -599,18 +640,21 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
              weight_decay: float = 0.01, symprec: float = 0.1, num_proc: int = 1,
              text_cache: str | os.PathLike | None = None, progress: bool = True,
              stop_after: int | None = None, command: str | None = None,
-             eos_cache: str | os.PathLike | bool | None = None) -> dict:
-    """Fine-tune ``run`` on the task folder ``data`` and save a regression model in ``out``.
+             eos_cache: str | os.PathLike | bool | None = None, warmup_fraction: float = 0.05,
+             grad_clip: float = 1.0) -> dict:
+    """Fine-tune ``run`` on the task folder ``data`` and save a regression model in ``out``: the
+    keyword face of :class:`~crystext.finetune_config.FinetuneSettings` (every argument but ``out``
+    is a setting; :func:`run_finetune` takes the settings object).
 
     Args:
         run: pretrained run folder, name under ``models/``, or Hub id.
-        data: task folder (see :func:`load_task`); ``target``/``fold``/``train_split``/``unit``
-            as there.
-        out: output folder: ``save_pretrained`` files, ``training_config.json``, ``eval.json``
-            (validation/test metrics), ``log.csv``, ``README.md`` (card), ``checkpoints/``.
+        data: task folder (see :func:`crystext.tasks.load_task`); ``target``/``fold``/``train_split``/
+            ``unit`` as there.
+        out: output folder: ``save_pretrained`` files, ``training_config.json`` (the settings),
+            ``eval.json`` (validation/test metrics), ``log.csv``, ``README.md`` (card), ``checkpoints/``.
         mode: ``head``, ``lora`` or ``full``.
         seed: model seed (head initialisation, batch order, dropout).
-        epochs, lr, patience: default per mode (:data:`MODE_DEFAULTS`).
+        epochs, lr, patience: default per mode (:data:`crystext.finetune_config.MODE_DEFAULTS`).
         precision: ``auto`` (bf16 autocast only where this machine runs it fast), ``bfloat16``,
             ``float32``; resolved by :func:`crystext.precision.resolve_precision`.
         stop_after: end this session after so many epochs (checkpoint kept; rerun to continue).
@@ -626,218 +670,14 @@ def finetune(run: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         ConfigError: bad settings, or a resume with settings that differ from the checkpoint's.
         DataNotFoundError: missing run, task folder, split file or column.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .embeddings import resolve_device, weights_digest
-    from .precision import resolve_precision
-
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, not {mode!r}")
-    defaults = MODE_DEFAULTS[mode]
-    epochs = int(epochs or defaults["epochs"])
-    lr = float(lr or defaults["lr"])
-    patience = int(patience or defaults["patience"])
-    if batch_size < 1 or epochs < 1 or patience < 1 or lr <= 0:
-        raise ConfigError("batch_size, epochs and patience must be >= 1 and lr > 0")
-    dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
-    out = Path(out)
-    task = load_task(data, target, fold, train_split, unit, max_train, max_val, max_test)
     settings = FinetuneSettings(
-        run=str(run), data=str(Path(data).resolve()), target=task.target, mode=mode, fold=fold,
-        train_split=train_split, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
-        weight_decay=weight_decay, max_train=max_train, max_val=max_val, max_test=max_test, lora_r=lora_r,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, symprec=symprec, precision=precision,
-        run_weights=weights_digest(run))
-    ckpt_dir = out / CHECKPOINTS
-    state_file = ckpt_dir / "state.json"
-    if (out / "eval.json").is_file() and (out / "model.safetensors").is_file():
-        done = json.loads((out / "eval.json").read_text())
-        if done.get("status") == "done" and done.get("fingerprint") == settings.fingerprint():
-            print(f"finetune: {out} is complete (best epoch {done.get('best_epoch')}); nothing to do", file=sys.stderr)
-            return done
-    resume = None
-    if state_file.is_file():
-        resume = json.loads(state_file.read_text())
-        if resume["fingerprint"] != settings.fingerprint():
-            raise ConfigError(
-                f"{out}: holds a checkpoint of other settings ({resume['settings']}); use another --out or "
-                "delete its checkpoints/ folder to start over")
-
-    for note in task.notes:
-        print(f"finetune: {note}", file=sys.stderr)
-    model, tokenizer = load_for_regression(run, seed=seed)
-    max_len = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
-    cache = TextCache(text_cache, symprec=symprec)
-    encoded: dict[str, tuple] = {}
-    skipped = Counter(task.skipped)
-    examples: list[str] = []
-    listing = SkippedRows(skipped_path(out, folder=True))
-    listing.extend(task.dropped)
-    for name, df in task.splits.items():
-        log: list = []
-        ids, y, rows, sk, ex = encode_split(df, tokenizer, max_len, cache, num_proc, progress, desc=f"text {name}",
-                                            log=log)
-        source = Path(str(task.files.get(name, name)).split(" ")[0]).name
-        listing.extend((f"{name}:row {row}", source, reason, message) for row, reason, message in log)
-        encoded[name] = (ids, y, rows)
-        skipped.update({f"{name}:{k}": v for k, v in sk.items()})
-        examples += [f"{name} {e}" for e in ex[:2]]
-        if not ids:
-            raise ConfigError(f"task {task.name}: no usable {name} rows ({dict(sk)}; first: {ex[:1]})")
-    y_train = encoded["train"][1]
-    mean, std = float(y_train.mean()), float(y_train.std()) or 1.0
-    pad_id = tokenizer.pad_token_id
-
-    _seed_all(seed)
-    model.to(dev)
-    trainee = _trainable(model, mode, lora_r, lora_alpha, lora_dropout)
-    params = [p for p in trainee.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    train_ids, _, _ = encoded["train"]
-    z_train = torch.tensor((y_train - mean) / std, dtype=torch.float32)
-    lengths = np.array([len(r) for r in train_ids])
-    steps_per_epoch = len(_batches(lengths, batch_size, seed, 0))
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(settings.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))))
-
-    # head mode: the frozen transformer's <eos> states, once
-    feature_s = 0.0
-    feats: dict[str, Any] = {}
-    if mode == "head":
-        t0 = time.perf_counter()
-        eos_cache = None if eos_cache is False else EosCache.for_run(
-            run, precision, root=None if eos_cache in (None, True) else eos_cache, digest=settings.run_weights)
-        embed = _eos_states if eos_cache is None else eos_cache.states
-        names = ("train", "val", "test")
-        # one call over every split: the cache file is read and rewritten once, not once per split
-        states = embed(model, [r for n in names for r in encoded[n][0]], pad_id, batch_size * 2, precision).to(dev)
-        for name, part in zip(names, torch.split(states, [len(encoded[n][0]) for n in names])):
-            feats[name] = part
-        feature_s = time.perf_counter() - t0
-
-    def evaluate(split: str) -> np.ndarray:
-        if mode == "head":
-            with torch.inference_mode():
-                return model.score(feats[split]).float().reshape(-1).cpu().numpy() * std + mean
-        return _predict_ids(trainee, encoded[split][0], pad_id, batch_size * 2, precision) * std + mean
-
-    start_epoch, best_val, best_epoch, bad_epochs, history = 0, float("inf"), -1, 0, []
-    elapsed_before = 0.0
-    if resume is not None:
-        blob = torch.load(ckpt_dir / "last.pt", map_location=dev, weights_only=False)
-        trainee.load_state_dict(blob["model"], strict=False)
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        _set_rng_state(blob["rng"])
-        start_epoch, best_val, best_epoch = resume["epoch"], resume["best_val_mae"], resume["best_epoch"]
-        bad_epochs, history, elapsed_before = resume["bad_epochs"], resume["history"], resume["train_s"]
-        print(f"finetune: resuming {out} after epoch {start_epoch} (best val MAE {best_val:.4g} at epoch "
-              f"{best_epoch})", file=sys.stderr)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    train_t0 = time.perf_counter()
-    status = "done"
-    epoch = start_epoch
-    while epoch < epochs and bad_epochs < patience:
-        if stop_after is not None and epoch - start_epoch >= stop_after:
-            status = "paused"
-            break
-        t0 = time.perf_counter()
-        trainee.train()
-        plan = _batches(lengths, batch_size, seed, epoch)
-        losses = []
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
-        for idx in bar:
-            with _amp(dev, precision):
-                if mode == "head":
-                    pred = model.score(feats["train"][torch.as_tensor(idx, device=dev)])
-                else:
-                    x, m = _pad([train_ids[i] for i in idx], pad_id)
-                    pred = trainee(input_ids=x.to(dev), attention_mask=m.to(dev)).logits
-            loss = torch.nn.functional.mse_loss(pred.float().reshape(-1), z_train[idx].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", best_val_mae=f"{best_val:.4g}", refresh=False)
-        bar.close()
-        val_mae = _metrics(encoded["val"][1], evaluate("val"))["mae"]
-        epoch += 1
-        improved = val_mae < best_val
-        if improved:
-            best_val, best_epoch, bad_epochs = val_mae, epoch, 0
-            torch.save(_trained_state(trainee), ckpt_dir / "best.pt")
-        else:
-            bad_epochs += 1
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
-                        "best_val_mae": best_val, "lr": scheduler.get_last_lr()[0], "seconds": seconds})
-        line = (f"epoch {epoch}/{epochs}: train loss {np.mean(losses):.4f}, val MAE {val_mae:.4g}"
-                f"{' (best)' if improved else ''}, {seconds:.1f} s")
-        if progress:
-            tqdm.write(line)
-        torch.save({"model": _trained_state(trainee), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": _rng_state()}, ckpt_dir / "last.tmp")
-        os.replace(ckpt_dir / "last.tmp", ckpt_dir / "last.pt")
-        state = {"fingerprint": settings.fingerprint(), "settings": asdict(settings), "epoch": epoch,
-                 "best_val_mae": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-                 "train_s": elapsed_before + time.perf_counter() - train_t0}
-        (ckpt_dir / "state.tmp").write_text(json.dumps(state, indent=1))
-        os.replace(ckpt_dir / "state.tmp", state_file)
-    train_s = elapsed_before + time.perf_counter() - train_t0
-    _write_log(out / "log.csv", history)
-    if status == "paused":
-        summary = {"status": "paused", "epoch": epoch, "best_epoch": best_epoch, "best_val_mae": best_val,
-                   "fingerprint": settings.fingerprint()}
-        print(f"finetune: paused after epoch {epoch}; rerun the same command to continue", file=sys.stderr)
-        return summary
-
-    trainee.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=dev, weights_only=True), strict=False)
-    test_pred = evaluate("test")  # once: the test split is the slowest pass left
-    metrics = {"val": _metrics(encoded["val"][1], evaluate("val")), "test": _metrics(encoded["test"][1], test_pred)}
-    final = _base(trainee).float().cpu()
-    final.config.crystext_target = {"name": task.target, "unit": task.unit, "mean": mean, "std": std,
-                                    "task": task.name}
-    final.config.id2label = {0: task.target}
-    final.config.label2id = {task.target: 0}
-    final.config.architectures = [type(final).__name__]
-
-    def save_model(tmp: Path) -> None:  # each file renamed into place whole (see crystext.atomic.save_into)
-        final.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        pd.DataFrame({"row": encoded["test"][2], "target": encoded["test"][1], "prediction": test_pred}).to_csv(
-            tmp / "test_predictions.csv", index=False)
-
-    save_into(out, save_model)
-    listing.write()
-    epoch_s = [h["seconds"] for h in history]
-    summary = {
-        "status": "done", "fingerprint": settings.fingerprint(), "task": task.name, "target": task.target,
-        "unit": task.unit, "mode": mode, "seed": seed, "base_run": str(run), "files": task.files,
-        "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": bad_epochs >= patience,
-        "val": metrics["val"], "test": metrics["test"],
-        "rows": {k: len(v[0]) for k, v in encoded.items()}, "skipped": dict(skipped), "skip_examples": examples,
-        "target_mean": mean, "target_std": std, "trainable_parameters": int(n_trainable),
-        "precision": precision, "feature_s": round(feature_s, 2), "train_s": round(train_s, 2),
-        "s_per_epoch": round(float(np.median(epoch_s)), 3) if epoch_s else None, "notes": task.notes,
-        "skipped_file": listing.path.name,
-    }
-    atomic_write_text(out / "eval.json", json.dumps(summary, indent=1))
-    atomic_write_text(out / "training_config.json", json.dumps({
-        "finetune": asdict(settings), "mixed_precision": precision, "save_dtype": "float32",
-        "architecture": type(final).__name__, "pooling": "last non-pad token (<eos>)", "command": command,
-        "train_time_s": round(train_s + feature_s, 2), "versions": _versions(),
-    }, indent=1))
-    atomic_write_text(out / "README.md", render_finetune_card(out, summary))
-    for stale in ("last.pt",):  # the best weights stay; the optimiser state is no longer needed
-        (ckpt_dir / stale).unlink(missing_ok=True)
-    return summary
+        run=run, data=data, mode=mode, target=target, fold=fold, train_split=train_split, unit=unit, seed=seed,
+        epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, max_train=max_train, max_val=max_val,
+        max_test=max_test, precision=precision, device=device, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, weight_decay=weight_decay, warmup_fraction=warmup_fraction, grad_clip=grad_clip,
+        symprec=symprec, num_proc=num_proc, text_cache=text_cache, progress=progress, stop_after=stop_after,
+        command=command, eos_cache=eos_cache)
+    return run_finetune(settings, out)
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -964,21 +804,8 @@ def load_finetuned(path: str | os.PathLike, device: Any = None):
     return model, tokenizer, dict(getattr(model.config, "crystext_target", None) or {})
 
 
-def _encode_structures(structures, tokenizer, max_len: int, symprec: float) -> list[list[int]]:
-    from .embeddings import encode_text
-    from .inputs import to_structure
-    from .text import structure_to_text
-
-    out = []
-    for i, s in enumerate(structures):
-        name = f"input {i}"
-        out.append(encode_text(structure_to_text(to_structure(s, name=name), symprec=symprec), tokenizer,
-                               max_len, name=name))
-    return out
-
-
 def predict(model_dir: str | os.PathLike, structures, batch_size: int = 32, device: Any = None,
-            precision: str = "float32", symprec: float = 0.1) -> np.ndarray:
+            precision: str = "float32", symprec: float = DEFAULT_SYMPREC) -> np.ndarray:
     """Predicted targets (original units) of structures with a fine-tuned folder: (n,) float64.
 
     Structures: anything :func:`crystext.to_structure` takes. Errors name the list index.
@@ -986,14 +813,14 @@ def predict(model_dir: str | os.PathLike, structures, batch_size: int = 32, devi
     from .precision import resolve_precision
 
     model, tokenizer, target = load_finetuned(model_dir, device)
-    ids = _encode_structures(list(structures), tokenizer, int(model.config.n_positions), symprec)
+    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), symprec)
     prec = resolve_precision(precision, next(model.parameters()).device)
     z = _predict_ids(model, ids, tokenizer.pad_token_id, batch_size, prec)
     return z * float(target.get("std", 1.0)) + float(target.get("mean", 0.0))
 
 
 def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int = 32, device: Any = None,
-                       precision: str = "float32", symprec: float = 0.1, with_prediction: bool = False,
+                       precision: str = "float32", symprec: float = DEFAULT_SYMPREC, with_prediction: bool = False,
                        pooling: str = "last") -> np.ndarray:
     """LM-branch vectors of a fine-tuned folder for the multi-scale heads: (n, d) float32.
 
@@ -1011,7 +838,7 @@ def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int
     if pooling not in ("last", "mean"):
         raise ConfigError(f"pooling must be 'last' or 'mean', not {pooling!r}")
     model, tokenizer, target = load_finetuned(model_dir, device)
-    ids = _encode_structures(list(structures), tokenizer, int(model.config.n_positions), symprec)
+    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), symprec)
     if not ids:
         return np.zeros((0, model.config.n_embd + int(with_prediction)), dtype=np.float32)
     prec = resolve_precision(precision, next(model.parameters()).device)

@@ -102,29 +102,43 @@ def generate(
     Returns the texts, prompt included (constrained: the prompt as rewritten), special tokens
     removed. Same ``seed``, same texts.
     """
-    import torch
+    _check_sampling(n, temperature, top_p)
+    constraint = None
+    if constrained:
+        constraint = _constraint(run, prompt)  # bad prompts fail before the model loads
+        prompt = constraint.prompt
+    else:
+        check_prompt(prompt)
+    model, tok = _load(run)
+    model.eval()
+    ids, max_new_tokens = _prompt_ids(model, tok, prompt, max_new_tokens)
+    return _sample(model, tok, ids, n, seed, batch_size, _processors(tok, constraint, full_structures),
+                   temperature=temperature, top_k=top_k or 0, top_p=top_p, max_new_tokens=max_new_tokens)
 
+
+def _check_sampling(n: int, temperature: float, top_p: float) -> None:
     if n < 1:
         raise ConfigError(f"generate: n must be >= 1, not {n}")
     if temperature <= 0:
         raise ConfigError(f"generate: temperature must be > 0, not {temperature}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"generate: top_p must be in (0, 1], not {top_p}")
-    constraint = None
-    if constrained:
-        from .constrained import CrystalTextLogitsProcessor
 
-        _, tok_only = _load(run) if isinstance(run, tuple) else (None, None)
-        if tok_only is None:
-            from transformers import AutoTokenizer
 
-            tok_only = AutoTokenizer.from_pretrained(str(run))
-        constraint = CrystalTextLogitsProcessor(tok_only, prompt)  # bad prompts fail before the model loads
-        prompt = constraint.prompt
-    else:
-        check_prompt(prompt)
-    model, tok = _load(run)
-    model.eval()
+def _constraint(run, prompt: str):
+    """The constrained-sampling logits processor for ``prompt``, from the run's tokenizer alone."""
+    from .constrained import CrystalTextLogitsProcessor
+
+    _, tok_only = _load(run) if isinstance(run, tuple) else (None, None)
+    if tok_only is None:
+        from transformers import AutoTokenizer
+
+        tok_only = AutoTokenizer.from_pretrained(str(run))
+    return CrystalTextLogitsProcessor(tok_only, prompt)
+
+
+def _prompt_ids(model, tok, prompt: str, max_new_tokens: int | None) -> tuple[list[int], int]:
+    """``<bos>`` + the prompt's ids, and how many tokens may follow them in the model's context."""
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if tok.unk_token_id is not None and tok.unk_token_id in prompt_ids:
         raise ConfigError(f"generate: prompt {prompt!r} has characters the tokenizer does not know")
@@ -133,18 +147,28 @@ def generate(
     room = context - len(ids)
     if room <= 0:
         raise ConfigError(f"generate: prompt is {len(ids)} tokens, the model's context is {context}")
-    max_new_tokens = room if max_new_tokens is None else min(int(max_new_tokens), room)
-    processors = None
+    return ids, room if max_new_tokens is None else min(int(max_new_tokens), room)
+
+
+def _processors(tok, constraint, full_structures: bool):
+    """The logits processors of a sampling run: the constraint, else the header-only ban, else none."""
     if constraint is not None:
         from transformers import LogitsProcessorList
 
-        processors = LogitsProcessorList([constraint])
-    elif full_structures:
+        return LogitsProcessorList([constraint])
+    if full_structures:
         from transformers import LogitsProcessorList
 
         banned, until = line_start_token(tok, HEADER_BRANCH), line_start_token(tok, CELL_DONE)
         if banned is not None and until is not None:
-            processors = LogitsProcessorList([_NoHeaderOnly(banned, until)])
+            return LogitsProcessorList([_NoHeaderOnly(banned, until)])
+    return None
+
+
+def _sample(model, tok, ids: list[int], n: int, seed: int, batch_size: int, processors, **sampling) -> list[str]:
+    """``n`` texts sampled after ``ids`` in batches of ``batch_size``, each batch seeded on its own."""
+    import torch
+
     texts: list[str] = []
     with torch.no_grad():
         while len(texts) < n:
@@ -152,10 +176,8 @@ def generate(
             torch.manual_seed(seed * 1_000_003 + len(texts))  # each batch reproducible on its own
             inp = torch.tensor([ids] * k)
             out = model.generate(
-                input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True,
-                temperature=temperature, top_k=top_k or 0, top_p=top_p,
-                max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                logits_processor=processors,
+                input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True, **sampling,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, logits_processor=processors,
             )
             texts += tok.batch_decode(out, skip_special_tokens=True)
     return texts

@@ -41,6 +41,7 @@ RUN_FILES = (
     "loss.png",
     "corpus_summary.json",
     "corpus_identity.json",
+    "corpus_identity.json.gz",
 )
 #: what a fine-tuned folder adds to a release
 FINETUNE_FILES = ("test_predictions.csv",)
@@ -174,58 +175,53 @@ def _lineage_table(run: Path, train_cfg: dict) -> list[str]:
     return lines
 
 
-def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
-                template: str | Path | None = None, license: str = "mit") -> str:
-    """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
+#: licences of the corpus sources a card names, matched by substring of the source name
+_SOURCE_LICENCES = {
+    "perov_5": "MIT (CDVAE release; Castelli et al.)",
+    "carbon_24": "MIT (CDVAE release; Pickard, AIRSS)",
+    "aflow-prototypes": "pymatgen (MIT); AFLOW prototype library (Mehl et al. 2017)",
+    "matbench": "MIT (Matbench; Materials Project data CC-BY 4.0)",
+}
+#: training settings a card lists, in this order (``train_time_s`` is labelled by ``_train_time``)
+_CARD_HYPERPARAMETERS = (
+    "preset", "steps", "max_steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
+    "min_learning_rate", "warmup_steps", "betas", "weight_decay", "grad_clip", "dropout",
+    "mixed_precision", "seed", "train_time_s", "hardware",
+)
 
-    ``benchmark`` is a benchmark output folder (holding ``results.csv``) or the CSV itself.
-    """
-    run = Path(run)
-    config = _read_json(run / "config.json")
-    if not config:
-        raise ConfigError(f"{run}: not a run folder (no config.json)")
-    train_cfg = _read_json(run / "training_config.json")
-    evals = _read_json(run / "eval.json")
-    gen = _read_json(run / "generation.json")
-    corpus = _read_json(run / "corpus_summary.json") or train_cfg.get("corpus_summary", {})
-    tok_cfg = _read_json(run / "tokenizer_config.json")
-    vocab = len(_read_json(run / "tokenizer.json").get("model", {}).get("vocab", {})) or config.get("vocab_size")
-    run_name = run.name
-    # the benchmark names a run `crystext-<name>`; a run folder may already carry the prefix
-    short = run_name[len("crystext-"):] if run_name.startswith("crystext-") else run_name
-    representation = f"crystext-{short}"
 
-    results = None
-    if benchmark is not None:
-        path = Path(benchmark)
-        path = path / "results.csv" if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"{path}: benchmark results not found")
-        results = pd.read_csv(path)
-        selected = pd.read_csv(path.parent / "selected.csv") if (path.parent / "selected.csv").is_file() else None
-    bench_md, model_index = (
-        benchmark_tables(results, representation, selected) if results is not None
-        else ("No benchmark results yet.", [])
-    )
-    if benchmark is not None and model_index:
+def _benchmark_section(benchmark: str | Path | None, representation: str) -> tuple[str, list[dict]]:
+    """The card's benchmark Markdown and model-index entries, from a benchmark folder or CSV."""
+    if benchmark is None:
+        return "No benchmark results yet.", []
+    path = Path(benchmark)
+    path = path / "results.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"{path}: benchmark results not found")
+    results = pd.read_csv(path)
+    selected = pd.read_csv(path.parent / "selected.csv") if (path.parent / "selected.csv").is_file() else None
+    bench_md, model_index = benchmark_tables(results, representation, selected)
+    if model_index:
         bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from `{Path(benchmark)}`)."
+    return bench_md, model_index
 
+
+def _corpus_sources(corpus: dict, train_cfg: dict) -> tuple[dict, list]:
+    """Documents per corpus source (empty when not recorded) and the source names."""
     per_source = corpus.get("per_source") or {
         name: v.get("documents") for name, v in (corpus.get("sources") or {}).items() if isinstance(v, dict)}
-    sources = list(per_source) or train_cfg.get("sources") or []
+    return per_source, list(per_source) or train_cfg.get("sources") or []
+
+
+def _training_data_section(corpus: dict, per_source: dict, sources: list) -> str:
+    """The card's training-data Markdown: a table of corpus sources and splits, or their names."""
     data_lines = []
     if per_source:
         kinds = {name: v.get("kind", "") for name, v in (corpus.get("sources") or {}).items() if isinstance(v, dict)}
         data_lines.append("| source | kind | documents | licence |")
         data_lines.append("|---|---|---|---|")
-        licences = {
-            "perov_5": "MIT (CDVAE release; Castelli et al.)",
-            "carbon_24": "MIT (CDVAE release; Pickard, AIRSS)",
-            "aflow-prototypes": "pymatgen (MIT); AFLOW prototype library (Mehl et al. 2017)",
-            "matbench": "MIT (Matbench; Materials Project data CC-BY 4.0)",
-        }
         for name, count in per_source.items():
-            lic = next((v for k, v in licences.items() if k in name), "see source")
+            lic = next((v for k, v in _SOURCE_LICENCES.items() if k in name), "see source")
             kind = {"header": "header only (composition + space group)"}.get(kinds.get(name, ""), kinds.get(name, ""))
             data_lines.append(f"| {name} | {kind} | {count:,} | {lic} |" if isinstance(count, int)
                               else f"| {name} | {kind} | {count} | {lic} |")
@@ -238,16 +234,17 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
     elif sources:
         data_lines.append(", ".join(map(str, sources)))
     training_data = "\n".join(data_lines) or "Not recorded in the run folder."
-    training_data += "\n\nTargets (properties) are never part of the pretraining text."
+    return training_data + "\n\nTargets (properties) are never part of the pretraining text."
 
+
+def _training_section(run: Path, train_cfg: dict) -> str:
+    """The card's training Markdown: initialisation, settings, software, lineage, loss curve."""
     train_lines = []
     if train_cfg.get("init"):
         train_lines.append(f"- initialised from: `{train_cfg['init']}` (its training data came first; "
                            "the table above is this run's own corpus)")
     hyper = {**train_cfg.get("training", {}), **train_cfg}
-    for key in ("preset", "steps", "max_steps", "tokens", "epochs", "global_batch", "world_size", "learning_rate",
-                "min_learning_rate", "warmup_steps", "betas", "weight_decay", "grad_clip", "dropout",
-                "mixed_precision", "seed", "train_time_s", "hardware"):
+    for key in _CARD_HYPERPARAMETERS:
         if key == "train_time_s":
             seconds, label = _train_time(train_cfg)
             if seconds is not None:
@@ -261,53 +258,84 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
         train_lines += ["", *_lineage_table(run, train_cfg)]
     if (run / "loss.png").is_file():
         train_lines.append("\n![loss curve](loss.png)")
-    training = "\n".join(train_lines) or "Not recorded in the run folder."
+    return "\n".join(train_lines) or "Not recorded in the run folder."
 
+
+def _validity_table(gen: dict) -> list[str]:
+    """Markdown lines: validity of sampled text per prompt set (``benchmarks/generation/validity.py``)."""
+    sets, intervals = gen["prompt_sets"], gen.get("intervals", {})
+    checks = [c for c in next(iter(sets.values())) if c != "n"]
+    sampler = f"top-k {gen.get('top_k') or 'off'}" + (f", top-p {gen['top_p']:g}" if gen.get("top_p", 1) < 1 else "")
+    lines = ["", f"Validity of sampled text (temperature {gen.get('temperature')}, {sampler}, "
+             "full structures; fractions of the samples):", "",
+             "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks)
+             + (" | valid, 95 % interval" if intervals else "") + " |",
+             "|---|---|" + "---|" * (len(checks) + bool(intervals))]
+    for label, row in sets.items():
+        span = intervals.get(label, {}).get("valid")
+        lines.append(f"| {label} | {row.get('n', '')} | " + " | ".join(f"{row[c]:.3f}" for c in checks)
+                     + (f" | {span[0]:.3f}-{span[1]:.3f}" if span else " | " if intervals else "") + " |")
+    if gen.get("command"):
+        lines += ["", f"Made by `{gen['command']}`."]
+    return lines
+
+
+def _learned_section(evals: dict, gen: dict) -> str:
+    """The card's evaluation Markdown: held-out metrics and the validity of sampled text."""
     learned = []
-    if evals:
-        for key, value in evals.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in value.items())
-            learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float)
-                           else f"- {key.replace('_', ' ')}: {value}")
-    if gen.get("prompt_sets"):  # benchmarks/generation/validity.py
-        sets, intervals = gen["prompt_sets"], gen.get("intervals", {})
-        checks = [c for c in next(iter(sets.values())) if c != "n"]
-        sampler = f"top-k {gen.get('top_k') or 'off'}" + (f", top-p {gen['top_p']:g}" if gen.get("top_p", 1) < 1 else "")
-        learned += ["", f"Validity of sampled text (temperature {gen.get('temperature')}, {sampler}, "
-                    "full structures; fractions of the samples):", "",
-                    "| prompts | samples | " + " | ".join(c.replace("_", " ") for c in checks)
-                    + (" | valid, 95 % interval" if intervals else "") + " |",
-                    "|---|---|" + "---|" * (len(checks) + bool(intervals))]
-        for label, row in sets.items():
-            span = intervals.get(label, {}).get("valid")
-            learned.append(f"| {label} | {row.get('n', '')} | " + " | ".join(f"{row[c]:.3f}" for c in checks)
-                           + (f" | {span[0]:.3f}-{span[1]:.3f}" if span else " | " if intervals else "") + " |")
-        if gen.get("command"):
-            learned += ["", f"Made by `{gen['command']}`."]
+    for key, value in evals.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in value.items())
+        learned.append(f"- {key.replace('_', ' ')}: {value:.4f}" if isinstance(value, float)
+                       else f"- {key.replace('_', ' ')}: {value}")
+    if gen.get("prompt_sets"):
+        learned += _validity_table(gen)
     elif gen:
         for key, value in gen.items():
             if isinstance(value, (int, float, str)):
                 learned.append(f"- samples {key.replace('_', ' ')}: {value}")
-    learned_md = "\n".join(learned) or "No evaluation recorded."
+    return "\n".join(learned) or "No evaluation recorded."
 
-    tags = ["materials", "crystal-structure", "cif", "crystallography", "crystext"]
+
+def _card_metadata(corpus: dict, sources: list, repo_id: str, license: str, model_index: list[dict]) -> str:
+    """The card's YAML metadata block (library, tags, datasets, model index)."""
     metadata: dict = {
         "library_name": "transformers",
         "pipeline_tag": "feature-extraction",
         "license": license,
-        "tags": tags,
+        "tags": ["materials", "crystal-structure", "cif", "crystallography", "crystext"],
         "datasets": [str(s) for s in (corpus.get("per_source") or {})] or [str(s) for s in sources],
     }
     if model_index:
         metadata["model-index"] = [{"name": repo_id.split("/")[-1], "results": model_index}]
+    return yaml.safe_dump(metadata, sort_keys=False).strip()
+
+
+def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
+                template: str | Path | None = None, license: str = "mit") -> str:
+    """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
+
+    ``benchmark`` is a benchmark output folder (holding ``results.csv``) or the CSV itself.
+    """
+    run = Path(run)
+    config = _read_json(run / "config.json")
+    if not config:
+        raise ConfigError(f"{run}: not a run folder (no config.json)")
+    train_cfg = _read_json(run / "training_config.json")
+    corpus = _read_json(run / "corpus_summary.json") or train_cfg.get("corpus_summary", {})
+    tok_cfg = _read_json(run / "tokenizer_config.json")
+    vocab = len(_read_json(run / "tokenizer.json").get("model", {}).get("vocab", {})) or config.get("vocab_size")
+    # the benchmark names a run `crystext-<name>`; a run folder may already carry the prefix
+    short = run.name[len("crystext-"):] if run.name.startswith("crystext-") else run.name
+    bench_md, model_index = _benchmark_section(benchmark, f"crystext-{short}")
+    per_source, sources = _corpus_sources(corpus, train_cfg)
 
     n_params = _count_params(run) if (run / "model.safetensors").is_file() else 0
     text = Template(Path(template or CARD_TEMPLATE).read_text())
     n_pos = config.get("n_positions", 0)
     return text.substitute(
-        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        metadata=_card_metadata(corpus, sources, repo_id, license, model_index),
         title=repo_id.split("/")[-1],
         repo_id=repo_id,
         d_model=config.get("n_embd", "?"),
@@ -323,9 +351,9 @@ def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = No
         vocab_size=vocab,
         tokenizer_note="`<bos>`/`<eos>`/`<pad>`/`<unk>`; every element, space group and CIF keyword a token",
         max_sites=max(1, (n_pos - 150) // 25) if n_pos else "?",
-        training_data=training_data,
-        training=training,
-        learned=learned_md,
+        training_data=_training_data_section(corpus, per_source, sources),
+        training=_training_section(run, train_cfg),
+        learned=_learned_section(_read_json(run / "eval.json"), _read_json(run / "generation.json")),
         benchmarks=bench_md,
     )
 

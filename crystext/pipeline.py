@@ -9,9 +9,10 @@
 >>> prop(structure)                                   # {"value": -0.83, "target": "heat_all", "unit": "eV/cell"}
 
 Inputs are anything :func:`crystext.inputs.to_structure` takes (pymatgen ``Structure``, ASE
-``Atoms``, CIF text, bytes, a path). Each is written as canonical text, tokenized as in training and
-pooled exactly as :func:`crystext.embeddings.structure_embeddings` does, so both give the same
-vectors. No remote code: the run folder is a plain GPT-2 checkpoint, the tasks live in crystext.
+``Atoms``, CIF text, bytes, a path). Each goes through the encode step of
+:mod:`crystext.encoding` (canonical text, ``<bos> text <eos>`` ids) and is pooled exactly as
+:func:`crystext.embeddings.structure_embeddings` does, so both give the same vectors. No remote
+code: the run folder is a plain GPT-2 checkpoint, the tasks live in crystext.
 
 Bad items: ``errors="raise"`` (default) raises the crystext error, naming the list index
 (``input 3 (CIF text): unparsable CIF ...``); ``errors="skip"`` returns ``None`` in that item's
@@ -31,15 +32,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .embeddings import (
-    DEFAULT_LAYER,
-    check_layer,
-    check_pooling,
-    encode_text,
-    max_positions,
-    pool_hidden_states,
-    special_token_ids,
-)
+from .embeddings import DEFAULT_LAYER, check_layer, check_pooling, max_positions, pool_hidden_states, special_token_ids
+from .encoding import DEFAULT_SYMPREC, encode
 
 TASK = "crystal-embedding"
 PROPERTY_TASK = "crystal-property"
@@ -119,21 +113,18 @@ class _CrystalPipeline(Pipeline):
                 raise ConfigError(f"{self.task_name} pipeline: errors must be one of {ERRORS}, not {errors!r}")
             preprocess["errors"] = errors
 
-    def preprocess(self, inputs: Any, symprec: float = 0.1, errors: str = "raise", max_atoms: int | None = None,
-                   time_limit: float | None = None) -> dict[str, torch.Tensor]:
-        from .inputs import to_structure
+    def preprocess(self, inputs: Any, symprec: float = DEFAULT_SYMPREC, errors: str = "raise",
+                   max_atoms: int | None = None, time_limit: float | None = None) -> dict[str, torch.Tensor]:
         from .limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
-        from .text import structure_to_text
 
         index = None
         if isinstance(inputs, _Indexed):
             index, inputs = inputs.index, inputs.item
         name = _describe(inputs) if index is None else f"input {index} ({_describe(inputs)})"
         try:
-            text = structure_to_text(to_structure(inputs, name=name), symprec=symprec,
-                                     max_atoms=DEFAULT_MAX_ATOMS if max_atoms is None else (max_atoms or None),
-                                     time_limit=DEFAULT_TIME_LIMIT if time_limit is None else (time_limit or None))
-            ids = encode_text(text, self.tokenizer, max_positions(self.model), name=name)
+            ids = encode(inputs, self.tokenizer, max_positions(self.model), symprec=symprec, name=name,
+                         max_atoms=DEFAULT_MAX_ATOMS if max_atoms is None else max_atoms,
+                         time_limit=DEFAULT_TIME_LIMIT if time_limit is None else time_limit)
         except Exception as exc:
             if errors != "skip":
                 tag = f"input {index}"

@@ -590,8 +590,16 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOL
         report.errors.append(f"unparsable: {exc}")
         return report
     report.parsable = True
-    items = parsed.items
+    sum_comp = _check_formulas(report, parsed)
+    _check_multiplicities(report, rebuilt, sum_comp)
+    _check_space_group(report, rebuilt, parsed.items, symprec)
+    _check_bond_lengths(report, rebuilt, bond_tolerance)
+    return report
 
+
+def _check_formulas(report: TextReport, parsed) -> Composition | None:
+    """Fill the formula checks of ``report``; ``_chemical_formula_sum`` (None when unreadable)."""
+    items = parsed.items
     try:
         data_comp = _composition(parsed.data_formula)
         sum_comp = _composition(items["_chemical_formula_sum"])
@@ -611,7 +619,11 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOL
     except Exception as exc:
         sum_comp = None
         report.errors.append(f"formula: {exc}")
+    return sum_comp
 
+
+def _check_multiplicities(report: TextReport, rebuilt, sum_comp: Composition | None) -> None:
+    """Stated multiplicities against the orbits, and per element against the formula sum."""
     mult_ok = rebuilt.stated_multiplicities == rebuilt.orbit_sizes
     if not mult_ok:
         report.errors.append(
@@ -627,6 +639,9 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOL
             report.errors.append(f"multiplicity: sites sum to {Composition(per_el).formula}, formula_sum {sum_comp.formula}")
     report.multiplicity_consistent = mult_ok
 
+
+def _check_space_group(report: TextReport, rebuilt, items: dict, symprec: float) -> None:
+    """The rebuilt structure's space group at ``symprec`` against the stated one."""
     try:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -640,6 +655,9 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOL
     except Exception as exc:
         report.errors.append(f"space group: {exc}")
 
+
+def _check_bond_lengths(report: TextReport, rebuilt, bond_tolerance: float) -> None:
+    """The bond-length score of the rebuilt structure, and no two atoms on top of each other."""
     try:
         report.bond_length_score = bond_length_score(rebuilt.structure, bond_tolerance)
         report.bond_lengths_reasonable = report.bond_length_score >= 1.0
@@ -651,7 +669,6 @@ def check_text(text: str, symprec: float = 0.1, bond_tolerance: float = BOND_TOL
             report.errors.append(f"bond lengths: two atoms {closest:.3f} A apart (< {MIN_ATOM_DISTANCE} A)")
     except Exception as exc:
         report.errors.append(f"bond lengths: {exc}")
-    return report
 
 
 def split_texts(text: str) -> list[str]:

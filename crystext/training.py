@@ -1,4 +1,9 @@
-"""The pretraining loop: nanoGPT-style, short enough to read in one sitting, on ``accelerate``.
+"""The pretraining loop: nanoGPT-style, on ``accelerate``. A run's settings are one
+:class:`~crystext.pretrain_config.PretrainSettings` (a preset plus overrides, or the CLI's flags);
+:func:`pretrain` is its keyword face and :func:`run_pretrain` takes the object. The run is: set up
+(precision, accelerator, corpus, model, optimiser, batch plan: :class:`_Session`), resume from the
+last intact checkpoint or start afresh, train step by step with periodic evaluation and checkpoints,
+evaluate the held-out splits, write the run folder.
 
 One optimiser step consumes one *global batch* of ``batch_size x gradient_accumulation_steps x
 world_size`` documents. Each document (a structure or a header-only partial document, both
@@ -39,7 +44,8 @@ from .batching import BatchPlan, epoch_plan  # noqa: F401 - epoch_plan: importab
 from .atomic import atomic_path, atomic_write_text, disk_full_guard, save_into
 from .errors import ConfigError, CrystextError, DataNotFoundError
 from .lineage import lineage_of_init
-from .modeling import build_model, load_preset
+from .modeling import build_model
+from .pretrain_config import PretrainSettings
 
 LOG_FIELDS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_s"]
 CHECKPOINTS = "checkpoints"
@@ -461,8 +467,8 @@ class _Session:
     """Everything one ``pretrain`` call works with (built by :func:`_setup`)."""
 
     out: Path
-    preset: dict
-    cfg: dict
+    settings: PretrainSettings
+    cfg: dict  # the training hyper-parameters as plain values (settings.training())
     precision: dict
     accelerator: Any
     model: Any
@@ -518,75 +524,68 @@ def _device_type(torch) -> str:
     return "cpu"
 
 
-def _setup(preset_or_config, corpus, out: Path, init, max_steps, overrides, tokenizer, corpus_cache,
-           num_threads) -> _Session:
-    """Config, precision, accelerator, data, model, optimiser and schedule of a run."""
+def _precision(setting: str) -> dict:
+    """The precision of this run, decided by the machine's capability before the accelerator
+    exists: ``{"setting", "resolved", "device", "reason"}`` (printed by the main process)."""
     import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .precision import accelerate_mixed_precision, bf16_speed, normalise_precision, resolve_precision
+    from .precision import bf16_speed, normalise_precision, resolve_precision
 
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    _quiet_padding_warning()
-    if preset_or_config is None:
-        if init is None:
-            raise ConfigError("pretrain: give a preset/config or an init run")
-        preset_or_config = init
-    preset = load_preset(preset_or_config)
-    cfg = dict(preset["training"])
-    for key, value in (overrides or {}).items():
-        if key not in cfg:
-            raise ConfigError(f"pretrain: unknown training key {key!r}; known: {sorted(cfg)}")
-        cfg[key] = value
-    if max_steps is not None:
-        cfg["max_steps"] = int(max_steps)
-    if cfg["mixed_precision"] in (False, None):  # YAML reads a bare `no` as false
-        cfg["mixed_precision"] = "no"
-
-    # precision by capability, decided before the accelerator exists
     device_type = _device_type(torch)
-    setting = normalise_precision(cfg["mixed_precision"])
+    setting = normalise_precision(setting)
     resolved = resolve_precision(setting, device_type, announce=False)
     reason = bf16_speed(device_type)["reason"] if setting == "auto" else "set explicitly"
-    precision = {"setting": setting, "resolved": resolved, "device": device_type, "reason": reason}
     if int(os.environ.get("RANK", "0")) == 0:  # no PartialState() yet: it would fix the distributed set-up too early
         print(f"crystext pretrain: precision {resolved} (setting {setting!r}; {reason})", file=sys.stderr)
+    return {"setting": setting, "resolved": resolved, "device": device_type, "reason": reason}
+
+
+def _accelerator(precision: dict, out: Path):
+    """A fresh ``Accelerator`` for ``precision``, logging to TensorBoard under ``out``."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from .precision import accelerate_mixed_precision
 
     # accelerate keeps process-wide state; forget a previous run's precision (notebooks, tests)
     # while keeping the distributed set-up (PartialState).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
-        mixed_precision=accelerate_mixed_precision(resolved), log_with="tensorboard", project_dir=str(out),
-        step_scheduler_with_optimizer=False,
+    return Accelerator(
+        mixed_precision=accelerate_mixed_precision(precision["resolved"]), log_with="tensorboard",
+        project_dir=str(out), step_scheduler_with_optimizer=False,
         # without an accelerator device, say so: accelerate then runs launched processes as gloo DDP
-        cpu=device_type == "cpu",
+        cpu=precision["device"] == "cpu",
     )
 
-    # -- data
+
+def _load_data(accelerator, corpus, tokenizer, cache: Path, init: Path | None):
+    """``(DatasetDict, tokenizer, corpus description)``: the corpus with its train and validation
+    splits, and a tokenizer the init run (if any) shares."""
+    from transformers import AutoTokenizer
+
     with accelerator.main_process_first():  # one process builds a missing corpus, the others load it
-        dd, tok, corpus_info = resolve_corpus(corpus, tokenizer, corpus_cache or out.parent / "corpora")
+        dd, tok, corpus_info = resolve_corpus(corpus, tokenizer, cache)
     for split in ("train", "validation"):
         if split not in dd:
             raise DataNotFoundError(f"corpus {corpus_info['path'] or corpus!r}: no {split!r} split")
-    if init is not None:
-        init_tok = AutoTokenizer.from_pretrained(init)
-        if init_tok.get_vocab() != tok.get_vocab():
-            raise ConfigError(f"init run {init}: its tokenizer differs from the corpus's; rebuild the corpus with "
-                              f"tokenizer={str(init)!r}")
-    train_ds, val_ds = dd["train"].select_columns(["input_ids"]), dd["validation"]
-    val_len = _lengths(val_ds)
+    if init is not None and AutoTokenizer.from_pretrained(init).get_vocab() != tok.get_vocab():
+        raise ConfigError(f"init run {init}: its tokenizer differs from the corpus's; rebuild the corpus with "
+                          f"tokenizer={str(init)!r}")
+    return dd, tok, corpus_info
 
-    # -- model, optimiser, schedule
+
+def _optimise(settings: PretrainSettings, cfg: dict, tok, accelerator):
+    """``(model, compiled model, optimiser, scheduler)``: the model (fresh, or the init run's
+    weights) prepared by ``accelerator``, AdamW without decay on vectors, the nanoGPT schedule."""
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForCausalLM
+
     set_seed(cfg["seed"])
-    if init is not None:
-        model = AutoModelForCausalLM.from_pretrained(init, attn_implementation="sdpa", dtype=torch.float32)
+    if settings.init is not None:
+        model = AutoModelForCausalLM.from_pretrained(settings.init, attn_implementation="sdpa", dtype=torch.float32)
     else:
-        model = build_model(preset, tok, seed=cfg["seed"])
-    block = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+        model = build_model({"name": settings.preset, "model": settings.model}, tok, seed=cfg["seed"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -598,19 +597,38 @@ def _setup(preset_or_config, corpus, out: Path, init, max_steps, overrides, toke
     # The compiled module shares the prepared model's parameters; checkpoints and evaluation use
     # the plain one (evaluation would otherwise compile a second, no-grad graph).
     train_model = torch.compile(model, dynamic=True) if cfg["compile"] else model
+    return model, train_model, optimizer, scheduler
+
+
+def _setup(settings: PretrainSettings, corpus, out: Path, tokenizer, corpus_cache) -> _Session:
+    """Precision, accelerator, data, model, optimiser, schedule and batch plan of a run."""
+    import torch
+
+    if settings.num_threads:
+        torch.set_num_threads(int(settings.num_threads))
+    _quiet_padding_warning()
+    cfg = settings.training()
+    init = None if settings.init is None else Path(settings.init)
+    precision = _precision(cfg["mixed_precision"])
+    accelerator = _accelerator(precision, out)
+    dd, tok, corpus_info = _load_data(accelerator, corpus, tokenizer, corpus_cache or out.parent / "corpora", init)
+    train_ds, val_ds = dd["train"].select_columns(["input_ids"]), dd["validation"]
+    model, train_model, optimizer, scheduler = _optimise(settings, cfg, tok, accelerator)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
 
-    world = accelerator.num_processes
-    micro, accum = int(cfg["batch_size"]), int(cfg["gradient_accumulation_steps"])
+    world, accum = accelerator.num_processes, int(cfg["gradient_accumulation_steps"])
     train_len = _lengths(train_ds)
-    plan = BatchPlan(train_len, micro * accum * world, cfg["bucket_size"], cfg["seed"], min_batch=accum * world)
+    plan = BatchPlan(train_len, int(cfg["batch_size"]) * accum * world, cfg["bucket_size"], cfg["seed"],
+                     min_batch=accum * world)
     eval_idx = np.sort(np.random.default_rng(cfg["seed"]).permutation(len(val_ds))[: cfg["eval_samples"]])
-    return _Session(out=out, preset=preset, cfg=cfg, precision=precision, accelerator=accelerator, model=model,
+    config = accelerator.unwrap_model(model).config  # a DDP wrapper has none of its own
+    block = int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+    return _Session(out=out, settings=settings, cfg=cfg, precision=precision, accelerator=accelerator, model=model,
                     train_model=train_model, optimizer=optimizer, scheduler=scheduler, state=state, plan=plan, dd=dd,
                     tok=tok, corpus_info=corpus_info, train_ds=train_ds, train_len=train_len, val_ds=val_ds,
-                    val_len=val_len, val_kinds=_column(val_ds, "kind", "structure"), block=block,
-                    init=None if init is None else Path(init), eval_idx=eval_idx)
+                    val_len=_lengths(val_ds), val_kinds=_column(val_ds, "kind", "structure"), block=block, init=init,
+                    eval_idx=eval_idx, keep=settings.keep_checkpoints)
 
 
 def _saved_geometry(checkpoint: Path) -> dict | None:
@@ -811,7 +829,7 @@ def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
     acc, state, cfg = s.accelerator, s.state, s.cfg
     s.model.train()
     bar = tqdm(total=cfg["max_steps"], initial=state.step, disable=not (progress and acc.is_main_process),
-               desc=f"pretrain {s.preset['name']}", unit="step", dynamic_ncols=True)
+               desc=f"pretrain {s.settings.preset}", unit="step", dynamic_ncols=True)
     held_tokens = sum(_tokens(_lengths(s.dd[sp]), s.block) for sp in _held_out_splits(s))
     periodic_tokens = _tokens(s.val_len[s.eval_idx], s.block)
     win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
@@ -896,19 +914,16 @@ def _final_eval(s: _Session, budget: Budget) -> dict:
     return held
 
 
-def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests: list[str]) -> dict:
-    """Write the model, tokenizer, training_config.json, eval.json, corpus_summary.json and
-    loss.png (main process); return the eval report."""
-    import torch
-
-    acc, state, cfg, out = s.accelerator, s.state, s.cfg, s.out
+def _eval_report(s: _Session, held: dict, reason: str) -> dict:
+    """``eval.json``: the held-out loss (of the test split if there is one) against the unigram
+    baseline of the same documents, and every held-out split's result."""
     held_split = next(iter(held))
     held_ds = s.dd[held_split]
     if held[held_split]["sampled"]:
         held_ds = held_ds.select(held[held_split]["indices"].tolist())
     baseline = unigram_entropy(s.train_ds, held_ds, len(s.tok), s.block)
     loss = held[held_split]["loss"]
-    report = {
+    return {
         "held_out_split": held_split,
         "held_out_loss": loss,
         "unigram_baseline_entropy": baseline,
@@ -916,14 +931,19 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "units": "nats per target token (every token after <bos>, <eos> included)",
         "baseline": "cross-entropy of held-out tokens under add-one smoothed training-split unigram frequencies"
                     + (" (on the same sampled documents)" if held[held_split]["sampled"] else ""),
-        "steps": state.step,
+        "steps": s.state.step,
         "stopped_by": reason,
         **{split: {k: v for k, v in values.items() if k != "indices"} for split, values in held.items()},
     }
-    if not acc.is_main_process:
-        return report
-    unwrapped = acc.unwrap_model(s.model)
-    save_dtype = getattr(torch, cfg["save_dtype"])
+
+
+def _save_model(s: _Session):
+    """Write the model (in ``save_dtype``, loading as float32) and the tokenizer into the run
+    folder, each file renamed into place whole; return the model as saved."""
+    import torch
+
+    unwrapped = s.accelerator.unwrap_model(s.model)
+    save_dtype = getattr(torch, s.cfg["save_dtype"])
     to_save = unwrapped if save_dtype == torch.float32 else _copy_as(unwrapped, save_dtype)
 
     def save_model(tmp: Path) -> None:  # into a temporary folder; each file is renamed into place whole
@@ -937,19 +957,23 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         s.tok.save_pretrained(tmp)
 
-    save_into(out, save_model)
+    save_into(s.out, save_model)
+    return to_save
+
+
+def _run_info(s: _Session, saved, reason: str, train_time: float, digests: list[str]) -> dict:
+    """``training_config.json``: the settings (:meth:`PretrainSettings.to_saved`), the corpus, and
+    what the run did (steps, tokens, time, precision, hardware, versions)."""
+    state, acc = s.state, s.accelerator
     split_counts = {sp: {"documents": len(s.dd[sp]), **_kind_counts(s.dd[sp])} for sp in s.dd}
-    info = {
-        "preset": s.preset["name"],
-        "model": dict(s.preset["model"]) if s.init is None else {"init": s.init.name},
-        "training": cfg,
-        "init": None if s.init is None else s.init.name,
+    return {
+        **s.settings.to_saved(),  # preset, model, training, init
         "lineage": lineage_of_init(s.init),
-        "corpus": {"path": portable_path(s.corpus_info.get("path"), out), "name": s.corpus_info.get("name"),
+        "corpus": {"path": portable_path(s.corpus_info.get("path"), s.out), "name": s.corpus_info.get("name"),
                    "splits": split_counts, "truncated_train_documents": int((s.train_len > s.block).sum()),
                    "block_size": s.block},
         "steps": state.step,
-        "max_steps": cfg["max_steps"],
+        "max_steps": s.cfg["max_steps"],
         "stopped_by": reason,
         "tokens": state.tokens,
         "epochs": round(state.step / s.plan.per_epoch, 3),
@@ -957,7 +981,7 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         "world_size": s.world,
         "mixed_precision": acc.mixed_precision,
         "precision": s.precision,
-        "saved_dtype": str(next(to_save.parameters()).dtype).replace("torch.", ""),
+        "saved_dtype": str(next(saved.parameters()).dtype).replace("torch.", ""),
         "loads_as": "float32",
         "resumed_from": None if s.resume_from is None else s.resume_from.name,
         "train_time_s_this_session": round(train_time, 1),
@@ -965,11 +989,22 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
         # recorded loads as 0 s and 0 sessions (the card then says "since the last resume")
         "train_time_s": round(state.train_seconds, 1),
         "sessions": state.sessions,
-        "parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "parameters": sum(p.numel() for p in acc.unwrap_model(s.model).parameters()),
         "rank_param_sha256": digests,
         "versions": _versions(),
         "hardware": _hardware(acc),
     }
+
+
+def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests: list[str]) -> dict:
+    """Write the model, tokenizer, training_config.json, corpus_summary.json, the corpus identity,
+    eval.json and loss.png (main process); return the eval report."""
+    report = _eval_report(s, held, reason)
+    if not s.accelerator.is_main_process:
+        return report
+    out = s.out
+    saved = _save_model(s)
+    info = _run_info(s, saved, reason, train_time, digests)
     atomic_write_text(out / "training_config.json", json.dumps(info, indent=2, default=str))
     summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
     if summary is not None and summary.is_file():  # sources, sizes, skips: what the card quotes
@@ -978,14 +1013,14 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
     _write_identity(s, out)
     atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
     with atomic_path(out / "loss.png", suffix=".png") as png:
-        plot_loss(out / "log.csv", png, title=f"{s.preset['name']}: {out.name}")
+        plot_loss(out / "log.csv", png, title=f"{s.settings.preset}: {out.name}")
     return report
 
 
 def _write_identity(s: _Session, out: Path) -> None:
-    """``corpus_identity.json``: what the corpus held (formulas, structure-text hashes, formula and
+    """``corpus_identity.json.gz``: what the corpus held (formulas, structure-text hashes, formula and
     space-group pairs), so the benchmark's leakage table needs neither the corpus nor its sources."""
-    from .corpus.identity import IDENTITY_FILE, identity_of_corpus
+    from .corpus.identity import IDENTITY_FILE, identity_bytes, identity_of_corpus, read_identity
 
     needed = {"kind", "text", "formula", "spacegroup"}
     if not all(needed <= set(s.dd[sp].column_names) for sp in s.dd):
@@ -995,19 +1030,19 @@ def _write_identity(s: _Session, out: Path) -> None:
     config = json.loads(summary.read_text()).get("config", {}) if summary is not None and summary.is_file() else {}
     # a run trained from another carries the init run's identity too (when that run has one), so a
     # chain of runs (a corpus trained part by part) keeps the whole history in one file
-    inherited = s.init / IDENTITY_FILE if s.init is not None else None
-    includes_init = inherited is not None and inherited.is_file()
+    old = read_identity(s.init) if s.init is not None else None
+    includes_init = old is not None
     if includes_init:
-        old = json.loads(inherited.read_text())
         ident["formulas"] = sorted(set(ident["formulas"]) | set(old.get("formulas", [])))
         ident["structures"] = sorted(set(ident["structures"]) | set(old.get("structure_text_sha1", [])))
         pairs = {tuple(p) for p in ident["formula_spacegroup"]} | {tuple(p) for p in old.get("formula_spacegroup", [])}
         ident["formula_spacegroup"] = sorted([f, int(g)] for f, g in pairs)
-    atomic_write_text(out / IDENTITY_FILE, json.dumps({
-        "symprec": config.get("symprec", 0.1), "corpus": s.corpus_info.get("name"),
-        "init": None if s.init is None else s.init.name, "includes_init": includes_init,
-        "formulas": ident["formulas"], "structure_text_sha1": ident["structures"],
-        "formula_spacegroup": ident["formula_spacegroup"]}))
+    with atomic_path(out / IDENTITY_FILE, suffix=".gz") as tmp:
+        tmp.write_bytes(identity_bytes({
+            "symprec": config.get("symprec", 0.1), "corpus": s.corpus_info.get("name"),
+            "init": None if s.init is None else s.init.name, "includes_init": includes_init,
+            "formulas": ident["formulas"], "structure_text_sha1": ident["structures"],
+            "formula_spacegroup": ident["formula_spacegroup"]}))
 
 
 def pretrain(
@@ -1030,11 +1065,15 @@ def pretrain(
 ) -> Path:
     """Train a causal LM on a corpus and write a run folder; return its path.
 
+    The keyword face of :class:`~crystext.pretrain_config.PretrainSettings` (built by its
+    :meth:`~crystext.pretrain_config.PretrainSettings.from_preset`); :func:`run_pretrain` takes the
+    object itself.
+
     Parameters
     ----------
-    preset_or_config: preset name (``tiny``, ``base``, ``crystallm-small``), preset YAML, HF
-        ``config.json`` or dict (see :func:`crystext.modeling.load_preset`). With ``init`` and no
-        preset, the init run's own hyper-parameters are used. Its ``mixed_precision`` (default
+    preset_or_config: preset name (``tiny``, ``base``, ``cpu``, ``crystallm-small``), preset YAML, HF
+        ``config.json`` or dict (see :func:`crystext.pretrain_config.load_preset`). With ``init`` and
+        no preset, the init run's own hyper-parameters are used. Its ``mixed_precision`` (default
         ``auto``: bf16 only where the machine runs it fast, see :mod:`crystext.precision`) is
         resolved before the accelerator is built; the choice is printed and stored.
     corpus: a corpus folder (``crystext.corpus.build_corpus`` output), a ``DatasetDict`` with an
@@ -1045,15 +1084,16 @@ def pretrain(
     init: a run folder to fine-tune from (its weights; the corpus must use its tokenizer).
     resume: ``"auto"`` continues from the last checkpoint in ``out`` if there is one, ``True``
         requires one, ``False`` starts afresh (removing ``out``'s old checkpoints).
-    force_resume: resume even though batch size, gradient accumulation or world size differ from
-        the checkpoint's (otherwise a :class:`ConfigError`).
+    force_resume: resume even though batch size, gradient accumulation, world size or the
+        learning-rate schedule differ from the checkpoint's (otherwise a :class:`ConfigError`).
     max_steps: overrides the preset's ``max_steps`` (the schedule's length).
     stop_at: stop after this step (checkpoint and final files written) without changing the
         schedule, as if the run were interrupted there.
     max_time: seconds for the whole call (corpus building, set-up, training, evaluation and
         save): training stops early enough for the final evaluation (a sample of the held-out
         set when the whole would not fit) and the save; see :class:`Budget`.
-    overrides: training hyper-parameters replacing the preset's (e.g. ``{"batch_size": 8}``).
+    overrides: training hyper-parameters replacing the preset's (e.g. ``{"batch_size": 8}``); an
+        unknown key raises a :class:`ConfigError` naming it.
     tokenizer: for a corpus built on the fly (a corpus folder brings its own ``tokenizer/``).
     keep_checkpoints: how many of the latest checkpoints to keep.
     num_threads: ``torch.set_num_threads`` for CPU training (default: torch's choice).
@@ -1067,20 +1107,39 @@ def pretrain(
     with a warning, to the newest intact one; a full disk raises a one-line
     :class:`crystext.atomic.DiskFullError`; final files appear whole (temporary name, rename).
     """
+    t_call = time.time()  # the time budget counts from here
+    settings = PretrainSettings.from_preset(
+        preset_or_config, init=init, overrides=overrides, max_steps=max_steps, resume=resume,
+        force_resume=force_resume, stop_at=stop_at, max_time=max_time, keep_checkpoints=keep_checkpoints,
+        num_threads=num_threads, progress=progress)
+    return run_pretrain(settings, corpus, out, tokenizer=tokenizer, corpus_cache=corpus_cache, t_call=t_call,
+                        _stacklevel=3)
+
+
+def run_pretrain(settings: PretrainSettings, corpus: Any, out: str | Path, *, tokenizer=None,
+                 corpus_cache: str | Path | None = None, t_call: float | None = None, _stacklevel: int = 2) -> Path:
+    """Run the pretraining ``settings`` describe on ``corpus`` into the run folder ``out``; return
+    its path (see :func:`pretrain` for the arguments and the files). ``t_call``: when the call
+    began, for ``settings.max_time`` (default: now); a warning that the model does not beat the
+    unigram baseline points at the caller's line.
+
+    Set up, resume (or start afresh), train to ``stop_at`` or ``max_steps`` or the time budget,
+    evaluate the held-out splits, write the run folder.
+    """
     from accelerate.utils import gather_object
 
-    t_call = time.time()
-    budget = Budget(t_call, max_time)
+    budget = Budget(time.time() if t_call is None else t_call, settings.max_time)
     out = Path(out)
-    s = _setup(preset_or_config, corpus, out, init, max_steps, overrides, tokenizer, corpus_cache, num_threads)
-    _resume(s, resume, force_resume)
+    s = _setup(settings, corpus, out, tokenizer, corpus_cache)
+    _resume(s, settings.resume, settings.force_resume)
     state, acc = s.state, s.accelerator
 
-    s.t_start, s.seconds_before, s.keep = time.time(), state.train_seconds, keep_checkpoints
+    s.t_start, s.seconds_before = time.time(), state.train_seconds
     state.sessions += 1
-    stop = min(s.cfg["max_steps"], stop_at if stop_at is not None else s.cfg["max_steps"])
+    max_steps = s.cfg["max_steps"]
+    stop = min(max_steps, settings.stop_at if settings.stop_at is not None else max_steps)
     with _Interrupt() as s.interrupt, disk_full_guard(out):  # Ctrl-C: checkpoint at the step's end, then exit
-        reason = _train(s, stop, budget, progress)
+        reason = _train(s, stop, budget, settings.progress)
     s.interrupt = None
     train_time = time.time() - s.t_start
     state.train_seconds = s.seconds_before + train_time
@@ -1096,7 +1155,7 @@ def pretrain(
     if not report["beats_unigram_baseline"]:
         warnings.warn(f"pretrain {out}: held-out loss {report['held_out_loss']:.4f} is not below the unigram "
                       f"baseline {report['unigram_baseline_entropy']:.4f} after {report['steps']} steps: the model "
-                      "predicts no better than token frequencies", RuntimeWarning, stacklevel=2)
+                      "predicts no better than token frequencies", RuntimeWarning, stacklevel=_stacklevel)
     return out
 
 

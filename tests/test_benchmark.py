@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crystext.benchmark import RESULT_COLUMNS, discover_tasks, load_splits, run_benchmark
+from crystext.benchmark import RESULT_COLUMNS, run_benchmark
 from crystext.cli import main
+from crystext.tasks import discover_tasks, load_splits
 
 ELEMENTS = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ti", "Zr", "Fe", "Co", "Ni", "Zn",
             "Al", "Ga", "Si", "Ge", "O", "S", "Se", "N", "P", "F", "Cl", "Br"]
@@ -137,6 +138,17 @@ def test_two_runs_write_identical_results(toy, tmp_path):
     # the file round-trips to the in-memory table (6 significant digits)
     back = pd.read_csv(tmp_path / "a" / "results.csv")
     np.testing.assert_allclose(back["value"], a.results["value"], rtol=1e-5)
+    # the per-row test errors of the picked settings come back from disk and give the same ranks
+    from crystext.benchmark.selection import ERRORS_FILE, errors_from_table, selected_settings
+
+    assert (tmp_path / "a" / ERRORS_FILE).read_bytes() == (tmp_path / "b" / ERRORS_FILE).read_bytes()
+    table = pd.read_csv(tmp_path / "a" / ERRORS_FILE)
+    assert set(table.groupby("representation")["seed"].nunique()) <= {1, 2} and (table["abs_error"] >= 0).all()
+    n_boot = json.loads((tmp_path / "a" / "run_info.json").read_text())["n_boot"]
+    again = selected_settings(back, errors_from_table(table), n_boot=n_boot)
+    cols = ["task", "representation", "pooling", "regressor", "rank", "tied_with_best"]
+    pd.testing.assert_frame_equal(again[cols], a.selected[cols])
+    np.testing.assert_allclose(again["diff_lo"], a.selected["diff_lo"], rtol=1e-5, atol=1e-9)
 
 
 def test_mlp_seeds_trained_together_equal_each_seed_alone():
@@ -162,6 +174,46 @@ def test_mlp_seeds_trained_together_equal_each_seed_alone():
         solo_pred, solo_info = fit_predict("mlp", x[:300], y[:300], x[300:400], y[300:400], x[400:], seed, short)
         assert info["epochs"] == solo_info["epochs"]
         np.testing.assert_allclose(pred, solo_pred, rtol=1e-3, atol=1e-4)
+
+
+def test_the_mlp_optimizer_is_torch_adamw_up_to_rounding():
+    """The protocol's written-out AdamW (kept so committed results reproduce to the digit) takes the
+    steps ``torch.optim.AdamW`` takes, float rounding aside."""
+    import torch
+
+    from crystext.benchmark.protocol import _StackedAdamW
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(3, 5, 4, generator=gen), torch.randn(3, 1, 4, generator=gen)]
+    theirs = [t.clone().requires_grad_() for t in ours]
+    opt, reference = _StackedAdamW(ours, lr=1e-2, weight_decay=1e-2), torch.optim.AdamW(theirs, lr=1e-2, weight_decay=1e-2)
+    for _ in range(20):
+        grads = [torch.randn(t.shape, generator=gen) for t in ours]
+        opt.step(ours, grads)
+        for t, g in zip(theirs, grads):
+            t.grad = g.clone()
+        reference.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_settings_object_and_keywords_run_the_same_benchmark(toy):
+    from crystext.benchmark import BenchmarkSettings
+    from crystext.errors import ConfigError
+
+    tables = {"informative": informative_table()}
+    settings = BenchmarkSettings(**dict(FAST, regressors=("ridge",)), tables=tables)
+    by_settings = run_benchmark(data=toy, out=None, settings=settings, max_train=80)
+    by_keywords = run_benchmark(data=toy, out=None, tables=tables, **dict(FAST, regressors=("ridge",), max_train=80))
+    pd.testing.assert_frame_equal(by_settings.results, by_keywords.results)
+    assert list(by_settings.coverage["rows"])[0] == 80
+    resolved, _ = BenchmarkSettings(quick=True, max_test=0).resolved()
+    assert resolved.seeds == (0,) and resolved.caps == (300, 100, None) and resolved.n_boot == 200
+    assert BenchmarkSettings().resolved()[0].seeds == (0, 1, 2)
+    with pytest.raises(TypeError):
+        run_benchmark(data=toy, out=None, no_such_option=1)
+    with pytest.raises(ConfigError, match="regressor"):
+        run_benchmark(data=toy, out=None, tables=tables, **dict(FAST, regressors=("svm",)))
 
 
 def test_cap_zero_uses_every_row_and_caps_subsample(toy):
@@ -636,17 +688,30 @@ def test_leakage_counts_test_rows_found_in_the_pretraining_corpus(tmp_path):
 
 def test_structure_texts_are_cached_per_structure(tmp_path, monkeypatch):
     """Overlapping CIF lists (folds, targets, reruns) convert each structure once."""
+    from crystext import encoding
     from crystext.benchmark import representations as reps
 
     cifs = list(_perovskite_rows(6, 9)["cif"])
     calls = []
-    real = reps._texts_of
-    monkeypatch.setattr(reps, "_texts_of", lambda items, symprec: calls.append(len(items)) or real(items, symprec))
+    real = encoding._convert
+    monkeypatch.setattr(encoding, "_convert", lambda args: calls.append(args[0]) or real(args))
     first, _ = reps.structure_texts(cifs[:4], tmp_path)
+    assert len(calls) == 4
     again, bad = reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)
-    assert calls == [4, 3]  # only the two new structures and the bad one are converted
-    assert again[:2] == first[2:] and again[-1] is None and sum(bad.values()) == 1
-    assert reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)[0] == again and calls == [4, 3]
+    assert len(calls) == 7  # only the two new structures and the bad one are converted
+    assert again[:2] == first[2:] and again[-1] is None and bad == {"CIFParseError": 1}
+    assert reps.structure_texts(cifs[2:] + ["not a cif"], tmp_path)[0] == again and len(calls) == 7
+    # texts an earlier benchmark cached in sharded JSON (keyed by the CIF's SHA-1) are adopted, not converted
+    import hashlib
+    import json
+
+    old = tmp_path / "old"
+    (old / "texts" / "sym0.1").mkdir(parents=True)
+    key = hashlib.sha1(cifs[0].encode()).hexdigest()[:16]
+    (old / "texts" / "sym0.1" / f"{key[:2]}.json").write_text(json.dumps({key: [first[0], None]}))
+    adopted, _ = reps.structure_texts(cifs[:1], old)
+    assert adopted == first[:1] and len(calls) == 7
+    assert reps.structure_texts(cifs[:1], old)[0] == adopted and len(calls) == 7  # now in the JSONL cache
 
 
 def test_structure_featurisation_in_processes_equals_one_process():

@@ -13,8 +13,9 @@ import transformers
 from pymatgen.core import Lattice, Structure
 
 from crystext.errors import ConfigError, DataNotFoundError
-from crystext.finetune import finetune, finetuned_features, load_task, predict
+from crystext.finetune import finetune, finetuned_features, predict, run_finetune
 from crystext.pipeline import PROPERTY_TASK, register_pipeline
+from crystext.tasks import load_task
 
 register_pipeline()
 
@@ -105,6 +106,30 @@ def test_saved_folder_is_a_native_regression_model(trained):
     assert "GPT2ForSequenceClassification" in card and f"{summary['test']['mae']:.4g}" in card
     assert json.loads((out / "eval.json").read_text())["test"]["n"] == 5
     assert (out / "log.csv").is_file() and (out / "training_config.json").is_file()
+
+
+def test_settings_are_saved_with_the_run_and_the_flags_are_their_other_face(trained, run_dir, task_dir, tmp_path):
+    import argparse
+
+    from crystext.finetune_config import FinetuneSettings
+
+    out, summary = trained
+    saved = FinetuneSettings.from_run(out)
+    assert saved.fingerprint() == summary["fingerprint"]
+    assert (saved.mode, saved.target, saved.epochs, saved.batch_size) == ("lora", "heat", 2, 8)
+    assert saved.lr == 1e-3 and saved.patience == 4 and saved.data == str(task_dir.resolve())  # resolved
+    parser = argparse.ArgumentParser()
+    FinetuneSettings.add_arguments(parser)
+    args = parser.parse_args([str(run_dir), "--data", str(task_dir), "--target", "heat", "--epochs", "2",
+                              "--batch-size", "8", "--precision", "float32", "--no-progress"])
+    from_flags = FinetuneSettings.from_args(args)
+    assert from_flags == FinetuneSettings(run=run_dir, data=task_dir, target="heat", epochs=2, batch_size=8,
+                                          precision="float32", progress=False)
+    # the CLI face, run in the trained folder's place, finds it complete: the same settings
+    again = run_finetune(from_flags, out)
+    assert again["test"] == summary["test"]
+    with pytest.raises(DataNotFoundError, match="no fine-tuning settings"):
+        FinetuneSettings.from_run(tmp_path)
 
 
 def test_pipeline_predicts_in_target_units_and_matches_predict(trained, task_dir):
@@ -243,13 +268,31 @@ def test_task_folder_layouts_and_errors(tmp_path, task_dir):
         load_task(tmp_path / "nowhere")
 
 
+def test_fine_tuning_and_the_benchmark_read_a_task_to_the_same_rows(tmp_path):
+    from crystext.tasks import discover_tasks, load_splits
+
+    folder = tmp_path / "toy_folds"
+    folder.mkdir()
+    for k in range(2):
+        _rows(20, 20 + k).rename(columns={"heat": "target"}).to_csv(folder / f"train{k}.csv", index=False)
+        _rows(6, 30 + k).rename(columns={"heat": "target"}).to_csv(folder / f"test{k}.csv", index=False)
+    tasks = discover_tasks(tmp_path)
+    assert [t.name for t in tasks] == ["toy_folds/fold0", "toy_folds/fold1"]
+    for task in tasks:
+        bench = load_splits(task, max_train=10)
+        tuned = load_task(folder, fold=task.fold, max_train=10)
+        assert tuned.name == task.name
+        for split in ("train", "val", "test"):  # the carved validation rows and the subsample alike
+            assert tuned.splits[split]["row"].tolist() == bench[split].rows.tolist()
+
+
 def test_too_long_structures_are_counted_not_truncated(run_dir, task_dir, tmp_path):
     from crystext.finetune import TextCache, encode_split, load_for_regression
 
     model, tok = load_for_regression(run_dir)
     df = load_task(task_dir, target="heat").splits["val"]
     ids, y, rows, skipped, examples = encode_split(df, tok, 40, TextCache(tmp_path / "c.jsonl"), progress=False)
-    assert skipped["too_long"] == len(df) and not ids and "longer than the context of 40" in examples[0]
+    assert skipped["too_long"] == len(df) and not ids and "longer than the model's context of 40" in examples[0]
     ids, y, rows, skipped, _ = encode_split(df, tok, 1024, TextCache(tmp_path / "c.jsonl"), progress=False)
     assert len(ids) == len(df) and not skipped and all(i[-1] == tok.eos_token_id for i in ids)
 

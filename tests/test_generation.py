@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
@@ -80,6 +82,20 @@ def test_generate_cli_prints_a_validity_table(run, capsys):
     assert "| parsable | " in out and "/2 |" in out
 
 
+def test_generated_texts_on_stdout_are_a_file_text_check_reads_whole(run, tmp_path, capsys):
+    """Without --quiet the texts go to stdout and the summary to stderr, so redirected output is a
+    file of texts only: `text check` gives one verdict per sample."""
+    assert main(["generate", str(run), "--prompt", "data_Na1Cl1", "--n", "2", "--max-new-tokens", "700",
+                 "--constrained", "--top-k", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "| parsable | " in captured.err and "| parsable | " not in captured.out
+    samples = tmp_path / "samples.txt"
+    samples.write_text(captured.out)
+    main(["text", "check", str(samples)])
+    verdicts = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(verdicts) == 2 and all(v["formula_consistent"] for v in verdicts)
+
+
 @pytest.mark.parametrize("name", ["crystext-cif", "crystext-compact"])
 def test_full_structures_forbid_the_header_only_branch_until_the_cell_is_written(name):
     from crystext.generation import CELL_DONE, HEADER_BRANCH, _NoHeaderOnly, line_start_token
@@ -130,10 +146,8 @@ def test_prompts_the_model_can_continue_are_accepted(prompt):
 
 
 def test_constrained_cli_writes_one_json_object_per_sample(run, tmp_path, capsys):
-    import json
-
     out = tmp_path / "samples.jsonl"
-    assert main(["generate", str(run), "--prompt", "data_Na1Cl1", "-n", "2", "--max-new-tokens", "700",
+    assert main(["generate", str(run), "--prompt", "data_Na1Cl1", "--n", "2", "--max-new-tokens", "700",
                  "--constrained", "--top-k", "0", "--out", str(out), "--quiet"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(r["constrained"] and r["prompt"] == "data_Na1Cl1" for r in rows)

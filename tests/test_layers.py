@@ -20,12 +20,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "crystext"
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "settings", "resources", "limits", "precision", "lineage", "batching", "atomic", "version",
         "decoding", "resolve", "quiet", "upload"),
-    1: ("text", "reading", "inputs", "spacegroups", "wyckoff_data", "composition", "descriptors", "builtin"),
-    2: ("tokenization",),
-    3: ("modeling", "corpus"),
+    1: ("text", "reading", "inputs", "spacegroups", "wyckoff_data", "composition", "descriptors", "builtin",
+        "tasks"),
+    2: ("tokenization", "encoding"),
+    3: ("modeling", "pretrain_config", "corpus"),
     4: ("training",),
     5: ("embeddings", "pipeline", "generation", "constrained"),
-    6: ("finetune",),
+    6: ("finetune", "finetune_config"),
     7: ("benchmark", "heads", "plots"),
     8: ("hub",),
     9: ("cli", "__main__", ""),  # "": the package facade, crystext/__init__.py

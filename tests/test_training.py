@@ -264,17 +264,19 @@ def test_two_process_ddp_stays_in_step_and_equals_one_process(corpus, tmp_path):
 
 
 def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leakage(corpus, tmp_path):
-    """corpus_identity.json holds every structure document's text hash (the identity the leakage
+    """corpus_identity.json.gz holds every structure document's text hash (the identity the leakage
     table computes for a test structure), formulas and (formula, space group) pairs; a run trained
     from another counts the init run's corpus too, and says so when the init run is missing."""
     from datasets import load_from_disk
 
     from crystext.benchmark.leakage import IDENTITY_FILE, corpus_identity, text_hash
     from crystext.corpus import build_corpus
+    from crystext.corpus.identity import read_identity
 
     base = pretrain(_tiny(dropout=0.0, mixed_precision="no"), corpus, tmp_path / "runs" / "base", max_steps=1,
                     progress=False)
-    ident = json.loads((base / IDENTITY_FILE).read_text())
+    ident = read_identity(base)
+    assert IDENTITY_FILE.endswith(".gz") and (base / IDENTITY_FILE).read_bytes()[:2] == b"\x1f\x8b"
     dd = load_from_disk(str(corpus))
     texts = [r["text"] for sp in dd for r in dd[sp] if r["kind"] == "structure"]
     assert set(ident["structure_text_sha1"]) == {text_hash(t) for t in texts} and len(texts) >= 30
@@ -300,7 +302,7 @@ def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leak
     # an init run without corpus_identity.json (older releases) is looked up beside the run
     (base / IDENTITY_FILE).unlink()
     older = pretrain(None, more, tmp_path / "runs" / "older", init=base, max_steps=1, progress=False)
-    assert "Fe2O3" not in json.loads((older / IDENTITY_FILE).read_text())["formulas"]
+    assert "Fe2O3" not in read_identity(older)["formulas"]
     assert "plus init run base" in corpus_identity(older).status  # rebuilt from base's sources
     shutil.rmtree(base)
     # the tuned run's own file carries its init run's corpus: nothing is lost with the init run
@@ -308,3 +310,25 @@ def test_a_run_ships_its_corpus_identity_and_an_init_runs_corpus_counts_for_leak
     assert "Fe2O3" in kept.formulas and {text_hash(t) for t in texts} <= kept.structures
     alone = corpus_identity(older)
     assert "Fe2O3" not in alone.formulas and "init run base not found" in alone.status
+
+
+def test_a_plain_json_identity_of_an_older_release_still_reads(tmp_path):
+    """Releases written before the gzip identity ship ``corpus_identity.json``: read_identity, the
+    leakage table and the element flags read it; a folder holding both prefers the gzip one."""
+    import gzip
+
+    from crystext.benchmark.leakage import corpus_identity
+    from crystext.corpus.identity import IDENTITY_FILE, PLAIN_IDENTITY_FILE, identity_bytes, read_identity
+
+    old = {"formulas": ["NaCl"], "structure_text_sha1": ["0123456789abcdef"], "formula_spacegroup": [["NaCl", 225]]}
+    (tmp_path / PLAIN_IDENTITY_FILE).write_text(json.dumps(old))
+    assert read_identity(tmp_path) == old
+    ident = corpus_identity(tmp_path)
+    assert ident.formulas == {"NaCl"} and ("NaCl", 225) in ident.formula_spacegroup
+    assert PLAIN_IDENTITY_FILE in ident.status
+    new = dict(old, formulas=["KBr"])
+    (tmp_path / IDENTITY_FILE).write_bytes(identity_bytes(new))
+    assert read_identity(tmp_path)["formulas"] == ["KBr"]
+    assert identity_bytes(new) == identity_bytes(new)  # no timestamp: the same identity, the same bytes
+    assert json.loads(gzip.decompress(identity_bytes(new))) == new
+    assert read_identity(tmp_path / "nowhere") is None

@@ -90,7 +90,8 @@ def time_texts(cifs: list[str]) -> tuple[list[str], float]:
 def time_model(name: str, run, texts: list[str], batch_size: int, repeats: int) -> dict:
     import torch
 
-    from crystext.embeddings import StructureEmbedder, encode_text, max_positions
+    from crystext.embeddings import StructureEmbedder, max_positions
+    from crystext.encoding import encode_text
 
     emb = StructureEmbedder(run, batch_size=batch_size, device="cpu" if not torch.cuda.is_available() else None)
     ids = [encode_text(t, emb.tokenizer, max_positions(emb.model)) for t in texts]

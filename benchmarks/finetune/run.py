@@ -26,15 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from crystext.tasks import SHARED_STRUCTURE_TASKS  # task folder -> folds (None: one split)
+
 HERE = Path(__file__).resolve().parent
-TASKS = {  # task -> (folder, target column or None, folds)
-    "perov_5": ("perov_5", "heat_all", None),
-    "carbon_24": ("carbon_24", "energy_per_atom", None),
-    "mp_e_form": ("mp_e_form", None, None),
-    "mp_dielectric_n": ("mp_dielectric_n", None, 5),
-    "mp_log_kvrh": ("mp_log_kvrh", None, 5),
-    "mp_log_gvrh": ("mp_log_gvrh", None, 5),
-}
 LR_GRID = {"head": (1e-3, 3e-3, 1e-2), "lora": (5e-4, 1e-3, 2e-3), "full": (1e-4, 2e-4, 5e-4)}
 FIELDS = ["task", "fold", "mode", "seed", "lr", "mae", "val_mae", "rmse", "r2", "best_epoch", "epochs",
           "s_per_epoch", "feature_s", "train_s", "n_train", "n_val", "n_test", "skipped", "precision", "run",
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="models/crystext-base")
     p.add_argument("--data", default=None, help="shared data folder (default crystext.settings.data_dir())")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(SHARED_STRUCTURE_TASKS), choices=list(SHARED_STRUCTURE_TASKS))
     p.add_argument("--modes", nargs="+", default=["head", "lora", "full"], choices=["head", "lora", "full"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--folds", nargs="+", type=int, default=None, help="folds of the fold tasks (default all 5)")
@@ -92,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from crystext.embeddings import weights_digest
-    from crystext.finetune import MODE_DEFAULTS, finetune
+    from crystext.finetune import finetune
+    from crystext.finetune_config import MODE_DEFAULTS
     from crystext.settings import data_dir
 
     data = Path(args.data) if args.data else data_dir(required=True)
@@ -115,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         key = (task, "" if fold is None else str(fold), mode, str(seed), f"{lr:g}", budget(caps(mode)))
         if key in finished:
             return finished[key]
-        folder, target, _ = TASKS[task]
         budget_tag = "".join(f"-{k}{v}" for k, v in caps(mode).items() if k not in ("run", "run_sha") and v)
         out = (Path(args.out) / (f"{run_name}-{run_sha[:8]}" if run_sha else run_name) / task / (f"fold{fold}" if fold is not None else "all")
                / f"{mode}-lr{lr:g}{budget_tag}-s{seed}")
         t0 = time.time()
-        s = finetune(args.run, data / folder, out, mode=mode, target=target, fold=fold, seed=seed, lr=lr,
+        # the target: the task folder's default (crystext.tasks.DEFAULT_TARGETS)
+        s = finetune(args.run, data / task, out, mode=mode, fold=fold, seed=seed, lr=lr,
                      epochs=None if mode == "head" else args.epochs, batch_size=args.batch_size, max_train=args.max_train,
                      max_val=args.max_val, max_test=args.max_test, precision=args.precision, device=args.device,
                      num_proc=args.num_proc, progress=sys.stderr.isatty(),
@@ -139,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     for task in args.tasks:
-        folds = [None] if TASKS[task][2] is None else (args.folds or list(range(TASKS[task][2])))
+        n_folds = SHARED_STRUCTURE_TASKS[task]
+        folds = [None] if n_folds is None else (args.folds or list(range(n_folds)))
         for mode in args.modes:
             grid = [MODE_DEFAULTS[mode]["lr"]] if args.no_grid else list(LR_GRID[mode])
             for fold in folds:

@@ -8,7 +8,7 @@ Prompts: the cell compositions (``data_`` lines of the canonical text) of perov_
 whose reduced formula is in none of the release corpora: not in perov_5/val (crystext-base and
 crystext-compact), not among the 132,752 Materials Project compositions of matbench_mp_e_form
 (crystext-compact's header documents, so also crystext-mp's lineage), not among the formulas of
-crystext-mp's corpus (``models/crystext-mp/corpus_identity.json``), not in carbon_24 or the AFLOW
+crystext-mp's corpus (``models/crystext-mp/corpus_identity.json.gz``), not in carbon_24 or the AFLOW
 prototypes. ``--prompts`` of them are drawn with ``--seed``. (The mp_e_form test compositions are
 in crystext-compact's corpus as header documents, so they do not qualify.)
 
@@ -44,6 +44,7 @@ def corpus_formulas(models: Path) -> set[str]:
     """Reduced formulas of every structure or header document of the release corpora."""
     from pymatgen.core import Composition
 
+    from crystext.corpus.identity import read_identity
     from crystext.settings import data_dir
 
     data = data_dir(required=True)
@@ -52,10 +53,8 @@ def corpus_formulas(models: Path) -> set[str]:
     seen |= {Composition(c).reduced_formula for c in mb.composition}
     seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / "perov_5" / "val.csv").formula}
     seen.add("C")
-    identity = models / "crystext-mp" / "corpus_identity.json"
-    if identity.is_file():
-        seen |= {Composition(f).reduced_formula for f in json.loads(identity.read_text()).get("formulas", [])
-                 if isinstance(f, str)}
+    identity = read_identity(models / "crystext-mp") or {}
+    seen |= {Composition(f).reduced_formula for f in identity.get("formulas", []) if isinstance(f, str)}
     return seen
 
 

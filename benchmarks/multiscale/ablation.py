@@ -3,9 +3,10 @@
 Data (shared data folder, see crystext.settings.data_dir; its README describes every set):
 ``perov_5`` (``heat_all``, eV/cell) and ``carbon_24`` (``energy_per_atom``, eV/atom): ``val.csv`` is
 the training split, ``test.csv`` the test split; ``mp_e_form``: train/val/test; ``mp_dielectric_n``,
-``mp_log_kvrh``, ``mp_log_gvrh``: 5 folds ``train{k}.csv``/``test{k}.csv`` (``--folds``). The
-inner validation split (choice of the fusion, early stopping) is ``--val-fraction`` of the training
-split (``mp_e_form``: its ``val.csv``). The test split is used for the reported MAE only.
+``mp_log_kvrh``, ``mp_log_gvrh``: 5 folds ``train{k}.csv``/``test{k}.csv`` (``--folds``); the
+files and targets are the task layer's (:func:`crystext.tasks.folder_task`). The inner validation
+split (choice of the fusion, early stopping) is ``--val-fraction`` of the training split (a setting
+of the heads; ``mp_e_form``'s ``val.csv`` is not read). The test split is used for the reported MAE only.
 
 Methods (``--method``):
 - ``stack`` (default): :class:`crystext.heads.StackedRegressor`: one regressor per branch,
@@ -56,20 +57,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-#: data set -> target column and (train, test) split pairs (one per fold)
-DATASETS = {
-    "perov_5": dict(target="heat_all", splits=[("val", "test")]),
-    "carbon_24": dict(target="energy_per_atom", splits=[("val", "test")]),
-    "mp_e_form": dict(target="target", splits=[("train", "test")]),  # inner validation from train.csv
-    "mp_dielectric_n": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
-    "mp_log_kvrh": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
-    "mp_log_gvrh": dict(target="target", splits=[(f"train{k}", f"test{k}") for k in range(5)]),
-}
+from crystext.tasks import DEFAULT_TARGETS
+from crystext.tasks import SHARED_STRUCTURE_TASKS as DATASETS  # data set -> folds (None: one split)
+
 DEFAULT_DATASETS = ["perov_5", "carbon_24", "mp_dielectric_n", "mp_log_kvrh", "mp_log_gvrh"]
 #: ACE settings per data set: many elements -> element-table channels (PCA 3), carbon -> one-hot
 MANY_ELEMENTS_ACE = dict(cutoff=5.0, n_radial=3, max_angular=3, species_components=3)
 ACE_PARAMS = {name: MANY_ELEMENTS_ACE for name in DATASETS}
 ACE_PARAMS["carbon_24"] = dict(cutoff=5.0, n_radial=6, max_angular=4, species_table=None)
+
+
+def split_files(name: str) -> list[tuple[str, str]]:
+    """(training file stem, test file stem) of each fold of a data set (``val``/``test`` for
+    perov_5 and carbon_24, whose ``val.csv`` is the training split)."""
+    from crystext.settings import data_dir
+    from crystext.tasks import folder_task
+
+    folder = data_dir(required=True) / name
+    n_folds = DATASETS[name]
+    tasks = [folder_task(folder, fold=k) for k in range(n_folds)] if n_folds else [folder_task(folder)]
+    return [(t.train.stem, t.test.stem) for t in tasks]
 
 
 def load_split(name: str, split: str, target: str, limit: int | None):
@@ -192,7 +199,7 @@ def featurise(args, name: str, branches: list[str], train_split: str = "val", te
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    target = DATASETS[name]["target"]
+    target = DEFAULT_TARGETS.get(name, "target")
     tag = _tag(train_split, test_split)
     ykey = cache / f"{name}{tag}_{args.limit_train}_{args.limit_test}_targets.npz"
     parsed = {}
@@ -327,7 +334,7 @@ def markdown(df: pd.DataFrame, command: str, notes: str | None = None) -> str:
         stats = sub.groupby("branches", sort=False).agg(mean=("mae", "mean"), std=("mae", "std"), count=("mae", "count"),
                                                          val_mae=("val_mae", "mean") if "val_mae" in sub else ("mae", "size"))
         raw = df[df.dataset == name]
-        target = DATASETS.get(name, {}).get("target", "")
+        target = DEFAULT_TARGETS.get(name, "target") if name in DATASETS else ""
         lines += [f"## {name} (`{target}`)", "",
                   "| branches | test MAE | val MAE | seeds | chosen | weights |", "|---|---|---|---|---|---|"]
         v = verdict.get(name, {})
@@ -484,7 +491,7 @@ def main(argv=None) -> int:
         pd.DataFrame(rows).to_csv(out, index=False)
 
     for name in args.datasets:
-        splits = DATASETS[name]["splits"]
+        splits = split_files(name)
         folds = [k for k in (args.folds if args.folds is not None else range(len(splits))) if k < len(splits)]
         for fold in folds:
             train_split, test_split = splits[fold]

@@ -8,7 +8,7 @@ structures whose (reduced formula, space-group number) pair matches a header-onl
 
 Where the identities come from, in order:
 
-1. ``<run>/corpus_identity.json`` (:data:`IDENTITY_FILE`), written by ``crystext pretrain`` from
+1. ``<run>/corpus_identity.json.gz`` (:data:`IDENTITY_FILE`; older runs: ``corpus_identity.json``), written by ``crystext pretrain`` from
    the corpus documents themselves (:func:`crystext.corpus.identity.identity_of_corpus`):
    ``{"symprec": 0.1, "formulas": [...reduced formulas...], "structure_text_sha1": [...16-hex
    SHA-1 of each structure document's canonical text...], "formula_spacegroup": [["Fe2O3", 167], ...],
@@ -39,7 +39,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..corpus.identity import IDENTITY_FILE, reduced_formula, text_hash, write_identity  # noqa: F401 - re-exported
+from ..corpus.identity import (IDENTITY_FILE, identity_path, read_identity, reduced_formula,  # noqa: F401 - re-exported
+                               text_hash, write_identity)
 
 SUMMARY_FILE = "corpus_summary.json"
 LEAKAGE_COLUMNS = ["run", "task", "test_rows", "test_compositions_in_corpus", "test_structures_in_corpus",
@@ -152,9 +153,37 @@ def _source_identity(spec: str, symprec: float, cache_dir: Path | None, n_jobs: 
 
 
 def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
-                    data_root: Path | None = None, n_jobs: int = 1, _seen: tuple = ()) -> CorpusIdentity:
-    """The identities of the run's pretraining corpus, and of its init run's (see the module docstring)."""
+                    data_root: Path | None = None, n_jobs: int = 1) -> CorpusIdentity:
+    """The identities of the run's pretraining corpus, of its init run's, and of every earlier run
+    of its training history (``lineage`` in ``training_config.json``) found beside it: a run
+    trained part by part under one name, whose shipped identity may lack the corpus of the run it
+    first started from, still counts that corpus (see the module docstring)."""
     run_dir = Path(run_dir)
+    ident = _with_init(run_dir, cache_dir, data_root, n_jobs)
+    try:
+        lineage = json.loads((run_dir / "training_config.json").read_text()).get("lineage") or []
+    except (OSError, ValueError):
+        lineage = []
+    for name in dict.fromkeys(str(r.get("run")) for r in lineage if isinstance(r, dict) and r.get("run")):
+        folder = run_dir.parent / Path(name).name
+        if name == run_dir.name or not folder.is_dir():
+            continue
+        more = _own_identity(folder, cache_dir, data_root, n_jobs)
+        if more.status.startswith("corpus not available"):
+            ident.status += f"; earlier run {name}: {more.status} (a lower bound)"
+            continue
+        new = len(more.structures - ident.structures) + len(more.formulas - ident.formulas)
+        ident.formulas |= more.formulas
+        ident.structures |= more.structures
+        ident.formula_spacegroup |= more.formula_spacegroup
+        if new:
+            ident.status += f"; plus earlier run {name} ({more.status})"
+    return ident
+
+
+def _with_init(run_dir: Path, cache_dir: Path | None, data_root: Path | None, n_jobs: int,
+               _seen: tuple = ()) -> CorpusIdentity:
+    """The identities of the run's own corpus and of its init run's, followed up the init chain."""
     ident = _own_identity(run_dir, cache_dir, data_root, n_jobs)
     try:
         init = json.loads((run_dir / "training_config.json").read_text()).get("init")
@@ -169,7 +198,7 @@ def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
     if not parent.is_dir():
         ident.status += f"; init run {init} not found (its corpus is not counted: a lower bound)"
         return ident
-    more = corpus_identity(parent, cache_dir, data_root, n_jobs, _seen + (init,))
+    more = _with_init(parent, cache_dir, data_root, n_jobs, _seen + (init,))
     if more.status.startswith("corpus not available"):
         ident.status += f"; init run {init}: {more.status} (a lower bound)"
         return ident
@@ -185,11 +214,11 @@ def corpus_identity(run_dir: str | os.PathLike, cache_dir: Path | None = None,
 
 def _own_identity(run_dir: Path, cache_dir: Path | None, data_root: Path | None, n_jobs: int) -> CorpusIdentity:
     """The identities of the run's own pretraining corpus."""
-    shipped = run_dir / IDENTITY_FILE
-    if shipped.is_file():
-        d = json.loads(shipped.read_text())
+    d = read_identity(run_dir)
+    if d is not None:
         return CorpusIdentity(set(d.get("formulas", [])), set(d.get("structure_text_sha1", [])),
-                              {(f, int(s)) for f, s in d.get("formula_spacegroup", [])}, f"{IDENTITY_FILE} of the run",
+                              {(f, int(s)) for f, s in d.get("formula_spacegroup", [])},
+                              f"{identity_path(run_dir).name} of the run",
                               includes_init=bool(d.get("includes_init")))
     summary = run_dir / SUMMARY_FILE
     if not summary.is_file():

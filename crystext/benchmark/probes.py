@@ -15,11 +15,11 @@ plus ``carbon_24`` as it is, so that the answer comes as a number in every ``cry
 
 Both mp_e_form probes are split **by formula** (:func:`split_by_formula`): every formula's
 structures go to one split, train / validation / test in :attr:`ProbeConfig.fractions`, seeded
-(:data:`crystext.benchmark.tasks.DATA_SEED`). Whole formulas are then taken in that seeded order
+(:data:`crystext.tasks.DATA_SEED`). Whole formulas are then taken in that seeded order
 until each split reaches its row cap (:attr:`ProbeConfig.max_rows`), so the probes run on 2 CPU cores
 in minutes. The probe tables are written once as ``{train,val,test}.csv`` (columns ``material_id,
 formula, cif, target``) under the benchmark cache and read back as ordinary structure tasks
-(:class:`~crystext.benchmark.tasks.Task`), so every vector set runs on them under the one protocol.
+(:class:`~crystext.tasks.Task`), so every vector set runs on them under the one protocol.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataNotFoundError
-from .tasks import DATA_SEED, Task, discover_tasks, read_split
+from ..tasks import DATA_SEED, Task, discover_tasks, read_split
 
 #: the folder of every probe task (``crystext benchmark --tasks probes`` selects the suite)
 PROBE_GROUP = "probes"

@@ -11,6 +11,7 @@ fixed setting for all. ``selected.csv`` holds the picked settings; ``results.csv
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -327,13 +328,8 @@ def probe_section(result, info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Path]) -> Path:
-    results = label_budget_limited(result.results)
-    summary = summarise(results)
-    regressors = [r for r in ("ridge", "hgb", "mlp", "trained") if r in set(results["regressor"])]
-    selected = label_budget_limited(result.selected) if getattr(result, "selected", None) is not None else (
-        selected_settings(results) if not results.empty else None)
-    groups = list(dict.fromkeys(summary["task"]))
+def _header_lines(info: dict[str, Any]) -> list[str]:
+    """Title, the command, run time and machine, and the protocol every representation went through."""
     lines = ["# Embedding benchmark", ""]
     if info.get("command"):
         lines += ["Command:", "", "```", info["command"], "```", ""]
@@ -378,30 +374,45 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
                 "cgcnn": "`cgcnn`: a CGCNN-style graph network trained on the task (regressor `trained`)"}
         lines += ["Structure baselines on structure tasks: " + "; ".join(what[b] for b in info["structure_baselines"])
                   + "." + ("" if not info.get("notes") else " " + "; ".join(info["notes"]) + "."), ""]
-    lines += graph_budget_note(result, info)
-    if selected is not None and not selected.empty:
-        lines += ["## Rank per task", "",
-                  "Test MAE (mean ± std over seeds and folds) of each representation's setting picked on "
-                  "validation, with its tie-aware rank; rank 1 in bold (several in a task = tied within noise).",
-                  "", rank_table(selected), "", "Wins and ties:", ""] + noise_summary(selected) + [""]
-    lines += probe_section(result, info)
+    return lines
+
+
+def _rank_lines(selected: pd.DataFrame | None) -> list[str]:
+    if selected is None or selected.empty:
+        return []
+    return ["## Rank per task", "",
+            "Test MAE (mean ± std over seeds and folds) of each representation's setting picked on "
+            "validation, with its tie-aware rank; rank 1 in bold (several in a task = tied within noise).",
+            "", rank_table(selected), "", "Wins and ties:", ""] + noise_summary(selected) + [""]
+
+
+def _runs_lines(results: pd.DataFrame, summary: pd.DataFrame, info: dict[str, Any]) -> list[str]:
+    """Our runs side by side (only when two or more ran)."""
     runs = [r for r in (info.get("runs") or {}) if r in set(summary["representation"])]
-    if len(runs) > 1:
-        table, tally = run_comparison_table(results, runs)
-        lines += ["## Our runs compared", "",
-                  "Test MAE of each run's element vectors (composition pooling) and structure vectors "
-                  "(layer / pooling), each at the setting picked on validation; the better run in bold when "
-                  "beyond seed noise. " + tally + ".", "", table, ""]
+    if len(runs) <= 1:
+        return []
+    table, tally = run_comparison_table(results, runs)
+    return ["## Our runs compared", "",
+            "Test MAE of each run's element vectors (composition pooling) and structure vectors "
+            "(layer / pooling), each at the setting picked on validation; the better run in bold when "
+            "beyond seed noise. " + tally + ".", "", table, ""]
+
+
+def _blowup_lines(results: pd.DataFrame) -> list[str]:
     flagged = blowups(results)
-    if not flagged.empty:
-        lines += ["## Fits whose test error is far above their validation error", "",
-                  f"{len(flagged)} setting(s) with test MAE > {BLOWUP_RATIO:g} x validation MAE (mean over seeds; "
-                  "excess above a tenth of the task's median test MAE), the worst 30:", "",
-                  _md_table(["task", "representation", "pooling", "regressor", "val MAE", "test MAE", "ratio"],
-                            [[r.task, r.representation, r.pooling, r.regressor, f"{r.val_mae:.4g}", f"{r.test_mae:.4g}",
-                              f"{r.ratio:.1f}"] for r in flagged.head(30).itertuples()]), ""]
-    else:
-        lines += [f"No fit has a test MAE above {BLOWUP_RATIO:g} x its validation MAE.", ""]
+    if flagged.empty:
+        return [f"No fit has a test MAE above {BLOWUP_RATIO:g} x its validation MAE.", ""]
+    return ["## Fits whose test error is far above their validation error", "",
+            f"{len(flagged)} setting(s) with test MAE > {BLOWUP_RATIO:g} x validation MAE (mean over seeds; "
+            "excess above a tenth of the task's median test MAE), the worst 30:", "",
+            _md_table(["task", "representation", "pooling", "regressor", "val MAE", "test MAE", "ratio"],
+                      [[r.task, r.representation, r.pooling, r.regressor, f"{r.val_mae:.4g}", f"{r.test_mae:.4g}",
+                        f"{r.ratio:.1f}"] for r in flagged.head(30).itertuples()]), ""]
+
+
+def _fixed_lines(results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The fixed-protocol table (mean pooling, HGB), and the first fold's alone."""
+    lines = []
     fixed = fixed_protocol_table(summary)
     if fixed:
         lines += ["## Fixed protocol: mean pooling + HistGradientBoosting", "",
@@ -412,17 +423,26 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
         tab = fixed_protocol_table(first)
         if tab:
             lines += [f"Fold `{fold_tasks[0]}` alone (fixed protocol):", "", tab, ""]
-    leak = getattr(result, "leakage", None)
-    if leak is not None and not leak.empty:
-        lines += ["## Leakage: test rows seen in pretraining", "",
-                  "Per run and task: test structures whose canonical text (or structure match) and test "
-                  "compositions whose reduced formula occur in the run's pretraining corpus.", "",
-                  _md_table(list(leak.columns), [[str(v) for v in row] for row in leak.itertuples(index=False)]), ""]
-    lines += ["## Test MAE per task", "",
-              "Per task: the picked setting of each representation (validation MAE, test MAE, interval of the "
-              "difference to the best, test/validation ratio; ⚠ above "
-              f"{BLOWUP_RATIO:g}), then the test MAE of every setting for transparency (mean ± std over "
-              "seeds and folds; the picked settings in bold).", ""]
+    return lines
+
+
+def _leakage_lines(leak: pd.DataFrame | None) -> list[str]:
+    if leak is None or leak.empty:
+        return []
+    return ["## Leakage: test rows seen in pretraining", "",
+            "Per run and task: test structures whose canonical text (or structure match) and test "
+            "compositions whose reduced formula occur in the run's pretraining corpus.", "",
+            _md_table(list(leak.columns), [[str(v) for v in row] for row in leak.itertuples(index=False)]), ""]
+
+
+def _task_lines(groups: list[str], summary: pd.DataFrame, selected: pd.DataFrame | None, regressors: list[str],
+                plot_files: list[Path]) -> list[str]:
+    """Per task group: the picked settings, every setting's test MAE, and the task's plot."""
+    lines = ["## Test MAE per task", "",
+             "Per task: the picked setting of each representation (validation MAE, test MAE, interval of the "
+             "difference to the best, test/validation ratio; ⚠ above "
+             f"{BLOWUP_RATIO:g}), then the test MAE of every setting for transparency (mean ± std over "
+             "seeds and folds; the picked settings in bold).", ""]
     for task in groups:
         lines += [f"### {task}", ""]
         if selected is not None and task in set(selected["task"]):
@@ -431,6 +451,12 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
         png = [p for p in plot_files if p.stem == _safe(task)]
         if png:
             lines += [f"![{task}](plots/{png[0].name})", ""]
+    return lines
+
+
+def _intrinsic_lines(result, plot_files: list[Path]) -> list[str]:
+    """Periodic-table nearest-neighbour accuracy and the agreement of the sets' similarity matrices."""
+    lines = []
     if not result.nn_accuracy.empty:
         lines += ["## Intrinsic element metrics", "",
                   "Leave-one-out nearest-neighbour (cosine, standardised columns) accuracy of an element's "
@@ -449,17 +475,42 @@ def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Pa
                       _md_table([""] + names, [[a] + [f"{m.loc[a, b]:.2f}" for b in names] for a in names]), ""]
         if any(p.stem == "similarity_spearman" for p in plot_files):
             lines += ["![similarity agreement](plots/similarity_spearman.png)", ""]
-    if not result.coverage.empty:
-        cov = result.coverage
-        lines += ["## Coverage", "", "Rows dropped from every representation alike:", "",
-                  _md_table(["task", "split", "rows", "used", "dropped", "why", "missing elements (rows)"],
-                            [[r.task, r.split, str(r.rows), str(r.used), str(r.dropped), r.reasons or "",
-                              r.missing_elements or ""] for r in cov.itertuples()]), ""]
-    ref = references_table(groups + sorted(set(results["task"])))
-    if ref:
-        lines += ["## Published reference numbers (context)", "",
-                  "Not produced by this run; full training sets, different models and, for the structure "
-                  "tasks, different (larger) splits: for scale only, never ranked.", "", ref, ""]
+    return lines
+
+
+def _coverage_lines(cov: pd.DataFrame) -> list[str]:
+    if cov.empty:
+        return []
+    return ["## Coverage", "", "Rows dropped from every representation alike:", "",
+            _md_table(["task", "split", "rows", "used", "dropped", "why", "missing elements (rows)"],
+                      [[r.task, r.split, str(r.rows), str(r.used), str(r.dropped), r.reasons or "",
+                        r.missing_elements or ""] for r in cov.itertuples()]), ""]
+
+
+def _reference_lines(tasks: list[str]) -> list[str]:
+    ref = references_table(tasks)
+    if not ref:
+        return []
+    return ["## Published reference numbers (context)", "",
+            "Not produced by this run; full training sets, different models and, for the structure "
+            "tasks, different (larger) splits: for scale only, never ranked.", "", ref, ""]
+
+
+def write_markdown(result, info: dict[str, Any], path: Path, plot_files: list[Path]) -> Path:
+    """``report.md``: protocol, ranks, probes, our runs, blow-ups, fixed protocol, leakage, every task's
+    table, intrinsic metrics, coverage and published references, from a :class:`BenchmarkResult`
+    and its ``run_info``."""
+    results = label_budget_limited(result.results)
+    summary = summarise(results)
+    regressors = [r for r in ("ridge", "hgb", "mlp", "trained") if r in set(results["regressor"])]
+    selected = label_budget_limited(result.selected) if getattr(result, "selected", None) is not None else (
+        selected_settings(results) if not results.empty else None)
+    groups = list(dict.fromkeys(summary["task"]))
+    lines = (_header_lines(info) + graph_budget_note(result, info) + _rank_lines(selected)
+             + probe_section(result, info) + _runs_lines(results, summary, info) + _blowup_lines(results)
+             + _fixed_lines(results, summary) + _leakage_lines(getattr(result, "leakage", None))
+             + _task_lines(groups, summary, selected, regressors, plot_files) + _intrinsic_lines(result, plot_files)
+             + _coverage_lines(result.coverage) + _reference_lines(groups + sorted(set(results["task"]))))
     path.write_text("\n".join(lines))
     return path
 
@@ -538,7 +589,9 @@ def plot_similarity(similarity: pd.DataFrame, names: list[str], folder: Path, co
 
 
 def write_outputs(result, out: Path, info: dict[str, Any], report: bool = True, plots: bool = True) -> list[Path]:
-    """Write results.csv, coverage.csv, intrinsic_*.csv, run_info.json, plots/ and report.md under ``out``."""
+    """Write results.csv, coverage.csv, intrinsic_*.csv, run_info.json, plots/ and report.md under ``out``;
+    with the picked settings also selected.csv and their per-row test errors (test_errors.csv.gz,
+    what recomputing the tie-aware ranks needs: :func:`crystext.benchmark.selection.errors_from_table`)."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
     # %.6g: enough digits for MAEs, and identical text for identical runs
@@ -552,6 +605,13 @@ def write_outputs(result, out: Path, info: dict[str, Any], report: bool = True, 
     if getattr(result, "selected", None) is not None:
         result.selected.to_csv(out / "selected.csv", index=False, float_format="%.6g")
         files.append(out / "selected.csv")
+        if getattr(result, "errors", None):
+            from .selection import ERRORS_FILE, picked_errors
+
+            # %.9g and no timestamp in the gzip header: the same run writes the same bytes
+            text = picked_errors(result.results, result.errors).to_csv(index=False, float_format="%.9g")
+            (out / ERRORS_FILE).write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
+            files.append(out / ERRORS_FILE)
     if getattr(result, "leakage", None) is not None:
         result.leakage.to_csv(out / "leakage.csv", index=False)
         files.append(out / "leakage.csv")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..composition import load_element_table
+from ..encoding import DEFAULT_SYMPREC, TextCache
 from ..errors import ConfigError
 
 PREFIX = "crystext-"
@@ -212,61 +213,42 @@ def element_sets(baselines: Iterable[str] = (), tables: Mapping[str, Any] | None
     return sets
 
 
-def _texts_of(cifs: Sequence[str], symprec: float) -> list[tuple[str | None, str | None]]:
-    """(text, None) or (None, error type) per CIF."""
-    from ..inputs import to_structure
-    from ..text import structure_to_text
+def _adopt_sharded_texts(cache: TextCache, cifs: Sequence[str], folder: Path) -> None:
+    """Move the texts an earlier benchmark cached in 256 JSON shards (``texts/sym<symprec>/``,
+    keyed by the CIF's SHA-1) into ``cache``, so a cache made before the JSONL one is reused, not
+    converted again."""
+    if not folder.is_dir():
+        return
+    wanted = {}
+    for cif in cifs:
+        key = cache.key(cif)
+        if key not in cache.data:
+            wanted.setdefault(hashlib.sha1(cif.encode("utf-8", "replace")).hexdigest()[:16], key)
+    shards: dict[str, dict] = {}
+    found = {}
+    for old, key in wanted.items():
+        if old[:2] not in shards:
+            shard = folder / f"{old[:2]}.json"
+            shards[old[:2]] = json.loads(shard.read_text()) if shard.is_file() else {}
+        if old in shards[old[:2]]:
+            text, reason = shards[old[:2]][old]
+            found[key] = (text, None if text is not None else str(reason))
+    cache.add(found)
 
-    out = []
-    for i, cif in enumerate(cifs):
-        try:
-            out.append((structure_to_text(to_structure(cif, name=f"row {i}"), symprec=symprec), None))
-        except Exception as exc:  # noqa: BLE001 - batch work counts bad records
-            out.append((None, type(exc).__name__))
-    return out
 
-
-def _text_chunk(cifs: Sequence[str], start: int, symprec: float) -> list[tuple[str | None, str | None]]:
-    return _texts_of(cifs, symprec)
-
-
-def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = 0.1,
+def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = DEFAULT_SYMPREC,
                     n_jobs: int = 1) -> tuple[list[str | None], Counter]:
-    """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts.
+    """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts
+    by reason, from the encode step's :class:`crystext.encoding.TextCache`.
 
-    Cached per structure (SHA-1 of the CIF text) under ``cache_dir/texts/sym<symprec>/``, in 256
-    shards, so folds, targets and reruns that share structures convert each once. ``n_jobs`` > 1
-    converts the missing ones in that many processes.
+    Cached per structure in ``cache_dir/texts/symprec-<symprec>.jsonl`` (in memory only without
+    ``cache_dir``), so folds, targets and reruns that share structures convert each once.
+    ``n_jobs`` > 1 converts the missing ones in that many processes.
     """
-    keys = [hashlib.sha1(c.encode("utf-8", "replace")).hexdigest()[:16] for c in cifs]
-    folder = Path(cache_dir) / "texts" / f"sym{symprec:g}" if cache_dir is not None else None
-    store: dict[str, list] = {}
-    shards = sorted({k[:2] for k in keys})
-    if folder is not None:
-        for shard in shards:
-            path = folder / f"{shard}.json"
-            if path.is_file():
-                store.update(json.loads(path.read_text()))
-    todo = list(dict.fromkeys(k for k in keys if k not in store))
-    if todo:
-        first = {}
-        for k, c in zip(keys, cifs):
-            first.setdefault(k, c)
-        items = [first[k] for k in todo]
-        from .structures import map_chunks
-
-        done = [x for part in map_chunks(_text_chunk, items, n_jobs, symprec) for x in part]
-        new = {k: list(v) for k, v in zip(todo, done)}
-        store.update(new)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            for shard in sorted({k[:2] for k in new}):
-                path = folder / f"{shard}.json"
-                saved = json.loads(path.read_text()) if path.is_file() else {}
-                saved.update({k: v for k, v in new.items() if k[:2] == shard})
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(saved))
-                os.replace(tmp, path)
-    texts = [store[k][0] for k in keys]
-    skipped = Counter(store[k][1] for k in keys if store[k][0] is None)
-    return texts, skipped
+    path = Path(cache_dir) / "texts" / f"symprec-{symprec}.jsonl" if cache_dir is not None else None
+    cache = TextCache(path, symprec, persist=path is not None)
+    if cache_dir is not None:
+        _adopt_sharded_texts(cache, cifs, Path(cache_dir) / "texts" / f"sym{symprec:g}")
+    results = cache.texts(list(cifs), num_proc=n_jobs, progress=False)
+    skipped = Counter(err.split(":", 1)[0] for text, err in results if text is None)
+    return [text for text, _ in results], skipped

@@ -1,8 +1,9 @@
 """``run_benchmark``: every task x representation x setting x seed, under one protocol.
 
-Order of work (all deterministic):
+Its settings are one :class:`~crystext.benchmark.config.BenchmarkSettings` (keyword arguments or
+``settings=``). Order of work (all deterministic):
 
-1. discover the tasks (:func:`~crystext.benchmark.tasks.discover_tasks`; composition tasks, and
+1. discover the tasks (:func:`~crystext.tasks.discover_tasks`; composition tasks, and
    structure tasks = any task folder whose CSVs have a ``cif`` column) and load the vector sets
    (ElementEmbeddings baselines, extra tables, our runs' element vectors);
 2. per task, read the splits (caps on the rows of huge tasks, seeded; an inner validation split
@@ -13,7 +14,8 @@ Order of work (all deterministic):
    cannot featurise; the counts go to ``coverage.csv`` and the report;
 3. per (task, representation, setting): ridge and HGB once (deterministic, seed = the first
    seed), the MLP once per seed, the graph network once per graph seed; test and validation MAE
-   per fit (``results.csv``), per-row test errors kept in memory;
+   per fit (``results.csv``), per-row test errors kept in memory (those of the picked settings
+   written as ``test_errors.csv.gz``);
 4. per (task group, representation): the setting with the lowest validation MAE, its test MAE,
    tie-aware ranks by paired bootstrap (``selected.csv``, :mod:`.selection`); the leakage table
    of our runs (``leakage.csv``, :mod:`.leakage`); intrinsic metrics; ``report.md`` and plots.
@@ -26,8 +28,8 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +37,17 @@ import numpy as np
 import pandas as pd
 
 from ..composition import BASELINES, composition_embeddings, parse_formula
-from ..errors import ConfigError
 from ..settings import data_dir
-from .protocol import DETERMINISTIC, QUICK, REGRESSORS, ProtocolConfig, fit_predict_seeds, mae
-from .representations import Run, element_sets, resolve_precision, structure_texts
-from .structures import (QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig, crystal_graphs, fit_cgcnn_seeds,
-                         parse_structures, structure_vectors)
+from ..tasks import Split, Task, discover_tasks, load_splits
+from .config import BenchmarkSettings
+from .protocol import DETERMINISTIC, ProtocolConfig, fit_predict_seeds, mae
+from .representations import Run, element_sets, structure_texts
+from .structures import StructureConfig, crystal_graphs, fit_cgcnn_seeds, parse_structures, structure_vectors
 from .leakage import task_identities
 from .probes import resolve_tasks
-from .tasks import Split, Task, discover_tasks, load_splits
+from .selection import selected_settings
 
 RESULT_COLUMNS = ["task", "representation", "pooling", "regressor", "seed", "metric", "value"]
-COMPOSITION_POOLINGS = ("mean", "stats4")
-#: full-mode caps: training / validation rows of every task (composition and structure) above these
-#: are subsampled to them (seeded); test splits are used whole. They keep the whole suite (16
-#: tasks, 10 vector sets, 2 runs' structure views) inside 30 minutes on 2 CPU cores; pass
-#: a cap of 0 means none (``--max-train 0 --max-val 0``: the published full splits)
-MAX_TRAIN, MAX_VAL, MAX_TEST = 2000, 1000, None
-QUICK_MAX = (300, 100, 300)
 
 
 @dataclass
@@ -107,6 +102,89 @@ def _coverage_reasons(split: Split) -> Counter:
     return reasons
 
 
+def _parse_compositions(formulas: Sequence[str], common: set, reasons: Counter,
+                        missing: Counter) -> tuple[np.ndarray, list]:
+    """``(keep, compositions)``: a formula is kept when it parses and every element is in every
+    compared vector set (``common``); the others are counted in ``reasons`` (and ``missing``)."""
+    keep = np.ones(len(formulas), dtype=bool)
+    comps = []
+    for i, f in enumerate(formulas):
+        try:
+            amounts = parse_formula(f)
+        except Exception:  # noqa: BLE001 - counted, never fatal
+            keep[i] = False
+            reasons["unparsable formula"] += 1
+            comps.append(None)
+            continue
+        lacking = set(amounts) - common
+        if lacking:
+            keep[i] = False
+            reasons["element missing from a vector set"] += 1
+            missing.update(lacking)
+        comps.append(amounts)
+    return keep, comps
+
+
+def _run_vectors(task: Task, split: str, cifs: list[str], runs: Sequence[Run], structure_layers: Sequence[Any],
+                 structure_poolings: Sequence[str], cache_dir: Path | None, log, lm_precision: str, n_jobs: int,
+                 reasons: Counter) -> tuple[dict[str, np.ndarray], np.ndarray, list]:
+    """Our runs' structure vectors of ``cifs`` (``"name|structure-pooling-Llayer"`` -> (n, d), NaN rows
+    where a CIF has no canonical text), the mask of the structures every run embeds, and the texts."""
+    texts, bad = structure_texts(cifs, cache_dir, n_jobs=n_jobs)
+    for reason, n in bad.items():
+        reasons[f"no canonical text ({reason})"] += n
+    has_text = np.array([t is not None for t in texts], dtype=bool)
+    good_texts = [t for t in texts if t is not None]
+    ok_runs = np.ones(len(good_texts), dtype=bool)
+    vecs: dict[str, np.ndarray] = {}
+    for run in runs:
+        views = [(layer, pooling) for layer in run.resolve_layers(structure_layers) for pooling in structure_poolings]
+        log(f"  {task.name} {split}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
+        for (layer, pooling), (v, ok, skipped) in run.structure_views(
+                good_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
+            for reason, n in skipped.items():  # the same texts fail at every layer: count once
+                key = f"{run.name} cannot embed ({reason})"
+                reasons[key] = max(reasons[key], int(n))
+            ok_runs &= ok
+            full = np.full((len(cifs), v.shape[1]), np.nan, dtype=np.float32)
+            full[has_text] = v
+            vecs[f"{run.name}|structure-{pooling}-L{layer}"] = full
+    ok_all = has_text.copy()
+    ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
+    return vecs, ok_all, texts
+
+
+def _baseline_vectors(task: Task, split: str, cifs: list[str], structure_baselines: Sequence[str],
+                      structure_config: StructureConfig, cache_dir: Path | None, log, n_jobs: int,
+                      reasons: Counter) -> tuple[dict[str, np.ndarray], np.ndarray, list | None]:
+    """The structure baselines' vectors of ``cifs`` (``"name|structure"`` -> (n, d)), the mask of the
+    structures every baseline featurises, and the CGCNN graphs (None unless ``cgcnn`` is a baseline)."""
+    structures, bad = parse_structures(cifs, n_jobs=n_jobs)
+    for reason, n in bad.items():
+        reasons[f"unreadable CIF ({reason})"] += n
+    parsed = np.array([s is not None for s in structures], dtype=bool)
+    ok_all = parsed.copy()
+    vecs: dict[str, np.ndarray] = {}
+    graphs = None
+    for base in structure_baselines:
+        if base == "cgcnn":
+            graphs = crystal_graphs(structures, structure_config)
+            no_graph = np.array([x is None for x in graphs], dtype=bool)
+            if (no_graph & parsed).any():
+                reasons["cgcnn cannot build the graph"] += int((no_graph & parsed).sum())
+            ok_all &= ~no_graph
+            continue
+        log(f"  {task.name} {split}: {base} vectors ({len(cifs)} structures)")
+        v, _ = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.name.split("/")[0],
+                                 n_jobs=n_jobs)
+        finite = np.isfinite(v).all(axis=1) if v.shape[1] else np.zeros(len(cifs), dtype=bool)
+        if (~finite & parsed).any():
+            reasons[f"{base} cannot featurise"] += int((~finite & parsed).sum())
+        ok_all &= finite
+        vecs[f"{base}|structure"] = v
+    return vecs, ok_all, graphs
+
+
 def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[Run], caps: tuple,
                   structure_layers: Sequence[Any], structure_poolings: Sequence[str], cache_dir: Path | None,
                   log, lm_precision: str = "float32", structure_baselines: Sequence[str] = (),
@@ -128,79 +206,29 @@ def _prepare_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[R
     for name, split in splits.items():
         reasons: Counter = _coverage_reasons(split)
         missing: Counter = Counter()
-        keep = np.ones(len(split), dtype=bool)
-        comps = []
-        for i, f in enumerate(split.formulas):
-            try:
-                amounts = parse_formula(f)
-            except Exception:  # noqa: BLE001 - counted, never fatal
-                keep[i] = False
-                reasons["unparsable formula"] += 1
-                comps.append(None)
-                continue
-            lacking = set(amounts) - common
-            if lacking:
-                keep[i] = False
-                reasons["element missing from a vector set"] += 1
-                missing.update(lacking)
-            comps.append(amounts)
+        keep, comps = _parse_compositions(split.formulas, common, reasons, missing)
         if task.kind == "structure" and (runs or structure_baselines):
             kept = np.flatnonzero(keep)
             cifs = [split.cifs[i] for i in kept]
             ok_all = np.ones(len(kept), dtype=bool)
             vecs: dict[str, np.ndarray] = {}
             if runs:
-                texts, bad = structure_texts(cifs, cache_dir, n_jobs=n_jobs)
-                for reason, n in bad.items():
-                    reasons[f"no canonical text ({reason})"] += n
-                has_text = np.array([t is not None for t in texts], dtype=bool)
-                ok_all &= has_text
-                good_texts = [t for t in texts if t is not None]
-                ok_runs = np.ones(len(good_texts), dtype=bool)
-                for run in runs:
-                    views = [(layer, pooling) for layer in run.resolve_layers(structure_layers)
-                             for pooling in structure_poolings]
-                    log(f"  {task.name} {name}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
-                    for (layer, pooling), (v, ok, skipped) in run.structure_views(
-                            good_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
-                        for reason, n in skipped.items():  # the same texts fail at every layer: count once
-                            key = f"{run.name} cannot embed ({reason})"
-                            reasons[key] = max(reasons[key], int(n))
-                        ok_runs &= ok
-                        full = np.full((len(kept), v.shape[1]), np.nan, dtype=np.float32)
-                        full[has_text] = v
-                        vecs[f"{run.name}|structure-{pooling}-L{layer}"] = full
-                ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
-                all_texts = texts
+                v, ok, texts = _run_vectors(task, name, cifs, runs, structure_layers, structure_poolings, cache_dir,
+                                            log, lm_precision, n_jobs, reasons)
+                vecs.update(v)
+                ok_all &= ok
+            g = None
             if structure_baselines:
-                structures, bad = parse_structures(cifs, n_jobs=n_jobs)
-                for reason, n in bad.items():
-                    reasons[f"unreadable CIF ({reason})"] += n
-                ok_all &= np.array([s is not None for s in structures], dtype=bool)
-                for base in structure_baselines:
-                    if base == "cgcnn":
-                        g = crystal_graphs(structures, structure_config)
-                        fail = np.array([x is None for x in g], dtype=bool) & np.array([s is not None for s in structures])
-                        if fail.any():
-                            reasons["cgcnn cannot build the graph"] += int(fail.sum())
-                        ok_all &= ~np.array([x is None for x in g], dtype=bool)
-                        graphs[name] = g
-                        continue
-                    log(f"  {task.name} {name}: {base} vectors ({len(cifs)} structures)")
-                    v, n_failed = structure_vectors(base, cifs, structures, structure_config, cache_dir, task.name.split("/")[0],
-                                                    n_jobs=n_jobs)
-                    finite = np.isfinite(v).all(axis=1) if v.shape[1] else np.zeros(len(cifs), dtype=bool)
-                    fail = ~finite & np.array([s is not None for s in structures])
-                    if fail.any():
-                        reasons[f"{base} cannot featurise"] += int(fail.sum())
-                    ok_all &= finite
-                    vecs[f"{base}|structure"] = v
+                v, ok, g = _baseline_vectors(task, name, cifs, structure_baselines, structure_config, cache_dir,
+                                             log, n_jobs, reasons)
+                vecs.update(v)
+                ok_all &= ok
             keep[kept[~ok_all]] = False
             struct[name] = {k: v[ok_all] for k, v in vecs.items()}
             if runs and name == "test":
-                test_texts = [t for t, ok in zip(all_texts, ok_all) if ok]
-            if name in graphs:
-                graphs[name] = [g for g, ok in zip(graphs[name], ok_all) if ok]
+                test_texts = [t for t, ok in zip(texts, ok_all) if ok]
+            if g is not None:
+                graphs[name] = [x for x, ok in zip(g, ok_all) if ok]
         rows_read = len(keep) + sum(split.skipped.values())
         splits[name] = split.take(keep)
         parsed[name] = [c for c, k in zip(comps, keep) if k]
@@ -264,190 +292,151 @@ def _units(task: Task, sets, poolings, splits, parsed, struct, graphs, regressor
         yield _fit_graph_unit, (task.name, graphs, y, seeds[:max(1, structure_config.cgcnn_seeds)], structure_config)
 
 
+@dataclass
+class _Collected:
+    """What the per-task loop gathers for the tables, the selection and run_info."""
+
+    rows: list[dict] = field(default_factory=list)
+    errors: dict = field(default_factory=dict)
+    coverage: list[dict] = field(default_factory=list)
+    task_seconds: dict[str, float] = field(default_factory=dict)
+    prepare_seconds: dict[str, float] = field(default_factory=dict)
+    #: task group -> test identities (:func:`~crystext.benchmark.leakage.task_identities`)
+    identities: dict[str, dict] = field(default_factory=dict)
+
+    def add_identities(self, group: str, ids: dict) -> None:
+        if group in self.identities:  # folds: their test rows are disjoint, count them all
+            for k in ids:
+                if ids[k] is not None:
+                    self.identities[group][k] = (self.identities[group][k] or []) + ids[k]
+        else:
+            self.identities[group] = ids
+
+
+def _benchmark_task(task: Task, sets: Mapping[str, pd.DataFrame], runs: Sequence[Run], s: BenchmarkSettings,
+                    got: _Collected, log) -> None:
+    """Prepare one task's features, fit every work unit, add the rows, errors and timings to ``got``."""
+    t0 = time.perf_counter()
+    splits, parsed, struct, graphs, cov, test_texts = _prepare_task(
+        task, sets, runs, s.caps, s.structure_layers, s.structure_poolings, s.cache_dir, log, s.lm_precision,
+        s.structure_baselines if task.kind == "structure" else (), s.structure_config, s.n_jobs)
+    got.coverage += cov
+    got.prepare_seconds[task.name] = round(time.perf_counter() - t0, 1)
+    if runs and s.leakage:
+        got.add_identities(task.group, task_identities(splits["test"].formulas,
+                                                        test_texts if task.kind == "structure" else None))
+    if min(len(split) for split in splits.values()) < 2:
+        log(f"{task.name}: skipped, too few usable rows ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
+        return
+    units = _units(task, sets, s.poolings, splits, parsed, struct, graphs, s.regressors, s.seeds, s.config,
+                   s.structure_config)
+    if s.n_jobs == 1:
+        parts = [fn(*args) for fn, args in units]
+    else:
+        from joblib import Parallel, delayed
+
+        parts = Parallel(n_jobs=s.n_jobs)(delayed(fn)(*args) for fn, args in units)
+    for r, e in parts:
+        got.rows += r
+        got.errors.update(e)
+    got.task_seconds[task.name] = round(time.perf_counter() - t0, 1)
+    log(f"{task.name}: {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} rows, "
+        f"{got.task_seconds[task.name]:.0f} s ({got.prepare_seconds[task.name]:.0f} s preparing features)")
+
+
+def _result_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(results, fits)`` from the fit rows: results in the ``results.csv`` layout, fits one row per test MAE."""
+    everything = pd.DataFrame(rows, columns=RESULT_COLUMNS + ["_seconds", "_cpu", "_features", "_info"])
+    everything = everything.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
+    fits = everything[everything["metric"] == "mae"].drop(columns=["metric", "value"]).rename(
+        columns={"_seconds": "seconds", "_cpu": "cpu_seconds", "_features": "features", "_info": "fit_info"})
+    return everything[RESULT_COLUMNS].copy(), fits
+
+
+def _intrinsic_tables(sets: Mapping[str, pd.DataFrame], intrinsic: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(similarity agreement, periodic nearest-neighbour accuracy)``; empty unless two sets or more."""
+    if intrinsic and len(sets) > 1:
+        from .intrinsic import periodic_nn_accuracy, similarity_agreement
+
+        return similarity_agreement(sets), periodic_nn_accuracy(sets)
+    return (pd.DataFrame(columns=["set_a", "set_b", "n_elements", "pearson", "spearman"]),
+            pd.DataFrame(columns=["representation", "n_elements", "group_accuracy", "block_accuracy"]))
+
+
+def _run_info(s: BenchmarkSettings, data: Path, seconds: float, task_list: Sequence[Task], sets, runs: Sequence[Run],
+              notes: list[str], probe_info: dict, got: _Collected, phase_seconds: dict,
+              cached_at_start: int) -> dict[str, Any]:
+    """``run_info.json``: the resolved settings, timings and the machine."""
+    caps = s.caps
+    return {"command": s.command, "seconds": round(seconds, 1), "tasks": [t.name for t in task_list],
+            "representations": list(sets), "runs": {r.name: str(r.source) for r in runs},
+            "seeds": list(s.seeds), "n_boot": s.n_boot, "regressors": list(s.regressors), "poolings": list(s.poolings),
+            "caps": {"train": caps[0], "val": caps[1], "test": caps[2]}, "quick": s.quick, "n_jobs": s.n_jobs,
+            "lm_precision": s.lm_precision if runs else None,
+            "structure_baselines": list(s.structure_baselines), "structure_config": s.structure_config.as_dict(),
+            "notes": notes, "probes": probe_info, "task_seconds": got.task_seconds,
+            "prepare_seconds": got.prepare_seconds, "phase_seconds": phase_seconds,
+            "cached_vector_files_at_start": cached_at_start, "protocol": s.config.as_dict(), "data": str(data),
+            "python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
 def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike | None = "benchmark-results",
-                  runs: Iterable[Any] = (), tables: Mapping[str, Any] | None = None,
-                  baselines: Iterable[str] | None = None, tasks: Iterable[str] | None = None,
-                  quick: bool = False, seeds: Sequence[int] | None = None,
-                  poolings: Sequence[str] = COMPOSITION_POOLINGS, regressors: Sequence[str] = REGRESSORS,
-                  max_train: int | None = None, max_val: int | None = None, max_test: int | None = None,
-                  structure_layers: Sequence[Any] = ("middle", "last"), structure_poolings: Sequence[str] = ("mean", "last"),
-                  config: ProtocolConfig | None = None, n_jobs: int = 1, cache_dir: str | os.PathLike | None = None,
-                  lm_precision: str = "auto", structure_baselines: Sequence[str] | None = None,
-                  structure_config: StructureConfig | None = None, n_boot: int | None = None,
-                  leakage: bool = True, probes: bool = True,
-                  intrinsic: bool = True, report: bool = True, plots: bool = True, progress: bool = True,
-                  command: str | None = None) -> BenchmarkResult:
+                  *, settings: BenchmarkSettings | None = None, **options: Any) -> BenchmarkResult:
     """Benchmark element-vector sets (and our runs' structure vectors) on every task under ``data``.
 
     Args:
         data: a folder of tasks (default: the shared data folder, :func:`crystext.settings.data_dir`):
             ``<task>/{train,val,test}.csv``, Matbench-style ``{train,val,test}<k>.csv`` folds, and the
-            structure sets ``perov_5`` / ``carbon_24`` (see :mod:`crystext.benchmark.tasks`).
-        out: output folder (``results.csv``, ``coverage.csv``, ``intrinsic_*.csv``, ``report.md``,
-            ``plots/``, ``run_info.json``); ``None`` writes nothing.
-        runs: our trained runs: run folders, ``"NAME=PATH"``, ``(name, (model, tokenizer))`` pairs; each
-            is reported as ``crystext-<name>`` (element vectors, and structure vectors on structure tasks).
-        tables: extra element tables, name -> DataFrame / CSV path / ElementEmbeddings name.
-        baselines: ElementEmbeddings set names (default :data:`crystext.composition.BASELINES`).
-        tasks: task names to keep (a group name keeps all its folds / targets); default all.
-        quick: tiny caps (300/100/300 rows), one seed, small regressors: for tests and smoke runs.
-        seeds: MLP seeds (default (0, 1, 2); quick: (0,)); ridge and HGB are deterministic and run
-            once, recorded under the first seed.
-        poolings: composition poolings (see :func:`crystext.composition_embeddings`).
-        regressors: any of ``ridge``, ``hgb``, ``mlp``.
-        max_train, max_val, max_test: row caps per split (default 2000 / 1000 / none; quick 300/100/300; 0 = no cap), seeded.
-        structure_layers: layers of our runs' structure vectors: ints, ``"middle"``, ``"last"``.
-        structure_poolings: ``"mean"`` and/or ``"last"``.
-        config: protocol hyper-parameters (default :class:`ProtocolConfig`, quick :data:`QUICK`).
-        n_jobs: parallel work units (joblib processes); each fit is single-threaded, so results do
-            not depend on ``n_jobs``.
-        cache_dir: where structure texts and vectors are cached (default ``$CRYSTEXT_CACHE`` or
-            ``~/.cache/crystext``, ``/benchmark``).
-        lm_precision: our runs' structure forward pass: ``"float32"``, ``"bfloat16"`` (autocast) or
-            ``"auto"`` (bf16 on a CPU with native bf16 matmuls, ~3x faster there, vectors within ~1e-5
-            cosine of float32; float32 elsewhere). The choice is recorded in ``run_info.json``.
-        structure_baselines: on structure tasks, any of ``ace``, ``chgnet``, ``cgcnn`` (default all
-            three; ``chgnet`` is left out, and said so, when the optional package is missing); see
-            :mod:`crystext.benchmark.structures`.
-        structure_config: their settings (default :class:`StructureConfig`, quick
-            :data:`QUICK_STRUCTURE`).
-        n_boot: paired-bootstrap resamples for the tie-aware ranks (default
-            :data:`crystext.benchmark.selection.N_BOOT`; quick 200).
-        probes: add the geometry probes (:mod:`crystext.benchmark.probes`: ``probes/polymorph``,
-            ``probes/geometry``, built from ``mp_e_form``) when ``tasks`` is ``None`` and the data holds
-            ``mp_e_form``; ``tasks`` may name them, or ``"probes"`` for them and carbon_24.
-        leakage: count, per run and task, the test compositions and structures found in the run's
-            pretraining corpus (:mod:`crystext.benchmark.leakage`; leakage.csv and the report).
-        intrinsic, report, plots: compute intrinsic metrics / write report.md / draw plots.
-        command: the command line to quote in the report.
+            structure sets ``perov_5`` / ``carbon_24`` (see :mod:`crystext.tasks`).
+        out: output folder (``results.csv``, ``selected.csv``, ``test_errors.csv.gz``, ``coverage.csv``,
+            ``intrinsic_*.csv``, ``report.md``, ``plots/``, ``run_info.json``); ``None`` writes nothing.
+        settings: a :class:`~crystext.benchmark.config.BenchmarkSettings` (default: its defaults).
+        **options: any of its fields, overriding ``settings`` (``runs``, ``tasks``, ``quick``,
+            ``seeds``, ``regressors``, ``max_train``, ``structure_baselines``, ``n_boot``, ``plots``, ...).
 
     Returns:
         :class:`BenchmarkResult` (results in the ``results.csv`` layout:
         ``task, representation, pooling, regressor, seed, metric, value``).
     """
     start = time.perf_counter()
-    log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    settings = replace(settings or BenchmarkSettings(), **options)
+    log = (lambda msg: print(msg, flush=True)) if settings.progress else (lambda msg: None)
     data = Path(data) if data is not None else _default_data()
-    if seeds is None:
-        seeds = (0,) if quick else (0, 1, 2)
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ConfigError("at least one seed is needed")
-    for r in regressors:
-        if r not in REGRESSORS:
-            raise ConfigError(f"regressor must be one of {REGRESSORS}, not {r!r}")
-    config = config or (QUICK if quick else ProtocolConfig())
-    qt, qv, qs = QUICK_MAX if quick else (MAX_TRAIN, MAX_VAL, MAX_TEST)
-    caps = tuple(None if c == 0 else c for c in (max_train if max_train is not None else qt,
-                                                   max_val if max_val is not None else qv,
-                                                   max_test if max_test is not None else qs))
-    if cache_dir is None:
-        cache_dir = Path(os.environ.get("CRYSTEXT_CACHE", Path.home() / ".cache" / "crystext")) / "benchmark"
-    cache_dir = Path(cache_dir)
-    cached_at_start = len(list((cache_dir / "structure-vectors").rglob("*.npz")))  # 0: a cold run
-
-    lm_precision = resolve_precision(lm_precision)
-    structure_config = structure_config or (QUICK_STRUCTURE if quick else StructureConfig())
-    notes: list[str] = []
-    if structure_baselines is None:
-        from ..descriptors import chgnet_available
-
-        structure_baselines = tuple(b for b in STRUCTURE_BASELINES if b != "chgnet" or chgnet_available())
-        if "chgnet" not in structure_baselines:
-            notes.append("chgnet left out: the optional package `chgnet` is not installed")
-    structure_baselines = tuple(structure_baselines)
-    unknown = [b for b in structure_baselines if b not in STRUCTURE_BASELINES]
-    if unknown:
-        raise ConfigError(f"structure baselines must be among {STRUCTURE_BASELINES}, not {', '.join(unknown)}")
-    task_list, probe_info = (resolve_tasks(data, tasks, cache_dir, log=log) if probes
-                             else (discover_tasks(data, tasks), {}))
-    run_list = [Run.parse(r) for r in runs]
-    sets = element_sets(BASELINES if baselines is None else baselines, tables, run_list)
+    s, notes = settings.resolved()
+    cached_at_start = len(list((s.cache_dir / "structure-vectors").rglob("*.npz")))  # 0: a cold run
+    task_list, probe_info = (resolve_tasks(data, s.tasks, s.cache_dir, log=log) if s.probes
+                             else (discover_tasks(data, s.tasks), {}))
+    run_list = [Run.parse(r) for r in s.runs]
+    sets = element_sets(BASELINES if s.baselines is None else s.baselines, s.tables, run_list)
     log(f"benchmark: {len(task_list)} tasks, {len(sets)} vector sets ({', '.join(sets)}), "
-        f"regressors {', '.join(regressors)}, seeds {seeds}")
-
-    rows: list[dict] = []
-    errors: dict = {}
-    coverage: list[dict] = []
-    task_seconds: dict[str, float] = {}
-    prepare_seconds: dict[str, float] = {}
-    identities: dict[str, dict] = {}
+        f"regressors {', '.join(s.regressors)}, seeds {s.seeds}")
+    got = _Collected()
     for task in task_list:
-        t0 = time.perf_counter()
-        splits, parsed, struct, graphs, cov, test_texts = _prepare_task(
-            task, sets, run_list, caps, structure_layers, structure_poolings, cache_dir, log, lm_precision,
-            structure_baselines if task.kind == "structure" else (), structure_config, n_jobs)
-        coverage += cov
-        prepare_seconds[task.name] = round(time.perf_counter() - t0, 1)
-        if run_list and leakage:
-            ids = task_identities(splits["test"].formulas, test_texts if task.kind == "structure" else None)
-            if task.group in identities:  # folds: their test rows are disjoint, count them all
-                for k in ids:
-                    if ids[k] is not None:
-                        identities[task.group][k] = (identities[task.group][k] or []) + ids[k]
-            else:
-                identities[task.group] = ids
-        if min(len(s) for s in splits.values()) < 2:
-            log(f"{task.name}: skipped, too few usable rows ({', '.join(f'{k} {len(s)}' for k, s in splits.items())})")
-            continue
-        units = _units(task, sets, poolings, splits, parsed, struct, graphs, regressors, seeds, config, structure_config)
-        if n_jobs == 1:
-            parts = [fn(*args) for fn, args in units]
-        else:
-            from joblib import Parallel, delayed
-
-            parts = Parallel(n_jobs=n_jobs)(delayed(fn)(*args) for fn, args in units)
-        for r, e in parts:
-            rows += r
-            errors.update(e)
-        task_seconds[task.name] = round(time.perf_counter() - t0, 1)
-        log(f"{task.name}: {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} rows, "
-            f"{task_seconds[task.name]:.0f} s ({prepare_seconds[task.name]:.0f} s preparing features)")
-
-    everything = pd.DataFrame(rows, columns=RESULT_COLUMNS + ["_seconds", "_cpu", "_features", "_info"])
-    everything = everything.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
-    results = everything[RESULT_COLUMNS].copy()
-    fits = everything[everything["metric"] == "mae"].drop(columns=["metric", "value"]).rename(
-        columns={"_seconds": "seconds", "_cpu": "cpu_seconds", "_features": "features", "_info": "fit_info"})
-    coverage_df = pd.DataFrame(coverage, columns=["task", "split", "rows", "used", "dropped", "reasons", "missing_elements"])
-    if intrinsic and len(sets) > 1:
-        from .intrinsic import periodic_nn_accuracy, similarity_agreement
-
-        similarity = similarity_agreement(sets)
-        nn = periodic_nn_accuracy(sets)
-    else:
-        similarity = pd.DataFrame(columns=["set_a", "set_b", "n_elements", "pearson", "spearman"])
-        nn = pd.DataFrame(columns=["representation", "n_elements", "group_accuracy", "block_accuracy"])
-    from .selection import N_BOOT, selected_settings
-
+        _benchmark_task(task, sets, run_list, s, got, log)
+    results, fits = _result_tables(got.rows)
+    coverage = pd.DataFrame(got.coverage, columns=["task", "split", "rows", "used", "dropped", "reasons",
+                                                    "missing_elements"])
+    similarity, nn = _intrinsic_tables(sets, s.intrinsic)
     leak = None
     t_leak = time.perf_counter()
-    if run_list and leakage:
+    if run_list and s.leakage:
         from .leakage import leakage_table
 
         log("leakage: test rows seen in each run's pretraining corpus")
-        leak = leakage_table({r.name: r.source for r in run_list}, identities, cache_dir, data, n_jobs)
+        leak = leakage_table({r.name: r.source for r in run_list}, got.identities, s.cache_dir, data, s.n_jobs)
     t_select = time.perf_counter()
-    selected = selected_settings(results, errors, n_boot=n_boot or (200 if quick else N_BOOT)) if not results.empty else None
+    selected = selected_settings(results, got.errors, n_boot=s.n_boot) if not results.empty else None
     phase_seconds = {"tasks": round(t_leak - start, 1), "leakage": round(t_select - t_leak, 1),
                      "selection": round(time.perf_counter() - t_select, 1)}
     seconds = time.perf_counter() - start  # everything but writing the report and plots
-    result = BenchmarkResult(results, coverage_df, similarity, nn, Path(out) if out is not None else None, seconds,
-                             fits=fits, selected=selected, leakage=leak, errors=errors)
+    result = BenchmarkResult(results, coverage, similarity, nn, Path(out) if out is not None else None, seconds,
+                             fits=fits, selected=selected, leakage=leak, errors=got.errors)
     if out is not None:
         from .report import write_outputs
 
-        info = {"command": command, "seconds": round(seconds, 1), "tasks": [t.name for t in task_list],
-                "representations": list(sets), "runs": {r.name: str(r.source) for r in run_list},
-                "seeds": list(seeds), "regressors": list(regressors), "poolings": list(poolings),
-                "caps": {"train": caps[0], "val": caps[1], "test": caps[2]}, "quick": quick, "n_jobs": n_jobs,
-                "lm_precision": lm_precision if run_list else None,
-                "structure_baselines": list(structure_baselines), "structure_config": structure_config.as_dict(),
-                "notes": notes, "probes": probe_info, "task_seconds": task_seconds, "prepare_seconds": prepare_seconds,
-                "phase_seconds": phase_seconds, "cached_vector_files_at_start": cached_at_start,
-                "protocol": config.as_dict(), "data": str(data), "python": platform.python_version(),
-                "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
-                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-        result.files = write_outputs(result, Path(out), info, report=report, plots=plots)
+        info = _run_info(s, data, seconds, task_list, sets, run_list, notes, probe_info, got, phase_seconds,
+                         cached_at_start)
+        result.files = write_outputs(result, Path(out), info, report=s.report, plots=s.plots)
     log(f"benchmark done in {seconds:.0f} s" + (f" -> {out}" if out is not None else ""))
     return result

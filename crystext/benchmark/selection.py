@@ -99,6 +99,36 @@ def selected_settings(results: pd.DataFrame, errors: Mapping | None = None, n_bo
     return out.sort_values(["task", "rank", "test_mae", "representation"], kind="stable").reset_index(drop=True)
 
 
+#: the per-row test errors a benchmark writes beside selected.csv (what recomputing a tie needs)
+ERRORS_FILE = "test_errors.csv.gz"
+ERROR_KEY = ["task", "representation", "pooling", "regressor", "seed"]
+
+
+def picked_errors(results: pd.DataFrame, errors: Mapping) -> pd.DataFrame:
+    """The per-row absolute test errors of every picked setting (every seed), long format:
+    ``task, representation, pooling, regressor, seed, row, abs_error`` (``row``: position in the
+    task's test rows as the benchmark used them)."""
+    picked = select_settings(results)
+    keep = set(picked[["task", "representation", "pooling", "regressor"]].itertuples(index=False, name=None))
+    parts = []
+    for key, values in errors.items():
+        if tuple(key[:4]) in keep:
+            values = np.asarray(values, dtype=float)
+            parts.append(pd.DataFrame({**dict(zip(ERROR_KEY, key)), "row": np.arange(len(values)), "abs_error": values}))
+    if not parts:
+        return pd.DataFrame(columns=ERROR_KEY + ["row", "abs_error"])
+    return pd.concat(parts, ignore_index=True).sort_values(ERROR_KEY + ["row"], kind="stable").reset_index(drop=True)
+
+
+def errors_from_table(table: pd.DataFrame) -> dict:
+    """:func:`picked_errors`' table back into ``{(task, representation, pooling, regressor, seed):
+    per-row errors}``, the ``errors`` argument of :func:`selected_settings`."""
+    out = {}
+    for key, part in table.groupby(ERROR_KEY, sort=False):
+        out[(key[0], key[1], key[2], key[3], int(key[4]))] = part.sort_values("row")["abs_error"].to_numpy(float)
+    return out
+
+
 def noise_ranks(selected: pd.DataFrame) -> pd.DataFrame:
     """Tie-aware ranks from seed noise: ``b`` beats ``a`` when ``mae_a - mae_b`` exceeds the larger
     of their standard deviations (over seeds and folds)."""

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from ..benchmark import REGRESSORS, run_benchmark
+    from ..benchmark import REGRESSORS, BenchmarkSettings, run_benchmark
     from ..errors import ConfigError
 
     tables = {}
@@ -67,21 +67,22 @@ def _benchmark(args: argparse.Namespace) -> int:
             raise ConfigError(f"--tables takes NAME=CSV, not {spec!r}")
         name, path = spec.split("=", 1)
         tables[name] = path
-    kwargs = {}
+    options = {}
     if args.poolings:
-        kwargs["poolings"] = tuple(args.poolings)
+        options["poolings"] = tuple(args.poolings)
     if args.layers:
-        kwargs["structure_layers"] = tuple(int(x) if x.lstrip("-").isdigit() else x for x in args.layers)
+        options["structure_layers"] = tuple(int(x) if x.lstrip("-").isdigit() else x for x in args.layers)
     if args.structure_poolings:
-        kwargs["structure_poolings"] = tuple(args.structure_poolings)
-    result = run_benchmark(
-        data=args.data, out=args.out, runs=args.runs, tables=tables, baselines=args.baselines, tasks=args.tasks,
-        quick=args.quick, seeds=args.seeds, regressors=tuple(args.regressors or REGRESSORS),
-        max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, n_jobs=args.n_jobs,
-        cache_dir=args.cache_dir, plots=not args.no_plots, lm_precision=args.lm_precision,
-        structure_baselines=args.structure_baselines, probes=not args.no_probes,
+        options["structure_poolings"] = tuple(args.structure_poolings)
+    settings = BenchmarkSettings(
+        runs=args.runs, tables=tables, baselines=args.baselines, tasks=args.tasks, quick=args.quick,
+        seeds=args.seeds, regressors=tuple(args.regressors or REGRESSORS), max_train=args.max_train,
+        max_val=args.max_val, max_test=args.max_test, n_jobs=args.n_jobs, cache_dir=args.cache_dir,
+        plots=not args.no_plots, lm_precision=args.lm_precision, structure_baselines=args.structure_baselines,
+        probes=not args.no_probes,
         command="crystext " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else None,
-        **kwargs,
+        **options,
     )
+    result = run_benchmark(data=args.data, out=args.out, settings=settings)
     print(f"{len(result.results)} results in {result.seconds:.0f} s -> {result.out}/results.csv, report.md")
     return 0

@@ -137,6 +137,21 @@ def _retokenize(args) -> int:
     return 0
 
 
+def _exclude(args) -> int:
+    from ..corpus import exclude_structures, held_out_hashes
+    from ..settings import data_dir
+
+    data = args.data or data_dir(required=True)
+    hashes = held_out_hashes(data, args.tasks, symprec=args.symprec, text_cache=args.text_cache,
+                             num_proc=args.num_proc)
+    dd = exclude_structures(args.corpus, args.out, hashes)
+    removed = dd.summary["excluded_held_out"]["removed"]
+    print(f"corpus written to {args.out}: " + ", ".join(f"{k} {len(v)} docs" for k, v in dd.items())
+          + f"; {sum(sum(r.values()) for r in removed.values())} documents removed, being held-out structures of "
+          + f"{len(hashes)} checked (" + ", ".join(f"{k}: {r or 0}" for k, r in removed.items()) + ")")
+    return 0
+
+
 def with_pd_options(fn) -> None:
     import pandas as pd
 
@@ -144,16 +159,8 @@ def with_pd_options(fn) -> None:
         fn()
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "corpus",
-        help="build a tokenized corpus of crystal text, or show its element token counts",
-        description="Build a datasets corpus (train/validation/test) of crystal text from CIF folders, "
-        "tables with a cif column, pymatgen JSON, the built-in 'aflow-prototypes' and Matbench "
-        "(composition, space group) tables as header documents; or print per-element token counts.",
-    )
-    verbs = p.add_subparsers(dest="corpus_command", metavar="ACTION")
-
+def _register_build(verbs) -> None:
+    """``corpus build``: sources -> a corpus folder."""
     b = verbs.add_parser(
         "build",
         help="build a corpus folder from sources",
@@ -204,6 +211,9 @@ def register(sub) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
     b.set_defaults(func=_build)
 
+
+def _register_stats(verbs) -> None:
+    """``corpus stats``: per-element token counts, optionally a Markdown coverage report."""
     s = verbs.add_parser(
         "stats",
         help="per-element token counts of a corpus split",
@@ -223,6 +233,9 @@ def register(sub) -> None:
     s.add_argument("--min-count", type=int, default=1000, help="coverage threshold for the report (default: 1000)")
     s.set_defaults(func=_stats)
 
+
+def _register_pack(verbs) -> None:
+    """``corpus pack``: corpus folders -> one compressed file."""
     k = verbs.add_parser(
         "pack",
         help="pack corpus folders into one small file (token ids + short columns, LZMA)",
@@ -234,6 +247,9 @@ def register(sub) -> None:
     k.add_argument("--out", required=True, metavar="FILE", help="packed file to write (e.g. mp.corpus.xz)")
     k.set_defaults(func=_pack)
 
+
+def _register_unpack(verbs) -> None:
+    """``corpus unpack``: a packed file -> a corpus folder."""
     u = verbs.add_parser(
         "unpack",
         help="write a corpus folder from a packed file",
@@ -244,6 +260,9 @@ def register(sub) -> None:
     u.add_argument("--out", required=True, metavar="DIR", help="corpus folder to write")
     u.set_defaults(func=_unpack)
 
+
+def _register_retokenize(verbs) -> None:
+    """``corpus retokenize``: a corpus under another tokenizer."""
     r = verbs.add_parser(
         "retokenize",
         help="write a corpus under another tokenizer from its text (no structure converted again)",
@@ -256,4 +275,38 @@ def register(sub) -> None:
     r.add_argument("--max-tokens", type=int, default=1024, help="exclude longer documents; 0: keep all (default: 1024)")
     r.set_defaults(func=_retokenize)
 
+
+def _register_exclude(verbs) -> None:
+    """``corpus exclude``: benchmark structures out of a corpus."""
+    r = verbs.add_parser(
+        "exclude",
+        help="remove the benchmark tasks' held-out structures from a corpus",
+        description="Write a corpus without the documents whose canonical text is that of a validation or "
+        "test structure of a benchmark task (default: the shared structure tasks perov_5, carbon_24, "
+        "mp_e_form, mp_dielectric_n, mp_log_kvrh, mp_log_gvrh under --data): the same structure can "
+        "sit in the Materials Project under another id. Same splits and order; the summary counts what went.",
+    )
+    r.add_argument("corpus", metavar="DIR", help="corpus folder (crystext corpus build output)")
+    r.add_argument("--out", required=True, metavar="DIR", help="corpus folder to write")
+    r.add_argument("--data", help="data folder holding the task folders (default: $CRYSTEXT_DATA or ../shared/data)")
+    r.add_argument("--tasks", nargs="+", metavar="TASK", help="task folders under --data (default: the shared structure tasks)")
+    r.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance of the corpus' texts (default 0.1)")
+    r.add_argument("--text-cache", metavar="FILE", help="JSONL cache of canonical texts (default under the crystext cache)")
+    r.add_argument("--num-proc", type=int, default=1, help="processes converting the held-out CIFs (default 1)")
+    r.set_defaults(func=_exclude)
+
+
+def register(sub) -> None:
+    """Add ``crystext corpus`` and its actions to the CLI's subparsers."""
+    p = sub.add_parser(
+        "corpus",
+        help="build a tokenized corpus of crystal text, or show its element token counts",
+        description="Build a datasets corpus (train/validation/test) of crystal text from CIF folders, "
+        "tables with a cif column, pymatgen JSON, the built-in 'aflow-prototypes' and Matbench "
+        "(composition, space group) tables as header documents; or print per-element token counts.",
+    )
+    verbs = p.add_subparsers(dest="corpus_command", metavar="ACTION")
+    for add in (_register_build, _register_stats, _register_pack, _register_unpack, _register_retokenize,
+                _register_exclude):
+        add(verbs)
     p.set_defaults(func=lambda args: p.print_help() or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", default="data_",
                    help="text to continue (default 'data_'); a composition is the cell's atoms with every count, "
                    "e.g. 'data_Na4Cl4'; with --constrained also 'data_NaCl' (the model chooses the formula units)")
-    p.add_argument("-n", type=int, default=8, help="number of samples (default 8)")
+    p.add_argument("-n", "--n", dest="n", type=int, default=8, help="number of samples (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the rest of the context")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=10,
@@ -38,7 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write the validity summary (with the sampling settings) as JSON here, e.g. "
                    "RUN/generation.json, which the model card quotes")
-    p.add_argument("--quiet", action="store_true", help="print only the summary, not the texts")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the summary, not the texts (without it the texts go to stdout, the "
+                   "summary to stderr, so `> FILE` keeps only texts)")
     p.set_defaults(func=_generate)
 
 
@@ -50,11 +53,14 @@ def _generate(args: argparse.Namespace) -> int:
                      temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
                      full_structures=not args.allow_headers, constrained=args.constrained)
     report = validity_report(texts)
+    # with the texts on stdout, everything else goes to stderr: `generate RUN > samples.txt` is a
+    # file of texts that `text check` and `text to-cif` read whole
+    info = sys.stdout if args.quiet else sys.stderr
     if not args.quiet:
         for i, (text, row) in enumerate(zip(texts, report.table.itertuples())):
             print(f"# sample {i}: {'valid' if row.valid else 'invalid'}" + (f" ({row.errors})" if row.errors else ""))
             print(text.rstrip() + "\n")
-    print(report.to_markdown())
+    print(report.to_markdown(), file=info)
     if args.out:
         if str(args.out).endswith(".jsonl"):
             import json
@@ -65,7 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
                                          "temperature": args.temperature, "constrained": args.constrained}) + "\n")
         else:
             report.table.to_csv(args.out, index=False)
-        print(f"samples and checks written to {args.out}")
+        print(f"samples and checks written to {args.out}", file=info)
     if args.report:
         import json
         from pathlib import Path
@@ -75,5 +81,5 @@ def _generate(args: argparse.Namespace) -> int:
                    "full_structures": not args.allow_headers}
         summary.update({f"{check} rate": round(v["rate"], 4) for check, v in report.summary.items() if check != "n"})
         Path(args.report).write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"validity summary written to {args.report}")
+        print(f"validity summary written to {args.report}", file=info)
     return 0

@@ -8,6 +8,8 @@ import os
 import sys
 import warnings
 
+from ..pretrain_config import PretrainSettings
+
 #: The no-argument main job: bounded so it ends inside 10 minutes on any 2-core x86 CPU. Batches
 #: of 8 documents (~1,800 tokens) give many small updates: on the embedded corpus (269 training
 #: documents, unigram baseline ~3.3 nats/token) the held-out loss is ~2.9 after 10 steps, ~1.9
@@ -28,56 +30,16 @@ def register(subparsers) -> None:
         f"{MAIN_JOB['max_steps']} steps into {MAIN_JOB['out']}. Multi-GPU / multi-node: "
         "accelerate launch --config_file training/accelerate/<cfg>.yaml -m crystext pretrain ...",
     )
-    p.add_argument("config", nargs="?", default=None, metavar="CONFIG_OR_PRESET",
-                   help="preset name (tiny, base, crystallm-small), preset YAML, or an HF config.json "
-                   "(default: base; with --init: the init run's own hyper-parameters)")
     p.add_argument("--corpus", nargs="+", default=None, metavar="SRC",
                    help="a corpus folder (crystext corpus), or sources to build one from (CIF folder, "
                    "table, aflow-prototypes, Matbench .json.bz2); default aflow-prototypes")
     p.add_argument("--out", default=None, help=f"run folder (default {MAIN_JOB['out']} for the main job, "
                    "else runs/<preset>-<corpus>)")
-    p.add_argument("--init", default=None, metavar="DIR", help="fine-tune from this run folder's weights")
-    p.add_argument("--max-steps", type=int, default=None, help="length of the run / schedule (optimiser steps)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (required)")
-    g.add_argument("--fresh", action="store_true", help="start afresh, deleting --out's old checkpoints "
-                   "(default: resume if a checkpoint exists)")
-    p.add_argument("--stop-at", type=int, default=None, help="stop after this step, keeping the schedule")
-    p.add_argument("--max-time", type=float, default=None, metavar="MINUTES",
-                   help="stop cleanly (checkpoint + final files) this long after the start")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training hyper-parameter, e.g. --set batch_size=8 --set learning_rate=3e-4")
+    PretrainSettings.add_arguments(p)  # the preset, --set, --max-steps, --precision, resume and stop flags
     p.add_argument("--tokenizer", default="crystext-cif", help="tokenizer for a corpus built on the fly")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp16", "fp32"],
-                   help="training precision (default: the preset's, 'auto' = bf16 only where this machine "
-                   "runs it fast, else float32)")
-    p.add_argument("--force-resume", action="store_true",
-                   help="resume even if batch size, gradient accumulation or world size differ from the checkpoint's")
     p.add_argument("--allow-worse", action="store_true",
                    help="exit 0 even if the held-out loss does not beat the unigram baseline")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_pretrain)
-
-
-def _parse_set(items: list[str]) -> dict:
-    import yaml
-
-    from ..errors import ConfigError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -86,33 +48,21 @@ def _pretrain(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pathlib import Path
 
-    from ..training import pretrain
+    from ..training import run_pretrain
 
     warnings.filterwarnings("ignore", message="pretrain .*unigram", category=RuntimeWarning)
 
     main_job = args.config is None and args.corpus is None and args.init is None
-    overrides = dict(MAIN_JOB["overrides"]) if main_job else {}
-    overrides.update(_parse_set(args.set))
-    if args.precision:
-        overrides["mixed_precision"] = args.precision
-    preset = args.config or (None if args.init else MAIN_JOB["preset"])
+    settings = PretrainSettings.from_args(args, defaults=MAIN_JOB if main_job else None)
     corpus = args.corpus or MAIN_JOB["corpus"]
-    corpus_arg = corpus[0] if len(corpus) == 1 else corpus
     if args.out:
         out = args.out
     elif main_job:
         out = MAIN_JOB["out"]
     else:
-        name = Path(str(preset or args.init)).stem
+        name = Path(str(args.config or args.init or MAIN_JOB["preset"])).stem
         out = f"runs/{name}-" + "+".join(Path(c).stem.split(".")[0] for c in corpus)
-    max_steps = args.max_steps if args.max_steps is not None else (MAIN_JOB["max_steps"] if main_job else None)
-    max_time = args.max_time * 60 if args.max_time is not None else (MAIN_JOB["max_time"] if main_job else None)
-    run = pretrain(
-        preset, corpus_arg, out, init=args.init,
-        resume=True if args.resume else False if args.fresh else "auto", force_resume=args.force_resume,
-        max_steps=max_steps, stop_at=args.stop_at, max_time=max_time, overrides=overrides,
-        tokenizer=args.tokenizer, num_threads=args.threads, progress=not args.no_progress,
-    )
+    run = run_pretrain(settings, corpus[0] if len(corpus) == 1 else corpus, out, tokenizer=args.tokenizer)
     import json
 
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch only the main process reports

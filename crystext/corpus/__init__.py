@@ -41,6 +41,7 @@ from .build import (
 )
 from .headers import CENTERING, header_lines, header_text
 from .pack import pack_corpus, unpack_corpus
+from .exclude import exclude_structures, held_out_hashes
 from .retokenize import retokenize_corpus
 from .sources import (
     HEADER_KEEP,

@@ -32,6 +32,8 @@ import tempfile
 import threading
 import warnings
 from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -308,12 +310,8 @@ def _load_manifest(build: Path) -> dict | None:
         return None
 
 
-def _convert_phase(opened: list[Source], limit: int | None, part: tuple[int, int] | None, settings: dict, build: Path, config_hash: str,
-                   shard_size: int, num_proc: int, progress: bool, max_new_shards: int | None) -> dict:
-    """Run (or continue) the conversion phase; return the manifest (``complete`` says whether
-    every record is covered)."""
-    from tqdm.auto import tqdm
-
+def _resumable_manifest(build: Path, config_hash: str, shard_size: int) -> dict:
+    """The manifest of ``build`` cut to its finished prefix of shards (a new one when there is none)."""
     manifest = _load_manifest(build) or {"config_hash": config_hash, "shard_size": shard_size, "shards": [],
                                         "complete": False}
     manifest["shards"] = [s for s in manifest["shards"] if (build / s["file"]).is_file()]
@@ -324,83 +322,115 @@ def _convert_phase(opened: list[Source], limit: int | None, part: tuple[int, int
             break
         prefix.append(s)
     manifest["shards"] = prefix
+    return manifest
+
+
+def _record_chunks(records: Iterable[Record], start: int) -> Iterator[list[tuple[int, Record]]]:
+    """``(gidx, record)`` pairs, numbered from ``start``, in lists of ``CHUNK_RECORDS``."""
+    it = enumerate(records, start)
+    while True:
+        chunk = list(islice(it, CHUNK_RECORDS))
+        if not chunk:
+            return
+        yield chunk
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit`` (so the pool is torn down and the finished
+    shards stay); only in the main thread, where a handler can be set."""
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):  # noqa: ARG001
+            raise SystemExit(f"corpus build stopped by signal {signum}; rerun the same command to resume")
+
+        old_term = signal.signal(signal.SIGTERM, _term)
+    try:
+        yield
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+class _ShardWriter:
+    """Collects converted records and writes them as numbered shards, each recorded in the manifest."""
+
+    def __init__(self, build: Path, manifest: dict, start: int) -> None:
+        self.build, self.manifest = build, manifest
+        self.rows: list[tuple] = []
+        self.skips: list[tuple] = []
+        self.index = len(manifest["shards"])
+        self.shard_start = start
+        self.written = 0
+
+    def add(self, res: tuple) -> None:
+        """Keep one result of :func:`_convert_chunk` for the next shard."""
+        gidx, rec = res[1], res[2]
+        if res[0] == "ok":
+            _, _, _, text, formula, number, ids, key = res
+            self.rows.append((gidx, rec.id, rec.source, rec.kind, text, ids, len(ids), formula, number,
+                              rec.properties, key))
+        else:
+            self.skips.append((rec, res[3], res[4]))
+
+    def flush(self, stop: int) -> None:
+        """Write the kept results as the shard of records ``shard_start``..``stop - 1``."""
+        entry = _write_shard(self.build, self.index, self.shard_start, stop, self.rows, self.skips)
+        self.manifest["shards"].append(entry)
+        self.write_manifest()
+        self.rows, self.skips = [], []
+        self.index += 1
+        self.shard_start = stop
+        self.written += 1
+
+    def write_manifest(self) -> None:
+        _atomic_write_text(self.build / "manifest.json", json.dumps(self.manifest, indent=1) + "\n")
+
+
+def _convert_phase(opened: list[Source], limit: int | None, part: tuple[int, int] | None, settings: dict, build: Path, config_hash: str,
+                   shard_size: int, num_proc: int, progress: bool, max_new_shards: int | None) -> dict:
+    """Run (or continue) the conversion phase; return the manifest (``complete`` says whether
+    every record is covered)."""
+    from tqdm.auto import tqdm
+
+    manifest = _resumable_manifest(build, config_hash, shard_size)
     if manifest["complete"] and manifest["shards"]:
         return manifest
     manifest["complete"] = False
     start = manifest["shards"][-1]["stop"] if manifest["shards"] else 0
-    resumed = start > 0
     counts = [src.count for src in opened]
     # a part's size is only known once read
     total = None if part is not None or any(c is None for c in counts) else sum(
         c if limit is None else min(c, limit) for c in counts)
-
-    records = islice(iter_records(opened, limit, part), start, None)
-
-    def chunks() -> Iterator[list[tuple[int, Record]]]:
-        it = enumerate(records, start)
-        while True:
-            chunk = list(islice(it, CHUNK_RECORDS))
-            if not chunk:
-                return
-            yield chunk
-
-    rows: list[tuple] = []
-    skips: list[tuple] = []
-    index = len(manifest["shards"])
-    shard_start = start
-    written = 0
+    chunks = _record_chunks(islice(iter_records(opened, limit, part), start, None), start)
+    shards = _ShardWriter(build, manifest, start)
     bar = tqdm(total=total, initial=start, desc="convert", disable=not progress, unit="rec", mininterval=1.0)
-    if resumed and progress:
+    if start > 0 and progress:
         print(f"resuming: {len(manifest['shards'])} finished shards cover records 0-{start - 1}", file=sys.stderr)
-
-    def flush(stop: int) -> None:
-        nonlocal rows, skips, index, shard_start, written
-        entry = _write_shard(build, index, shard_start, stop, rows, skips)
-        manifest["shards"].append(entry)
-        _atomic_write_text(build / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-        rows, skips = [], []
-        index += 1
-        shard_start = stop
-        written += 1
-
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def _term(signum, frame):  # noqa: ARG001 - turn SIGTERM into a clean exit (pool torn down)
-            raise SystemExit(f"corpus build stopped by signal {signum}; rerun the same command to resume")
-
-        old_term = signal.signal(signal.SIGTERM, _term)
     stopped = False
     next_gidx = start
-    try:
-        for results in bounded_imap(_convert_chunk, chunks(), num_proc, _init_worker, (settings,)):
-            for res in results:
-                gidx = res[1]
-                rec: Record = res[2]
-                if res[0] == "ok":
-                    _, _, _, text, formula, number, ids, key = res
-                    rows.append((gidx, rec.id, rec.source, rec.kind, text, ids, len(ids), formula, number,
-                                 rec.properties, key))
-                else:
-                    skips.append((rec, res[3], res[4]))
-                next_gidx = gidx + 1
-                if next_gidx - shard_start >= shard_size:
-                    flush(next_gidx)
-                    if max_new_shards is not None and written >= max_new_shards:
-                        stopped = True
-                        break
-            bar.update(len(results))
-            if stopped:
-                break
-        if not stopped:
-            if next_gidx > shard_start or not manifest["shards"]:
-                flush(next_gidx)
-            manifest["complete"] = True
-            manifest["records"] = next_gidx
-            _atomic_write_text(build / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-    finally:
-        bar.close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+    with _sigterm_exits():
+        try:
+            for results in bounded_imap(_convert_chunk, chunks, num_proc, _init_worker, (settings,)):
+                for res in results:
+                    shards.add(res)
+                    next_gidx = res[1] + 1
+                    if next_gidx - shards.shard_start >= shard_size:
+                        shards.flush(next_gidx)
+                        if max_new_shards is not None and shards.written >= max_new_shards:
+                            stopped = True
+                            break
+                bar.update(len(results))
+                if stopped:
+                    break
+            if not stopped:
+                if next_gidx > shards.shard_start or not manifest["shards"]:
+                    shards.flush(next_gidx)
+                manifest["complete"] = True
+                manifest["records"] = next_gidx
+                shards.write_manifest()
+        finally:
+            bar.close()
     return manifest
 
 
@@ -570,7 +600,6 @@ def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split:
     layout); return per-split statistics and duplicate counts per source."""
     import pyarrow as pa
     from datasets import Dataset, DatasetDict
-    from datasets.utils import logging as ds_logging
 
     tables = [_read_shard(build / s["file"]) for s in manifest["shards"]]
     drop, timeouts = _find_duplicates(tables, dedupe, num_proc, progress, time_limit)
@@ -609,16 +638,7 @@ def _finalise(build: Path, manifest: dict, out: Path, dedupe: str | None, split:
     if (out / "tokenizer").is_dir():  # the splits are replaced whole below, each by os.replace
         shutil.rmtree(out / "tokenizer")
     dd = DatasetDict({name: Dataset.from_file(str(stage / f"{name}.arrow")) for name in SPLITS})
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    if not progress:
-        ds_logging.disable_progress_bar()
-    try:
-        # datasets writes no file for an empty split and then cannot load it: one shard there
-        save_into(out, lambda tmp: dd.save_to_disk(
-            str(tmp), num_shards={name: 1 for name in SPLITS if len(dd[name]) == 0} or None))
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
+    save_splits(dd, out, progress)
     del dd
     shutil.rmtree(stage)
     for name in SPLITS:
@@ -705,31 +725,127 @@ def _write_skipped(build: Path, manifest: dict, out: Path) -> None:
     listing.write()
 
 
-def build_corpus(
-    sources: Any,
-    out: str | os.PathLike | None = None,
-    tokenizer: Any = "crystext-cif",
-    num_proc: int = 1,
-    dedupe: str | None = "formula-spacegroup",
-    split: Sequence[float] = (0.9, 0.05, 0.05),
-    split_by: str = "random",
-    seed: int = 0,
-    symprec: float = 0.1,
-    properties: bool = False,
-    disorder: str = "raise",
-    limit: int | None = None,
-    progress: bool = True,
-    command: str | None = None,
-    *,
-    part: str | tuple[int, int] | None = None,
-    max_atoms: int | None = DEFAULT_MAX_ATOMS,
-    time_limit: float | None = DEFAULT_TIME_LIMIT,
-    max_tokens: int | None = DEFAULT_MAX_TOKENS,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    fresh: bool = False,
-    keep_shards: bool = True,
-    max_new_shards: int | None = None,
-):
+@dataclass(frozen=True)
+class _BuildOptions:
+    """The checked, normalised options of one build (see :func:`build_corpus` for each)."""
+
+    num_proc: int
+    dedupe: str | None
+    split: tuple[float, ...]
+    split_by: str
+    seed: int
+    symprec: float
+    properties: bool
+    disorder: str
+    limit: int | None
+    part: tuple[int, int] | None
+    max_atoms: int | None
+    time_limit: float | None
+    max_tokens: int | None
+    shard_size: int
+    progress: bool
+
+
+def _checked_options(*, num_proc, dedupe, split, split_by, seed, symprec, properties, disorder, limit, part,
+                     max_atoms, time_limit, max_tokens, shard_size, progress) -> _BuildOptions:
+    """The options of :func:`build_corpus`, checked (a ``ConfigError`` names a bad one) and normalised."""
+    if dedupe not in DEDUPE_MODES:
+        raise ConfigError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
+    if split_by not in SPLIT_MODES:
+        raise ConfigError(f"split_by must be one of {SPLIT_MODES}, not {split_by!r}")
+    if disorder not in ("raise", "dominant", "order"):
+        raise ConfigError(f"disorder must be 'raise', 'dominant' or 'order', not {disorder!r}")
+    split = tuple(float(x) for x in split)
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
+        raise ConfigError(f"split must be three non-negative fractions adding up to 1, not {split}")
+    if int(shard_size) < 1:
+        raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
+    return _BuildOptions(
+        num_proc=max(1, int(num_proc or 1)), dedupe=dedupe, split=split, split_by=split_by, seed=seed,
+        symprec=symprec, properties=properties, disorder=disorder, limit=limit, part=_parse_part(part),
+        max_atoms=int(max_atoms) if max_atoms else None, time_limit=float(time_limit) if time_limit else None,
+        max_tokens=int(max_tokens) if max_tokens else None, shard_size=int(shard_size), progress=progress,
+    )
+
+
+def _build_config(opened: list[Source], tokenizer, tok, o: _BuildOptions) -> tuple[dict, str]:
+    """The build's configuration (recorded in ``summary.json``) and the hash of what its
+    conversion shards depend on (not num_proc, dedupe or split: those are free to change on a rerun)."""
+    config = {
+        "sources": [s.spec for s in opened],
+        "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", ""),
+        "num_proc": o.num_proc, "dedupe": o.dedupe, "split": list(o.split), "split_by": o.split_by, "seed": o.seed,
+        "symprec": o.symprec, "properties": o.properties, "disorder": o.disorder, "limit": o.limit,
+        "part": None if o.part is None else f"{o.part[0]}/{o.part[1]}",
+        "header_cell": "primitive", "max_atoms": o.max_atoms, "time_limit": o.time_limit, "max_tokens": o.max_tokens,
+    }
+    conversion = {
+        "format": _FORMAT, "code": _code_id(), "sources": [[s.name, s.spec, s.fingerprint] for s in opened],
+        "tokenizer": _tokenizer_id(tokenizer, tok), "symprec": o.symprec, "properties": o.properties,
+        "disorder": o.disorder, "limit": o.limit, "header_cell": "primitive", "max_atoms": o.max_atoms,
+        "time_limit": o.time_limit, "max_tokens": o.max_tokens, "shard_size": o.shard_size,
+    }
+    if o.part is not None:  # only when set, so that builds without it keep their config hash (and shards)
+        conversion["part"] = list(o.part)
+    return config, hashlib.sha256(json.dumps(conversion, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _open_build_dir(out_path: Path, config_hash: str, fresh: bool) -> Path:
+    """``out_path/_build``, cleared of a killed build's temporary files; shards of a different
+    build there are refused, or removed when ``fresh``."""
+    build = out_path / BUILD_DIR
+    for stale in build.glob(".*.tmp*") if build.is_dir() else ():  # left by a killed build
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    old = _load_manifest(build)
+    if old is not None and old.get("config_hash") != config_hash:
+        if not fresh:
+            raise ConfigError(
+                f"{out_path}: holds conversion shards of a different build (config hash {old.get('config_hash')}, "
+                f"this one {config_hash}: sources, their files, tokenizer, limits, shard size or the text-conversion "
+                "code differ); "
+                "use another --out, or --fresh to discard them")
+        shutil.rmtree(build)
+    build.mkdir(parents=True, exist_ok=True)
+    return build
+
+
+def _build_into(out_path: Path, opened: list[Source], tok, o: _BuildOptions, config: dict, config_hash: str, *,
+                command: str | None, fresh: bool, keep_shards: bool, max_new_shards: int | None,
+                keep_in_memory: bool):
+    """Both phases of a build into ``out_path`` and its outputs; the corpus, or ``None`` when
+    stopped after ``max_new_shards``."""
+    build = _open_build_dir(out_path, config_hash, fresh)
+    settings = {"symprec": o.symprec, "properties": o.properties, "disorder": o.disorder, "header_cell": "primitive",
+                "max_atoms": o.max_atoms, "time_limit": o.time_limit, "max_tokens": o.max_tokens, "tokenizer": tok}
+    manifest = _convert_phase(opened, o.limit, o.part, settings, build, config_hash, o.shard_size, o.num_proc,
+                              o.progress, max_new_shards)
+    if not manifest["complete"]:
+        if o.progress:
+            print(f"stopped after {len(manifest['shards'])} shards ({manifest['shards'][-1]['stop']} records); "
+                  "rerun to continue", file=sys.stderr)
+        return None
+    stats, dup_counts, timeouts = _finalise(build, manifest, out_path, o.dedupe, o.split, o.split_by, o.seed,
+                                            o.num_proc, o.progress, o.time_limit)
+    summary = _make_summary(opened, manifest, stats, dup_counts, config, command, timeouts)
+    with atomic_path(out_path / "tokenizer", folder=True) as tok_dir:
+        tok.save_pretrained(str(tok_dir))
+    _write_skipped(build, manifest, out_path)
+    atomic_write_text(out_path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if o.progress:
+        print_summary(summary)
+    if not keep_shards:
+        shutil.rmtree(build)
+    return load_corpus(out_path, keep_in_memory=keep_in_memory)
+
+
+def build_corpus(sources: Any, out: str | os.PathLike | None = None, tokenizer: Any = "crystext-cif",
+                 num_proc: int = 1, dedupe: str | None = "formula-spacegroup",
+                 split: Sequence[float] = (0.9, 0.05, 0.05), split_by: str = "random", seed: int = 0,
+                 symprec: float = 0.1, properties: bool = False, disorder: str = "raise", limit: int | None = None,
+                 progress: bool = True, command: str | None = None, *, part: str | tuple[int, int] | None = None,
+                 max_atoms: int | None = DEFAULT_MAX_ATOMS, time_limit: float | None = DEFAULT_TIME_LIMIT,
+                 max_tokens: int | None = DEFAULT_MAX_TOKENS, shard_size: int = DEFAULT_SHARD_SIZE,
+                 fresh: bool = False, keep_shards: bool = True, max_new_shards: int | None = None):
     """Build a tokenized corpus of crystal text from structure sources and Matbench header tables,
     streaming, in bounded memory, and resumable (see the module docstring).
 
@@ -786,89 +902,24 @@ def build_corpus(
         DataNotFoundError (a source is missing), ConfigError (bad argument, unreadable source, or
         ``out`` holds shards of a different build and ``fresh`` is false). Bad *records* never
         raise: they are skipped and counted.
+
+    (Over 80 lines for this list of 22 parameters only; the steps are :func:`_checked_options`,
+    :func:`_build_config` and :func:`_build_into`.)
     """
-    if dedupe not in DEDUPE_MODES:
-        raise ConfigError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
-    if split_by not in SPLIT_MODES:
-        raise ConfigError(f"split_by must be one of {SPLIT_MODES}, not {split_by!r}")
-    if disorder not in ("raise", "dominant", "order"):
-        raise ConfigError(f"disorder must be 'raise', 'dominant' or 'order', not {disorder!r}")
-    split = tuple(float(x) for x in split)
-    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
-        raise ConfigError(f"split must be three non-negative fractions adding up to 1, not {split}")
-    if int(shard_size) < 1:
-        raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
-    part = _parse_part(part)
-    max_atoms = int(max_atoms) if max_atoms else None
-    time_limit = float(time_limit) if time_limit else None
-    max_tokens = int(max_tokens) if max_tokens else None
-    num_proc = max(1, int(num_proc or 1))
+    o = _checked_options(num_proc=num_proc, dedupe=dedupe, split=split, split_by=split_by, seed=seed,
+                         symprec=symprec, properties=properties, disorder=disorder, limit=limit, part=part,
+                         max_atoms=max_atoms, time_limit=time_limit, max_tokens=max_tokens,
+                         shard_size=shard_size, progress=progress)
     tok = resolve_tokenizer(tokenizer)  # fail early on a bad tokenizer name
     opened = open_sources(sources)
-
-    config = {
-        "sources": [s.spec for s in opened],
-        "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", ""),
-        "num_proc": num_proc, "dedupe": dedupe, "split": list(split), "split_by": split_by, "seed": seed,
-        "symprec": symprec, "properties": properties, "disorder": disorder, "limit": limit,
-        "part": None if part is None else f"{part[0]}/{part[1]}",
-        "header_cell": "primitive", "max_atoms": max_atoms, "time_limit": time_limit, "max_tokens": max_tokens,
-    }
-    # what the shards depend on (not num_proc, dedupe or split: those are free to change on a rerun)
-    conversion = {
-        "format": _FORMAT, "code": _code_id(), "sources": [[s.name, s.spec, s.fingerprint] for s in opened],
-        "tokenizer": _tokenizer_id(tokenizer, tok), "symprec": symprec, "properties": properties,
-        "disorder": disorder, "limit": limit, "header_cell": "primitive", "max_atoms": max_atoms,
-        "time_limit": time_limit, "max_tokens": max_tokens, "shard_size": int(shard_size),
-    }
-    if part is not None:  # only when set, so that builds without it keep their config hash (and shards)
-        conversion["part"] = list(part)
-    config_hash = hashlib.sha256(json.dumps(conversion, sort_keys=True).encode()).hexdigest()[:16]
-
-    tmp = None
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="crystext-corpus-")
-        out_path = Path(tmp.name)
-    else:
-        out_path = Path(out)
+    config, config_hash = _build_config(opened, tokenizer, tok, o)
+    tmp = tempfile.TemporaryDirectory(prefix="crystext-corpus-") if out is None else None
+    out_path = Path(tmp.name) if tmp is not None else Path(out)
     # one build per folder at a time: a second one refuses, naming the first's pid
     lock = OutputLock(out_path).acquire() if out is not None else None
     try:
-        build = out_path / BUILD_DIR
-        for stale in build.glob(".*.tmp*") if build.is_dir() else ():  # left by a killed build
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        old = _load_manifest(build)
-        if old is not None and old.get("config_hash") != config_hash:
-            if not fresh:
-                raise ConfigError(
-                    f"{out_path}: holds conversion shards of a different build (config hash {old.get('config_hash')}, "
-                    f"this one {config_hash}: sources, their files, tokenizer, limits, shard size or the text-conversion "
-                    "code differ); "
-                    "use another --out, or --fresh to discard them")
-            shutil.rmtree(build)
-        build.mkdir(parents=True, exist_ok=True)
-        settings = {"symprec": symprec, "properties": properties, "disorder": disorder, "header_cell": "primitive",
-                    "max_atoms": max_atoms, "time_limit": time_limit, "max_tokens": max_tokens, "tokenizer": tok}
-        manifest = _convert_phase(opened, limit, part, settings, build, config_hash, int(shard_size), num_proc, progress,
-                                  max_new_shards)
-        if not manifest["complete"]:
-            if progress:
-                print(f"stopped after {len(manifest['shards'])} shards ({manifest['shards'][-1]['stop']} records); "
-                      "rerun to continue", file=sys.stderr)
-            return None
-        stats, dup_counts, timeouts = _finalise(build, manifest, out_path, dedupe, split, split_by, seed, num_proc,
-                                                progress, time_limit)
-        summary = _make_summary(opened, manifest, stats, dup_counts, config, command, timeouts)
-        with atomic_path(out_path / "tokenizer", folder=True) as tok_dir:
-            tok.save_pretrained(str(tok_dir))
-        _write_skipped(build, manifest, out_path)
-        atomic_write_text(out_path / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if progress:
-            print_summary(summary)
-        if not keep_shards:
-            shutil.rmtree(build)
-        corpus = load_corpus(out_path, keep_in_memory=tmp is not None)
-        return corpus
+        return _build_into(out_path, opened, tok, o, config, config_hash, command=command, fresh=fresh,
+                           keep_shards=keep_shards, max_new_shards=max_new_shards, keep_in_memory=tmp is not None)
     except Exception as exc:
         if (out_path / BUILD_DIR / "final").is_dir():  # the half-written split files of _finalise
             shutil.rmtree(out_path / BUILD_DIR / "final", ignore_errors=True)
@@ -880,6 +931,22 @@ def build_corpus(
             lock.release()
         if tmp is not None:
             tmp.cleanup()
+
+
+def save_splits(dd, out: Path, progress: bool = False) -> None:
+    """Write a ``DatasetDict`` of corpus splits into ``out`` (each split replaced whole, so a kill
+    leaves the old split or the new one), progress bars only when asked."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    if not progress:
+        ds_logging.disable_progress_bar()
+    try:  # datasets writes no file for an empty split and then cannot load it: one shard there
+        save_into(out, lambda tmp: dd.save_to_disk(
+            str(tmp), num_shards={name: 1 for name in SPLITS if name in dd and len(dd[name]) == 0} or None))
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
 
 
 def load_corpus(path: str | os.PathLike, keep_in_memory: bool = False):

@@ -1,6 +1,8 @@
 """A corpus' identity: what its documents hold, as hashes and formulas, without the documents.
 
-Written beside a pretraining run as ``corpus_identity.json`` (:data:`IDENTITY_FILE`) by
+Written beside a pretraining run as ``corpus_identity.json.gz`` (:data:`IDENTITY_FILE`, gzip so a
+release folder stays light; :func:`read_identity` also reads the plain ``corpus_identity.json`` of
+older runs) by
 :mod:`crystext.training`, read by the benchmark's leakage table (:mod:`crystext.benchmark.leakage`):
 it lives here, below both. The identity of a structure is the SHA-1 of its canonical text
 (:func:`text_hash`); of a composition, its reduced formula (:func:`reduced_formula`).
@@ -8,6 +10,7 @@ it lives here, below both. The identity of a structure is the SHA-1 of its canon
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -15,7 +18,33 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-IDENTITY_FILE = "corpus_identity.json"
+IDENTITY_FILE = "corpus_identity.json.gz"
+#: the uncompressed name runs and releases written before :data:`IDENTITY_FILE` carry
+PLAIN_IDENTITY_FILE = "corpus_identity.json"
+
+
+def identity_path(folder: str | os.PathLike) -> Path | None:
+    """The corpus identity file of a run folder (gzip first, then plain JSON), or None."""
+    for name in (IDENTITY_FILE, PLAIN_IDENTITY_FILE):
+        path = Path(folder) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_identity(folder: str | os.PathLike) -> dict | None:
+    """The parsed corpus identity of a run folder, or None when it has none."""
+    path = identity_path(folder)
+    if path is None:
+        return None
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.name.endswith(".gz") else raw)
+
+
+def identity_bytes(identity: Mapping[str, Any]) -> bytes:
+    """An identity as :data:`IDENTITY_FILE` holds it: JSON, gzip without a timestamp (the same
+    identity gives the same bytes)."""
+    return gzip.compress(json.dumps(identity).encode("utf-8"), compresslevel=9, mtime=0)
 
 
 def text_hash(text: str) -> str:
@@ -68,11 +97,15 @@ def write_identity(path: str | os.PathLike, formulas: Iterable[str], texts: Iter
     path = Path(path)
     if path.is_dir():
         path = path / IDENTITY_FILE
-    path.write_text(json.dumps({"symprec": symprec, "sources": list(sources),
-                                "formulas": sorted({reduced_formula(f) or f for f in formulas}),
-                                "structure_text_sha1": sorted({text_hash(t) for t in texts}),
-                                "formula_spacegroup": sorted([list(p) for p in set(map(tuple, formula_spacegroup))])}))
+    identity = {"symprec": symprec, "sources": list(sources),
+                "formulas": sorted({reduced_formula(f) or f for f in formulas}),
+                "structure_text_sha1": sorted({text_hash(t) for t in texts}),
+                "formula_spacegroup": sorted([list(p) for p in set(map(tuple, formula_spacegroup))])}
+    if path.name.endswith(".gz"):
+        path.write_bytes(identity_bytes(identity))
+    else:
+        path.write_text(json.dumps(identity))
     return path
 
 
-__all__ = ["IDENTITY_FILE", "identity_of_corpus", "reduced_formula", "text_hash", "write_identity"]
+__all__ = ["IDENTITY_FILE", "PLAIN_IDENTITY_FILE", "identity_bytes", "identity_of_corpus", "identity_path", "read_identity", "reduced_formula", "text_hash", "write_identity"]

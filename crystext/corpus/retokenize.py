@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text, save_into
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import ConfigError
-from .build import DEFAULT_MAX_TOKENS, SPLITS, features, load_corpus, resolve_tokenizer
+from .build import DEFAULT_MAX_TOKENS, features, load_corpus, resolve_tokenizer, save_splits
 
 
 def _retokenize_split(ds, tok, max_tokens: int | None, chunk: int = 4096):
@@ -73,16 +73,7 @@ def retokenize_corpus(src: str | os.PathLike, out: str | os.PathLike, tokenizer,
     for name in corpus:
         splits[name], stats[name] = _retokenize_split(corpus[name], tok, max_tokens)
     dd = DatasetDict(splits)
-    from datasets.utils import logging as ds_logging
-
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:  # datasets writes no file for an empty split and then cannot load it: one shard there
-        save_into(out, lambda tmp: dd.save_to_disk(
-            str(tmp), num_shards={n: 1 for n in SPLITS if n in dd and len(dd[n]) == 0} or None))
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
+    save_splits(dd, out)
     with atomic_path(out / "tokenizer", folder=True) as tok_dir:
         tok.save_pretrained(str(tok_dir))
     summary = dict(corpus.summary)

@@ -481,17 +481,7 @@ class ACE(ParamsMixin):
         n_centre_channels, F_block). For nu = 3 the pooling is fused into GEMMs, so per-atom
         nu = 3 products are never stored.
         """
-        n, q = a.shape[0], a.shape[1]
-        if pooling is not None:
-            bounds, cw, groups = pooling
-            n_s, n_c = len(bounds), cw.shape[1]
-            pool = torch.zeros(n_s, n_c, n, dtype=a.dtype, device=a.device)
-            for k, (lo, hi) in enumerate(bounds):
-                pool[k, :, lo:hi] = cw[lo:hi].T
-            pool = pool.reshape(n_s * n_c, n)
-            reduce = lambda b: (pool @ b).reshape(n_s, n_c, -1)  # noqa: E731
-        else:
-            reduce = lambda b: b  # noqa: E731
+        reduce = _pooling_reduce(a, pooling)
         yield reduce(a[:, :, 0])
         if self.correlation_order >= 2:
             pi = torch.as_tensor(self._pairs, device=a.device)
@@ -499,61 +489,47 @@ class ACE(ParamsMixin):
                 al = a[:, :, l * l : (l + 1) ** 2]
                 p = torch.bmm(al, al.transpose(1, 2))
                 yield reduce(p[:, pi[:, 0], pi[:, 1]])
-        if not self.l_triples_:
-            return
-        from e3nn import o3
+        for ls in self.l_triples_ or ():
+            yield self._nu3_block(a, ls, pooling)
 
-        for ls in self.l_triples_:
-            w = self._w3j.get(ls)
-            if w is None or w.dtype != a.dtype or w.device != a.device:
-                w = o3.wigner_3j(*ls, dtype=a.dtype, device=a.device)
-                self._w3j[ls] = w
-            l1, l2, l3 = ls
-            d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
-            a1 = a[:, :, l1 * l1 : (l1 + 1) ** 2]
-            a2 = a[:, :, l2 * l2 : (l2 + 1) ** 2]
-            a3 = a[:, :, l3 * l3 : (l3 + 1) ** 2]
-            # x[i, m3, q1, m2] = sum_m1 A1[i, q1, m1] W[m1, m2, m3]
-            x = (a1.reshape(-1, d1) @ w.reshape(d1, d2 * d3)).reshape(n, q, d2, d3).permute(0, 3, 1, 2)
-            # y[i, m3, q1, q2] = sum_m2 x[i, m3, q1, m2] A2[i, q2, m2]; one spare zero row
-            # (index n) serves as padding for the bucketed pooling below
-            if pooling is None or (torch.is_grad_enabled() and a.requires_grad):
-                y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2))
-                y_pad = torch.cat([y, y.new_zeros(1, d3 * q, q)]) if pooling is not None else None
-            else:  # write straight into the padded buffer (no copy)
-                y_pad = torch.empty(n + 1, d3 * q, q, dtype=a.dtype, device=a.device)
-                y_pad[n] = 0
-                y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2), out=y_pad[:n])
-            t = self._triples[ls]
-            flat = None if self.redundant else torch.as_tensor((t[:, 0] * q + t[:, 1]) * q + t[:, 2], device=a.device)
-            if pooling is None:
-                # b[i, q1, q2, q3] = sum_m3 y[i, m3, q1, q2] A3[i, q3, m3]
-                b = torch.bmm(y.reshape(n, d3, q * q).transpose(1, 2), a3.transpose(1, 2)).reshape(n, -1)
-                yield b if flat is None else b[:, flat]
-                continue
-            out = torch.zeros(n_s, n_c, q * q * q, dtype=a.dtype, device=a.device)
-            a3t = a3.transpose(1, 2)  # (n, m3, q3)
-            if groups is not None:
-                # one-hot centres: atoms sorted by (structure, centre). Large groups: one GEMM
-                # on their contiguous rows; small ones: zero-padded buckets, one batched GEMM each
-                direct, buckets = groups
-                flat_out = out.reshape(n_s * n_c, -1)
-                yv = y_pad.reshape(n + 1, d3, q * q)
-                for row, lo, hi, scale in direct:
-                    flat_out[row] = (yv[lo:hi].reshape(-1, q * q).T @ a3t[lo:hi].reshape(-1, q)).reshape(-1) * scale
-                if buckets:
-                    a_ext = torch.cat([a3t, a3t.new_zeros(1, d3, q)])
-                    for rows, idx, scale in buckets:
-                        yp = yv[idx].reshape(len(rows), -1, q * q)  # (groups, G m3, q1 q2)
-                        ap = a_ext[idx].reshape(len(rows), -1, q)  # (groups, G m3, q3)
-                        flat_out[rows] = (torch.bmm(yp.transpose(1, 2), ap) * scale[:, None, None]).reshape(len(rows), -1)
-            else:
-                # P[s, c, q1 q2 q3] = sum_{i in s, m3} y[i, m3, q1 q2] * (w[i, c] A3[i, q3, m3])
-                r = a3t[:, :, None, :] * cw[:, None, :, None]  # (n, m3, c, q3)
-                for k, (lo, hi) in enumerate(bounds):
-                    ps = y[lo:hi].reshape(-1, q * q).T @ r[lo:hi].reshape(-1, n_c * q)  # (q1 q2, c q3)
-                    out[k] = ps.reshape(q * q, n_c, q).permute(1, 0, 2).reshape(n_c, -1)
-            yield out if flat is None else out[:, :, flat]
+    def _wigner_3j(self, ls: tuple[int, int, int], a: torch.Tensor) -> torch.Tensor:
+        """The Wigner 3j symbols of ``ls`` in ``a``'s dtype and device (cached)."""
+        w = self._w3j.get(ls)
+        if w is None or w.dtype != a.dtype or w.device != a.device:
+            from e3nn import o3
+
+            w = o3.wigner_3j(*ls, dtype=a.dtype, device=a.device)
+            self._w3j[ls] = w
+        return w
+
+    def _nu3_block(self, a: torch.Tensor, ls: tuple[int, int, int], pooling: tuple | None) -> torch.Tensor:
+        """The nu = 3 invariants of one l-triple: per atom, or pooled as :meth:`invariants` says."""
+        n, q = a.shape[0], a.shape[1]
+        w = self._wigner_3j(ls, a)
+        l1, l2, l3 = ls
+        d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
+        a1 = a[:, :, l1 * l1 : (l1 + 1) ** 2]
+        a2 = a[:, :, l2 * l2 : (l2 + 1) ** 2]
+        a3 = a[:, :, l3 * l3 : (l3 + 1) ** 2]
+        # x[i, m3, q1, m2] = sum_m1 A1[i, q1, m1] W[m1, m2, m3]
+        x = (a1.reshape(-1, d1) @ w.reshape(d1, d2 * d3)).reshape(n, q, d2, d3).permute(0, 3, 1, 2)
+        # y[i, m3, q1, q2] = sum_m2 x[i, m3, q1, m2] A2[i, q2, m2]; one spare zero row
+        # (index n) serves as padding for the bucketed pooling
+        if pooling is None or (torch.is_grad_enabled() and a.requires_grad):
+            y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2))
+            y_pad = torch.cat([y, y.new_zeros(1, d3 * q, q)]) if pooling is not None else None
+        else:  # write straight into the padded buffer (no copy)
+            y_pad = torch.empty(n + 1, d3 * q, q, dtype=a.dtype, device=a.device)
+            y_pad[n] = 0
+            y = torch.bmm(x.reshape(n, d3 * q, d2), a2.transpose(1, 2), out=y_pad[:n])
+        t = self._triples[ls]
+        flat = None if self.redundant else torch.as_tensor((t[:, 0] * q + t[:, 1]) * q + t[:, 2], device=a.device)
+        if pooling is None:
+            # b[i, q1, q2, q3] = sum_m3 y[i, m3, q1, q2] A3[i, q3, m3]
+            b = torch.bmm(y.reshape(n, d3, q * q).transpose(1, 2), a3.transpose(1, 2)).reshape(n, -1)
+            return b if flat is None else b[:, flat]
+        out = _pooled_nu3(y, y_pad, a3.transpose(1, 2), pooling)
+        return out if flat is None else out[:, :, flat]
 
     def _prepare(self) -> None:
         if not hasattr(self, "_w3j"):
@@ -679,6 +655,50 @@ class ACE(ParamsMixin):
 
 
 _DIRECT_GROUP = 24  # groups with at least this many atoms get their own GEMM
+
+
+def _pooling_reduce(a: torch.Tensor, pooling: tuple | None):
+    """A function taking a per-atom block (n_atoms, F) to what :meth:`ACE.invariants` yields:
+    itself without ``pooling``, else pooled per structure and centre channel."""
+    if pooling is None:
+        return lambda b: b
+    n = a.shape[0]
+    bounds, cw, _ = pooling
+    n_s, n_c = len(bounds), cw.shape[1]
+    pool = torch.zeros(n_s, n_c, n, dtype=a.dtype, device=a.device)
+    for k, (lo, hi) in enumerate(bounds):
+        pool[k, :, lo:hi] = cw[lo:hi].T
+    pool = pool.reshape(n_s * n_c, n)
+    return lambda b: (pool @ b).reshape(n_s, n_c, -1)
+
+
+def _pooled_nu3(y: torch.Tensor, y_pad: torch.Tensor, a3t: torch.Tensor, pooling: tuple) -> torch.Tensor:
+    """P[s, c, q1 q2 q3] = sum over the atoms i of structure s and m3 of y[i, m3, q1 q2] *
+    (w[i, c] A3[i, q3, m3]), (n_structures, n_centre_channels, q^3); ``a3t`` is A3 as (n, m3, q3)."""
+    bounds, cw, groups = pooling
+    n, d3, q = a3t.shape
+    n_s, n_c = len(bounds), cw.shape[1]
+    out = torch.zeros(n_s, n_c, q * q * q, dtype=y.dtype, device=y.device)
+    if groups is not None:
+        # one-hot centres: atoms sorted by (structure, centre). Large groups: one GEMM
+        # on their contiguous rows; small ones: zero-padded buckets, one batched GEMM each
+        direct, buckets = groups
+        flat_out = out.reshape(n_s * n_c, -1)
+        yv = y_pad.reshape(n + 1, d3, q * q)
+        for row, lo, hi, scale in direct:
+            flat_out[row] = (yv[lo:hi].reshape(-1, q * q).T @ a3t[lo:hi].reshape(-1, q)).reshape(-1) * scale
+        if buckets:
+            a_ext = torch.cat([a3t, a3t.new_zeros(1, d3, q)])
+            for rows, idx, scale in buckets:
+                yp = yv[idx].reshape(len(rows), -1, q * q)  # (groups, G m3, q1 q2)
+                ap = a_ext[idx].reshape(len(rows), -1, q)  # (groups, G m3, q3)
+                flat_out[rows] = (torch.bmm(yp.transpose(1, 2), ap) * scale[:, None, None]).reshape(len(rows), -1)
+    else:
+        r = a3t[:, :, None, :] * cw[:, None, :, None]  # (n, m3, c, q3)
+        for k, (lo, hi) in enumerate(bounds):
+            ps = y[lo:hi].reshape(-1, q * q).T @ r[lo:hi].reshape(-1, n_c * q)  # (q1 q2, c q3)
+            out[k] = ps.reshape(q * q, n_c, q).permute(1, 0, 2).reshape(n_c, -1)
+    return out
 
 
 def _group_plan(bounds, centre: np.ndarray, cw: np.ndarray, n_channels: int, device, dtype) -> tuple[list, list]:

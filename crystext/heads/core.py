@@ -416,14 +416,36 @@ class MultiScaleRegressor(ParamsMixin):
         torch = _torch()
         inputs, y, val_inputs, y_val, rng = train_validation_split(
             self._check_inputs, inputs, y, val_inputs, y_val, self.val_fraction, self.seed)
+        inputs, y, val_inputs, y_val = self._usable_rows(inputs, y, val_inputs, y_val)
+        torch.manual_seed(self.seed)
+        net = self._init_net(inputs, y)
+        self.net_ = net
+        best, best_state = self._train(net, inputs, y, val_inputs, y_val, rng)
+        if best_state is None:
+            raise TrainingDivergedError(
+                f"the validation MAE was not finite in any of {len(self.history_)} epochs (training diverged, "
+                f"or the features/targets hold inf or huge values): nothing to keep; try a lower lr (now {self.lr}) "
+                "or check the inputs"
+            )
+        net.load_state_dict(best_state)
+        self.best_val_mae_ = best
+        self.n_epochs_ = len(self.history_)
+        return self
+
+    def _usable_rows(self, inputs: BranchInputs, y: np.ndarray, val_inputs: BranchInputs, y_val: np.ndarray):
+        """The rows with every feature and a finite target; the others counted in ``dropped_``."""
         ok, ok_val = inputs.valid_rows() & np.isfinite(y), val_inputs.valid_rows() & np.isfinite(y_val)
         self.dropped_ = int((~ok).sum() + (~ok_val).sum())
         inputs, y = inputs.subset(np.flatnonzero(ok)), y[ok]
         val_inputs, y_val = val_inputs.subset(np.flatnonzero(ok_val)), y_val[ok_val]
         if len(y) < 2 or len(y_val) < 1:
             raise ConfigError(f"too few usable training rows ({len(y)}) or validation rows ({len(y_val)})")
+        return inputs, y, val_inputs, y_val
 
-        torch.manual_seed(self.seed)
+    def _init_net(self, inputs: BranchInputs, y: np.ndarray):
+        """A new network for these inputs (``config_`` set), its fixed buffers filled from the
+        training data: standardisation, PCA, target scale."""
+        torch = _torch()
         dims, reduced, stats = {}, {}, {}
         for n in self.branches:
             if n != "graph":
@@ -437,7 +459,6 @@ class MultiScaleRegressor(ParamsMixin):
             enc.update({k: v for k, v in (self.graph_encoder or {}).items() if k != "out_dim"})
         self.config_ = dict(self._hyper(), dims=dims, reduced_dims=reduced, graph_encoder=enc)
         net = _build_net(self.config_)
-        # data statistics: standardisation, PCA, target scale
         with torch.no_grad():
             for n in dims:
                 mean, scale, comp = stats[n]
@@ -448,40 +469,23 @@ class MultiScaleRegressor(ParamsMixin):
                     br.proj.copy_(torch.as_tensor(comp, dtype=torch.float32))
             net.y_mean.fill_(float(y.mean()))
             net.y_scale.fill_(float(y.std()) if y.std() > 0 else 1.0)
-        net.to(self.device)
+        return net.to(self.device)
+
+    def _train(self, net, inputs: BranchInputs, y: np.ndarray, val_inputs: BranchInputs, y_val: np.ndarray,
+               rng: np.random.Generator) -> tuple[float, dict | None]:
+        """Epochs until the validation MAE stops improving for ``patience`` epochs (``history_``
+        filled); the best validation MAE and that epoch's weights (None when none was finite)."""
+        torch = _torch()
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, self.patience // 3))
-        loss_fn = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
-                   "huber": torch.nn.functional.smooth_l1_loss}[self.loss]
-        y_t = torch.as_tensor(y, dtype=torch.float32, device=self.device)
-        scale = float(net.y_scale)
         # the standardisation/PCA buffers are fixed: project every row once, not at every epoch
         # (a 13k-wide ACE branch spent most of its training time in that matmul)
         pre, pre_val = self._project(net, inputs), self._project(net, val_inputs)
-        self.net_ = net
+        y_t = torch.as_tensor(y, dtype=torch.float32, device=self.device)
         best, best_state, bad_epochs = math.inf, None, 0
         self.history_ = []
         for epoch in range(self.max_epochs):
-            net.train()
-            order = rng.permutation(len(y))
-            total = 0.0
-            for lo in range(0, len(order), self.batch_size):
-                idx = order[lo : lo + self.batch_size]
-                if len(idx) < 2 and len(order) > 2:
-                    continue
-                gb = self._graph_batch(inputs, idx)
-                idx_t = torch.as_tensor(idx, device=self.device)
-                pred, _, aux = net({n: x[idx_t] for n, x in pre.items()}, gb, return_aux=True, projected=True)
-                target = y_t[idx] / scale
-                loss = loss_fn(pred / scale, target)
-                if aux:
-                    z = (y_t[idx] - net.y_mean) / scale
-                    loss = loss + self.aux_weight * sum(loss_fn(a, z) for a in aux) / len(aux)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                total += loss.item() * len(idx)
+            total = self._train_epoch(net, opt, inputs, pre, y_t, rng.permutation(len(y)))
             val_mae = float(np.mean(np.abs(self._predict(val_inputs, projected=pre_val) - y_val)))
             sched.step(val_mae)
             self.history_.append(dict(epoch=epoch, train_loss=total / len(y), val_mae=val_mae))
@@ -493,16 +497,33 @@ class MultiScaleRegressor(ParamsMixin):
                 bad_epochs += 1
                 if bad_epochs >= self.patience:
                     break
-        if best_state is None:
-            raise TrainingDivergedError(
-                f"the validation MAE was not finite in any of {len(self.history_)} epochs (training diverged, "
-                f"or the features/targets hold inf or huge values): nothing to keep; try a lower lr (now {self.lr}) "
-                "or check the inputs"
-            )
-        net.load_state_dict(best_state)
-        self.best_val_mae_ = best
-        self.n_epochs_ = len(self.history_)
-        return self
+        return best, best_state
+
+    def _train_epoch(self, net, opt, inputs: BranchInputs, pre: dict, y_t, order: np.ndarray) -> float:
+        """One pass over the training rows in ``order``; the summed loss (times batch size)."""
+        torch = _torch()
+        loss_fn = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
+                   "huber": torch.nn.functional.smooth_l1_loss}[self.loss]
+        scale = float(net.y_scale)
+        net.train()
+        total = 0.0
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            if len(idx) < 2 and len(order) > 2:
+                continue
+            gb = self._graph_batch(inputs, idx)
+            idx_t = torch.as_tensor(idx, device=self.device)
+            pred, _, aux = net({n: x[idx_t] for n, x in pre.items()}, gb, return_aux=True, projected=True)
+            loss = loss_fn(pred / scale, y_t[idx] / scale)
+            if aux:
+                z = (y_t[idx] - net.y_mean) / scale
+                loss = loss + self.aux_weight * sum(loss_fn(a, z) for a in aux) / len(aux)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            total += loss.item() * len(idx)
+        return total
 
     # -------------------------------------------------------------- inference
     def _check_fitted(self) -> None:

@@ -14,8 +14,8 @@ def _torch() -> Any:
     return torch
 
 
-def _build_net(config: dict) -> Any:
-    """The torch module for ``config`` (dims, width, fusion, graph encoder, ...)."""
+def _branch_classes() -> tuple[type, type]:
+    """The ``VectorBranch`` and ``GraphBranch`` module classes (defined on use: torch loads lazily)."""
     torch = _torch()
     from torch import nn
 
@@ -48,6 +48,36 @@ def _build_net(config: dict) -> Any:
         def forward(self, batch):
             return self.norm(self.encoder(batch))
 
+    return VectorBranch, GraphBranch
+
+
+def _fuse(net, hs: list) -> tuple[Any, Any]:
+    """The fused vector of the branch outputs ``hs`` and the gate's branch weights (None for
+    concatenation); in training, each branch of a sample dropped with ``net.branch_dropout``."""
+    torch = _torch()
+    keep = None
+    if net.training and net.branch_dropout > 0 and len(hs) > 1:
+        keep = torch.rand(hs[0].shape[0], len(hs), device=hs[0].device) >= net.branch_dropout
+        # at least one branch kept per sample
+        keep[torch.arange(len(keep)), torch.randint(len(hs), (len(keep),), device=keep.device)] |= ~keep.any(1)
+        hs = [h * keep[:, k : k + 1].to(h.dtype) for k, h in enumerate(hs)]
+    if net.fusion != "gated":
+        return torch.cat(hs, 1), None
+    h = torch.stack(hs, 1)  # (B, n_branches, w)
+    logits = net.gate(h).squeeze(-1)
+    if keep is not None:  # a dropped branch is left out of the softmax, not just zeroed
+        logits = logits.masked_fill(~keep, float("-inf"))
+    alpha = torch.softmax(logits, dim=1)
+    return (alpha[:, :, None] * h).sum(1), alpha
+
+
+def _build_net(config: dict) -> Any:
+    """The torch module for ``config`` (dims, width, fusion, graph encoder, ...)."""
+    torch = _torch()
+    from torch import nn
+
+    VectorBranch, GraphBranch = _branch_classes()
+
     class Net(nn.Module):
         def __init__(self, cfg: dict) -> None:
             super().__init__()
@@ -77,21 +107,7 @@ def _build_net(config: dict) -> Any:
             hs = [self.branches[n](graph_batch) if n == "graph" else self.branches[n](feats[n], projected=projected)
                   for n in self.names]
             aux = [self.aux[n](h).squeeze(-1) for n, h in zip(self.names, hs)] if (return_aux and self.aux is not None) else None
-            keep = None
-            if self.training and self.branch_dropout > 0 and len(hs) > 1:
-                keep = torch.rand(hs[0].shape[0], len(hs), device=hs[0].device) >= self.branch_dropout
-                keep[torch.arange(len(keep)), torch.randint(len(hs), (len(keep),), device=keep.device)] |= ~keep.any(1)
-                hs = [h * keep[:, k : k + 1].to(h.dtype) for k, h in enumerate(hs)]
-            if self.fusion == "gated":
-                h = torch.stack(hs, 1)  # (B, n_branches, w)
-                logits = self.gate(h).squeeze(-1)
-                if keep is not None:  # a dropped branch is left out of the softmax, not just zeroed
-                    logits = logits.masked_fill(~keep, float("-inf"))
-                alpha = torch.softmax(logits, dim=1)
-                fused = (alpha[:, :, None] * h).sum(1)
-            else:
-                alpha = None
-                fused = torch.cat(hs, 1)
+            fused, alpha = _fuse(self, hs)
             pred = self.head(fused).squeeze(-1) * self.y_scale + self.y_mean
             if return_aux:
                 return pred, alpha, aux
