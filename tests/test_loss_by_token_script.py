@@ -71,3 +71,16 @@ def test_summary_per_general_coordinate_is_against_the_count_of_coordinates(lbt)
     row = lbt.summarise(nats, totals, n_docs=2, tokens=10)
     assert row["general_coord_nats"] == pytest.approx(2.0) and row["coord_d1"] == pytest.approx(0.5)
     assert row["nats_per_doc"] == pytest.approx(4.0) and row["general_share"] == pytest.approx(1.0)
+
+
+def test_documents_a_compared_run_was_pretrained_on_are_known(lbt, text, tmp_path):
+    """The measured documents leave out every text in a compared run's corpus identity (its own and
+    its init runs'), so the figures are on documents no compared run has read."""
+    from crystext.corpus.identity import IDENTITY_FILE, identity_bytes, text_hash
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / IDENTITY_FILE).write_bytes(identity_bytes({"formulas": ["ZnO"], "structure_text_sha1": [text_hash(text)]}))
+    empty = tmp_path / "bare"
+    empty.mkdir()
+    assert lbt._trained_on([str(run), str(empty)], tmp_path) == {text_hash(text)}

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout_loss import _unigram_logp  # noqa: E402  (the sibling script's add-one smoothed unigram)
 from precision import cpu_name  # noqa: E402  (the sibling script's CPU model name)
 
+from crystext.corpus.identity import text_hash  # noqa: E402
+
 CLASSES = (
     "syntax", "element", "integer", "space_group", "cell_length", "cell_angle", "volume",
     "coord_special", "coord_general_int", "coord_d1", "coord_d2", "coord_d3", "coord_d4", "other",
@@ -159,6 +161,17 @@ def _held_out_texts(path: Path, n: int, seed: int) -> list[str]:
     return texts
 
 
+def _trained_on(runs: list[str], data: Path) -> set[str]:
+    """Text hashes of every structure document any of the runs (or the runs they came from) was
+    pretrained on, so that the measured documents are ones no compared run has read."""
+    from crystext.benchmark.leakage import corpus_identity
+
+    seen: set[str] = set()
+    for run in runs:
+        seen |= corpus_identity(run, data_root=data).structures
+    return seen
+
+
 def _reference_texts(data: Path, n: int, seed: int) -> list[str]:
     import pandas as pd
     from pymatgen.core import Structure
@@ -244,7 +257,9 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Held-out loss by kind of token\n\n```\n{meta['command']}\n```\n",
              f"{meta['n_docs']} documents ({meta['held_out']}, seed {meta['seed']}), "
              f"{meta['general_coords']} general and {meta['special_coords']} special coordinates, "
-             f"{meta['elements']} element symbols; machine: {meta['machine']}.\n",
+             f"{meta['elements']} element symbols; machine: {meta['machine']}. Left out: "
+             f"{meta.get('left_out_too_long', 0)} longer than the context for some run, "
+             f"{meta.get('left_out_trained_on', 0)} whose canonical text is in a compared run's pretraining corpus.\n",
              "General coordinate: nats per fractional coordinate off a special position (uniform guess: "
              f"ln 10^4 = {4 * uni:.2f}, ln 10 = {uni:.2f} per digit d1-d4). Special: per coordinate at "
              "0, 1/8, 1/6, 1/4, 1/3, ... Element: per element symbol (header, formulas, site rows). "
@@ -281,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = _held_out_texts(data / args.held_out, args.n, args.seed)
     toks = [AutoTokenizer.from_pretrained(r) for r in args.runs]
     keep = [t for t in texts if all(len(tk(t)["input_ids"]) <= args.max_tokens for tk in toks)]
+    seen = _trained_on(args.runs, data)
+    n_short = len(keep)
+    keep = [t for t in keep if text_hash(t) not in seen]
     reference = _reference_texts(data, args.reference, args.seed + 1)
     marks = [char_classes(t) for t in keep]
     totals = {k: sum(m[1][k] for m in marks) for k in marks[0][1]}
@@ -296,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run}: {rows[-2]['nats_per_doc']:.1f} nats/doc, general coordinate {rows[-2]['general_coord_nats']:.2f} nats",
               flush=True)
     meta = {"command": "python " + " ".join([sys.argv[0].replace(str(Path.cwd()) + "/", "")] + (argv or sys.argv[1:])),
-            "n_docs": len(keep), "left_out_too_long": len(texts) - len(keep), "held_out": args.held_out,
+            "n_docs": len(keep), "left_out_too_long": len(texts) - n_short,
+            "left_out_trained_on": n_short - len(keep), "held_out": args.held_out,
             "seed": args.seed, "general_coords": totals["coord_general"], "special_coords": totals["coord_special"],
             "elements": totals["elements"], "machine": cpu_name()}
     if args.json:
