@@ -300,10 +300,12 @@ def register(sub) -> None:
     """Add ``crystext corpus`` and its actions to the CLI's subparsers."""
     p = sub.add_parser(
         "corpus",
-        help="build a tokenized corpus of crystal text, or show its element token counts",
+        help="build, inspect, pack, retokenize or clean a tokenized corpus of crystal text",
         description="Build a datasets corpus (train/validation/test) of crystal text from CIF folders, "
         "tables with a cif column, pymatgen JSON, the built-in 'aflow-prototypes' and Matbench "
-        "(composition, space group) tables as header documents; or print per-element token counts.",
+        "(composition, space group) tables as header documents; print per-element token counts; pack "
+        "corpora into one small file and back; move one to another tokenizer; remove the benchmark "
+        "tasks' held-out structures from one.",
     )
     verbs = p.add_subparsers(dest="corpus_command", metavar="ACTION")
     for add in (_register_build, _register_stats, _register_pack, _register_unpack, _register_retokenize,
