@@ -489,6 +489,31 @@ def test_two_runs_are_benchmarked_and_compared_on_structure_tasks(tmp_path):
     assert len(bf16.results) == len(got)
 
 
+def test_a_structure_vector_with_the_element_floor_holds_the_composition_beside_the_states(tmp_path):
+    """``mean+elements`` reads the same hidden states as ``mean`` (no second forward pass, the same
+    cache) and puts the run's composition-pooled element vectors beside them: its feature count is
+    the sum, and it is compared as one more setting of the run."""
+    folder = tmp_path / "data" / "perov_5"
+    folder.mkdir(parents=True)
+    _perovskite_rows(40, 0).to_csv(folder / "val.csv")
+    _perovskite_rows(12, 1).to_csv(folder / "test.csv")
+    run = f"a={_tiny_run(tmp_path / 'run-a', 0)}"
+    res = run_benchmark(data=tmp_path / "data", out=None, **dict(
+        FAST, runs=[run], regressors=("ridge",), structure_layers=("last",),
+        structure_poolings=("mean", "mean+elements"), cache_dir=tmp_path / "cache", lm_precision="float32",
+        structure_baselines=(), tasks=["perov_5/heat_all"]))
+    views = set(res.results["pooling"])
+    assert {"structure-mean-L2", "structure-mean+elements-L2", "mean"} <= views
+    width = res.fits.set_index("pooling")["features"]
+    assert width["structure-mean+elements-L2"] == width["structure-mean-L2"] + width["mean"]
+    cached = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(cached) == 1 and not any("elements" in k for k in np.load(cached[0]).files)  # the states, once
+    from crystext.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="structure pooling"):
+        run_benchmark(data=tmp_path / "data", out=None, **dict(FAST, runs=[run], structure_poolings=("max",)))
+
+
 # --------------------------------------------------------------------------- issue 12: honest picking
 
 

@@ -122,6 +122,7 @@ def test_polymorph_table_zero_mean_per_formula_split_by_formula_and_capped():
 def test_view_of_separates_our_runs_element_pooling_from_their_structure_vectors():
     assert view_of("crystext-mp", "stats4") == ("crystext-mp (element pooling)", "composition only")
     assert view_of("crystext-mp", "structure-mean-L2") == ("crystext-mp (structure)", "structure")
+    assert view_of("crystext-mp", "structure-mean+elements-L2") == ("crystext-mp (structure + elements)", "structure")
     assert view_of("magpie", "mean") == ("magpie", "composition only")
     assert view_of("cgcnn", "graph")[1] == view_of("chgnet", "structure")[1] == "structure"
 

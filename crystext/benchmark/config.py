@@ -19,6 +19,9 @@ from .protocol import QUICK, REGRESSORS, ProtocolConfig
 from .structures import QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig
 
 COMPOSITION_POOLINGS = ("mean", "stats4")
+#: our runs' structure poolings: hidden states averaged over the text or the <eos> state, and each
+#: with the run's composition-pooled element vectors beside it (``+elements``)
+STRUCTURE_POOLINGS = ("mean", "last", "mean+elements", "last+elements")
 #: full-mode caps: training / validation rows of every task (composition and structure) above these
 #: are subsampled to them (seeded); test splits are used whole. They keep the whole suite (16
 #: tasks, 10 vector sets, 2 runs' structure views) inside 30 minutes on 2 CPU cores; pass
@@ -47,7 +50,9 @@ class BenchmarkSettings:
         max_train, max_val, max_test: row caps per split (default 2000 / 1000 / none; quick 300/100/300;
             0 = no cap), seeded.
         structure_layers: layers of our runs' structure vectors: ints, ``"middle"``, ``"last"``.
-        structure_poolings: ``"mean"`` and/or ``"last"``.
+        structure_poolings: ``"mean"`` and/or ``"last"`` (the hidden states), or either with
+            ``+elements``: the run's element vectors, mean-pooled over the composition, beside them
+            (a structure vector never worse than the composition; compared like any setting).
         config: protocol hyper-parameters (default :class:`ProtocolConfig`, quick :data:`QUICK`).
         n_jobs: parallel work units (joblib processes); each fit is single-threaded, so results do
             not depend on ``n_jobs``.
@@ -123,6 +128,9 @@ class BenchmarkSettings:
         for r in self.regressors:
             if r not in REGRESSORS:
                 raise ConfigError(f"regressor must be one of {REGRESSORS}, not {r!r}")
+        for p in self.structure_poolings:
+            if p not in STRUCTURE_POOLINGS:
+                raise ConfigError(f"structure pooling must be one of {STRUCTURE_POOLINGS}, not {p!r}")
         defaults = QUICK_MAX if self.quick else (MAX_TRAIN, MAX_VAL, MAX_TEST)
         caps = [c if c is not None else (d or 0) for c, d in zip((self.max_train, self.max_val, self.max_test), defaults)]
         cache_dir = self.cache_dir

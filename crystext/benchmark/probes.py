@@ -271,9 +271,12 @@ STRUCTURE_KIND, COMPOSITION_KIND = "structure", "composition only"
 def view_of(representation: str, pooling: str) -> tuple[str, str]:
     """``(label, kind)`` of a result row: our runs' element pooling and structure vectors are two
     views (``crystext-mp (element pooling)``, ``crystext-mp (structure)``); the structure baselines
-    are structure views; every other element table is composition only."""
+    are structure views (``+elements`` structure poolings a view of their own, ``crystext-mp
+    (structure + elements)``); every other element table is composition only."""
     from .structures import STRUCTURE_BASELINES
 
+    if pooling.startswith("structure-") and "+elements" in pooling:  # the floor: shown apart from the states alone
+        return f"{representation} (structure + elements)", STRUCTURE_KIND
     if pooling.startswith("structure-"):
         return f"{representation} (structure)", STRUCTURE_KIND
     if representation in STRUCTURE_BASELINES or pooling in ("structure", "graph"):

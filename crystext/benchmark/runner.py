@@ -125,6 +125,16 @@ def _parse_compositions(formulas: Sequence[str], common: set, reasons: Counter,
     return keep, comps
 
 
+#: a structure pooling ending so (``mean+elements``) also holds the run's element vectors pooled
+#: over the composition: a structure vector never worse than the composition alone (a floor)
+FLOOR_SUFFIX = "+elements"
+
+
+def base_pooling(pooling: str) -> str:
+    """The hidden-state pooling of a structure pooling (``mean+elements`` -> ``mean``)."""
+    return pooling.removesuffix(FLOOR_SUFFIX)
+
+
 def _run_vectors(task: Task, split: str, cifs: list[str], runs: Sequence[Run], structure_layers: Sequence[Any],
                  structure_poolings: Sequence[str], cache_dir: Path | None, log, lm_precision: str, n_jobs: int,
                  reasons: Counter) -> tuple[dict[str, np.ndarray], np.ndarray, list]:
@@ -138,7 +148,9 @@ def _run_vectors(task: Task, split: str, cifs: list[str], runs: Sequence[Run], s
     ok_runs = np.ones(len(good_texts), dtype=bool)
     vecs: dict[str, np.ndarray] = {}
     for run in runs:
-        views = [(layer, pooling) for layer in run.resolve_layers(structure_layers) for pooling in structure_poolings]
+        layers = run.resolve_layers(structure_layers)
+        # a "+elements" pooling reads the same states as its base pooling (the element part is added per unit)
+        views = list(dict.fromkeys((layer, base_pooling(p)) for layer in layers for p in structure_poolings))
         log(f"  {task.name} {split}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
         for (layer, pooling), (v, ok, skipped) in run.structure_views(
                 good_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
@@ -148,7 +160,9 @@ def _run_vectors(task: Task, split: str, cifs: list[str], runs: Sequence[Run], s
             ok_runs &= ok
             full = np.full((len(cifs), v.shape[1]), np.nan, dtype=np.float32)
             full[has_text] = v
-            vecs[f"{run.name}|structure-{pooling}-L{layer}"] = full
+            for wanted in structure_poolings:
+                if base_pooling(wanted) == pooling:
+                    vecs[f"{run.name}|structure-{wanted}-L{layer}"] = full
     ok_all = has_text.copy()
     ok_all[np.flatnonzero(has_text)[~ok_runs]] = False
     return vecs, ok_all, texts
@@ -287,6 +301,8 @@ def _units(task: Task, sets, poolings, splits, parsed, struct, graphs, regressor
         for key in struct["train"]:
             name, pooling = key.split("|", 1)
             x = {k: struct[k][key].astype(np.float64) for k in splits}
+            if FLOOR_SUFFIX in pooling:  # the run's own element vectors, mean-pooled over the composition, beside
+                x = {k: np.hstack([x[k], composition_embeddings(parsed[k], sets[name], "mean")]) for k in splits}
             yield _fit_unit, (task.name, name, pooling, x, y, regressors, seeds, config)
     if graphs:
         yield _fit_graph_unit, (task.name, graphs, y, seeds[:max(1, structure_config.cgcnn_seeds)], structure_config)

@@ -41,7 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-test", type=int, default=None, help="test rows cap (default none; quick 300; 0: no cap)")
     p.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                    help="structure-vector layers of our runs: ints, middle, last (default middle last)")
-    p.add_argument("--structure-poolings", nargs="+", default=None, choices=["mean", "last"])
+    p.add_argument("--structure-poolings", nargs="+", default=None,
+                   choices=["mean", "last", "mean+elements", "last+elements"],
+                   help="our runs' structure vectors: hidden states pooled by mean or <eos> (last); '+elements' "
+                   "puts the run's element vectors, mean-pooled over the composition, beside them (default mean last)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel work units (results do not depend on it)")
     p.add_argument("--cache-dir", default=None, help="cache of structure texts/vectors (default ~/.cache/crystext)")
     p.add_argument("--lm-precision", default="auto", choices=["auto", "float32", "bfloat16"],
