@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -32,12 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from crystext.tasks import SHARED_STRUCTURE_TASKS
+from crystext.tasks import SHARED_STRUCTURE_TASKS, held_out_tables
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precision import cpu_name  # noqa: E402  (the sibling script's CPU model name)
 
-_SPLIT = re.compile(r"^(val|test)\d*\.csv$")
 
 
 def identity_of(path: Path, data: Path) -> tuple[dict, str]:
@@ -70,16 +68,6 @@ def corpus_material_ids(data: Path) -> set[str]:
     for table in sorted((data / "mp").glob("structures-*.parquet")):
         ids |= set(pd.read_parquet(table, columns=["material_id"])["material_id"].astype(str))
     return ids
-
-
-def held_out_rows(data: Path, task: str) -> dict[str, pd.DataFrame]:
-    """The held-out splits of a task folder: ``val``/``test`` tables, fold test files concatenated."""
-    out: dict[str, list[pd.DataFrame]] = {}
-    for path in sorted((data / task).glob("*.csv")):
-        m = _SPLIT.match(path.name)
-        if m:
-            out.setdefault(m.group(1), []).append(pd.read_csv(path))
-    return {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
 
 
 def row_identities(cifs: list[str], symprec: float, cache_dir: Path, n_jobs: int) -> list[tuple | None]:
@@ -147,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python benchmarks/training/corpus_leakage.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "cpu": cpu_name(), "data": str(data), "runs": {}}
     rows_by_prec: dict = {}
-    held = [df for task in args.tasks if task.startswith("mp_") for df in held_out_rows(data, task).values()]
+    held = [df for task in args.tasks if task.startswith("mp_") for df in held_out_tables(data / task).values()]
     held_ids = [str(i) for df in held if "material_id" in df for i in df["material_id"]]
     result["mp_held_out_rows"], result["mp_ids_found"] = len(held_ids), sum(i in mp_ids for i in held_ids)
     for name, (ident, source) in idents.items():
         rows = []
         for task in args.tasks:
-            for split, df in held_out_rows(data, task).items():
+            for split, df in held_out_tables(data / task).items():
                 key = (task, split, ident["symprec"])
                 if key not in rows_by_prec:
                     rows_by_prec[key] = row_identities(df["cif"].astype(str).tolist(), ident["symprec"],

@@ -34,7 +34,7 @@ def held_out_hashes(data: str | os.PathLike, tasks: Iterable[str] | None = None,
     from ..encoding import TextCache
     from ..tasks import SHARED_STRUCTURE_TASKS, held_out_tables
 
-    cache = TextCache(text_cache, symprec) if text_cache else TextCache(symprec=symprec)
+    cache = TextCache(text_cache, symprec)
     out: dict[str, str] = {}
     for task in (tasks or SHARED_STRUCTURE_TASKS):
         folder = Path(data) / task
