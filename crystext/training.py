@@ -984,10 +984,10 @@ def _run_info(s: _Session, saved, reason: str, train_time: float, digests: list[
         "saved_dtype": str(next(saved.parameters()).dtype).replace("torch.", ""),
         "loads_as": "float32",
         "resumed_from": None if s.resume_from is None else s.resume_from.name,
-        "train_time_s_this_session": round(train_time, 1),
+        "train_time_s_this_session": round(train_time, 3),
         # summed over the sessions the checkpoints recorded; a checkpoint from before they were
         # recorded loads as 0 s and 0 sessions (the card then says "since the last resume")
-        "train_time_s": round(state.train_seconds, 1),
+        "train_time_s": round(state.train_seconds, 3),
         "sessions": state.sessions,
         "parameters": sum(p.numel() for p in acc.unwrap_model(s.model).parameters()),
         "rank_param_sha256": digests,
