@@ -116,7 +116,7 @@ def test_a_reduced_formula_lets_the_model_choose_the_formula_units():
     assert cons.start("data_Cl4Na4")[0] == "data_Na4Cl4\n"  # the text form's element order
 
 
-@pytest.mark.parametrize("name", ["crystext-cif", "crystext-compact"])
+@pytest.mark.parametrize("name", ["crystext-cif", "crystext-compact", "crystext-pair"])
 def test_processor_allows_exactly_the_tokens_the_parser_accepts(name):
     tok = load_tokenizer(name)
     proc = cons.CrystalTextLogitsProcessor(tok, "data_Na4Cl4")

@@ -8,7 +8,7 @@ Prompts: the cell compositions (``data_`` lines of the canonical text) of perov_
 whose reduced formula is in none of the release corpora: not in perov_5/val (crystext-base and
 crystext-compact), not among the 132,752 Materials Project compositions of matbench_mp_e_form
 (crystext-compact's header documents, so also crystext-mp's lineage), not among the formulas of
-crystext-mp's corpus (``models/crystext-mp/corpus_identity.json.gz``), not in carbon_24 or the AFLOW
+any release's corpus (``models/*/corpus_identity.json.gz``), not in carbon_24 or the AFLOW
 prototypes. ``--prompts`` of them are drawn with ``--seed``. (The mp_e_form test compositions are
 in crystext-compact's corpus as header documents, so they do not qualify.)
 
@@ -53,8 +53,9 @@ def corpus_formulas(models: Path) -> set[str]:
     seen |= {Composition(c).reduced_formula for c in mb.composition}
     seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / "perov_5" / "val.csv").formula}
     seen.add("C")
-    identity = read_identity(models / "crystext-mp") or {}
-    seen |= {Composition(f).reduced_formula for f in identity.get("formulas", []) if isinstance(f, str)}
+    for release in sorted(p for p in models.iterdir() if p.is_dir()):
+        identity = read_identity(release) or {}
+        seen |= {Composition(f).reduced_formula for f in identity.get("formulas", []) if isinstance(f, str)}
     return seen
 
 
@@ -163,6 +164,17 @@ def markdown(command: str, run: str, prompts: list[str], pool: int, cells: dict,
     return "\n".join(lines)
 
 
+def card_rates(cells: dict, command: str, args) -> dict:
+    """The cells in the form ``crystext.hub`` renders on a model card (as ``validity.py`` writes it)."""
+    sets, intervals = {}, {}
+    for (t, mode), s in cells.items():
+        label = f"held-out compositions, T={t:g}, {mode}"
+        sets[label] = {**{c: round(s[c]["rate"], 4) for c in CHECKS}, "n": s["n"]}
+        intervals[label] = {"valid": [round(v, 4) for v in s["valid"]["interval"]]}
+    return {"temperature": ", ".join(f"{t:g}" for t in args.temperatures), "top_k": 0, "top_p": 1.0,
+            "seed": args.seed, "command": command, "prompt_sets": sets, "intervals": intervals}
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -177,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--card-json", default=None, metavar="PATH",
+                    help="also write the rates in the form a model card quotes (RUN/generation.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     name = Path(args.run).name
@@ -201,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(out.with_name(out.stem + "_samples.jsonl"), "w", encoding="utf-8") as fh:
         for r in all_rows:
             fh.write(json.dumps(r) + "\n")
+    if args.card_json:
+        Path(args.card_json).write_text(json.dumps(card_rates(cells, command, args), indent=1) + "\n")
     print(text)
     return 0
 

@@ -227,7 +227,18 @@ def measure(run: str, texts: list[str], marks: list, reference: list[str], batch
         uni_nats += attribute(-logp[np.asarray(ids[k][1:])], offsets[k][1:], classes)
     tokens = sum(len(x) - 1 for x in ids)
     return {"run": run, "vocab": int(model.config.vocab_size), "tokens_per_doc": tokens / len(texts),
-            "model": model_nats.tolist(), "unigram": uni_nats.tolist(), "seconds": round(seconds, 1)}
+            "model": model_nats.tolist(), "unigram": uni_nats.tolist(), "seconds": round(seconds, 1),
+            "doc_nats": [float(x.sum()) for x in losses]}
+
+
+def paired(last: list[float], other: list[float], seed: int, n_boot: int = 2000) -> dict:
+    """The last run's nats per document minus another run's on the same documents: mean, a
+    bootstrap 95 % interval over documents, and the share of documents the last run reads better."""
+    diff = np.asarray(last) - np.asarray(other)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "interval": [float(lo), float(hi)], "better_share": float((diff < 0).mean())}
 
 
 def summarise(nats: np.ndarray, totals: dict, n_docs: int, tokens: float | None) -> dict:
@@ -272,6 +283,15 @@ def _markdown(rows: list[dict], meta: dict) -> str:
             + "".join(f"| {r[c]:.2f} " for c in ("coord_d1", "coord_d2", "coord_d3", "coord_d4"))
             + f"| {r['special_coord_nats']:.3f} | {r['element_nats']:.3f} | {r['cell_length_nats']:.2f} "
             f"| {r['cell_angle_nats']:.3f} | {100 * r['general_share']:.0f} % |")
+    if meta.get("paired_with_last"):
+        last = rows[-2]["label"]
+        lines += ["", f"Paired on the same documents: {last}'s nats per document minus each run's, with a "
+                  "bootstrap 95 % interval over documents, and the share of documents it reads with less loss.", "",
+                  f"| run | {last} minus this run (nats/doc) | 95 % interval | documents {last} reads better |",
+                  "|---|---|---|---|"]
+        for name, p in meta["paired_with_last"].items():
+            lo, hi = p["interval"]
+            lines.append(f"| {name} | {p['mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {100 * p['better_share']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -302,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     reference = _reference_texts(data, args.reference, args.seed + 1)
     marks = [char_classes(t) for t in keep]
     totals = {k: sum(m[1][k] for m in marks) for k in marks[0][1]}
-    rows = []
+    rows, per_doc = [], {}
     for run in args.runs:
         res = measure(run, keep, marks, reference, args.batch_size)
+        per_doc[run] = res["doc_nats"]
         for which in ("model", "unigram"):
             row = summarise(np.asarray(res[which]), totals, len(keep), res["tokens_per_doc"])
             label = Path(run).name if which == "model" else f"{Path(run).name} tokenizer, unigram"
@@ -318,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             "left_out_trained_on": n_short - len(keep), "held_out": args.held_out,
             "seed": args.seed, "general_coords": totals["coord_general"], "special_coords": totals["coord_special"],
             "elements": totals["elements"], "machine": cpu_name()}
+    last = args.runs[-1]
+    meta["paired_with_last"] = {Path(r).name: paired(per_doc[last], per_doc[r], args.seed) for r in args.runs[:-1]}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "totals": totals, "rows": rows}, indent=2))
     md = _markdown(rows, meta)
