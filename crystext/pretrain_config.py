@@ -79,6 +79,8 @@ class PretrainSettings:
     bucket_size: int = _training(64, "int", "length-bucketing window, in global batches")
     save_dtype: str = _training("float32", "str", "dtype of the final model.safetensors (loads as float32)")
     compile: bool = _training(False, "bool", "torch.compile the training forward (minutes to compile)")
+    aux_weight: float = _training(0.0, "float", "weight of the auxiliary geometry-target loss on the pooled "
+                                  "state (0: off; crystext.auxiliary)")
 
     resume: bool | str = _session("auto", "auto: continue from the last checkpoint if any; True: require one; "
                                   "False: start afresh")

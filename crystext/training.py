@@ -42,12 +42,13 @@ import numpy as np
 
 from .batching import BatchPlan, epoch_plan  # noqa: F401 - epoch_plan: importable from here too
 from .atomic import atomic_path, atomic_write_text, disk_full_guard, save_into
+from .auxiliary import AuxObjective, document_targets
 from .errors import ConfigError, CrystextError, DataNotFoundError
 from .lineage import lineage_of_init
 from .modeling import build_model
 from .pretrain_config import PretrainSettings
 
-LOG_FIELDS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_s"]
+LOG_FIELDS = ["step", "tokens", "train_loss", "eval_loss", "lr", "tokens_per_s", "aux_loss"]
 CHECKPOINTS = "checkpoints"
 
 
@@ -116,8 +117,9 @@ def collate(rows: list[list[int]], pad_id: int, block_size: int):
     return pad_batch(rows, pad_id, block_size)
 
 
-def token_loss_sum(model, ids, mask):
-    """Summed next-token cross-entropy over real (non-pad) targets, and their count.
+def token_loss_sum(model, ids, mask, hidden: bool = False):
+    """Summed next-token cross-entropy over real (non-pad) targets, and their count (and, with
+    ``hidden``, the final hidden states as a third item).
 
     Rows are right-padded, so under the causal mask a real token only ever sees earlier tokens of
     its own document: the padding mask would change nothing but the (ignored) outputs at padded
@@ -125,10 +127,13 @@ def token_loss_sum(model, ids, mask):
     """
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids).logits[:, :-1]
+    out = model(input_ids=ids, output_hidden_states=hidden)
+    logits = out.logits[:, :-1]
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
+    if hidden:
+        return loss, int((targets != -100).sum()), out.hidden_states[-1]
     return loss, int((targets != -100).sum())
 
 
@@ -165,6 +170,8 @@ class TrainState:
     #: before they were recorded): a resume under another schedule or vocabulary is refused
     schedule: str = ""
     tokenizer_sha256: str = ""
+    #: the auxiliary objective's weight (crystext.auxiliary): a checkpoint with its head resumes only with it
+    aux_weight: float = 0.0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -494,6 +501,8 @@ class _Session:
     seconds_before: float = 0.0  # training seconds of earlier sessions (from the checkpoint)
     keep: int = 2  # checkpoints kept
     interrupt: Any = None  # a _Interrupt while the loop runs
+    aux: Any = None  # the auxiliary objective (crystext.auxiliary.AuxObjective), if aux_weight > 0
+    aux_head: Any = None  # its head, prepared with the model
 
     @property
     def micro(self) -> int:
@@ -575,8 +584,9 @@ def _load_data(accelerator, corpus, tokenizer, cache: Path, init: Path | None):
 
 
 def _optimise(settings: PretrainSettings, cfg: dict, tok, accelerator):
-    """``(model, compiled model, optimiser, scheduler)``: the model (fresh, or the init run's
-    weights) prepared by ``accelerator``, AdamW without decay on vectors, the nanoGPT schedule."""
+    """``(model, compiled model, optimiser, scheduler, auxiliary head or None)``: the model (fresh,
+    or the init run's weights) prepared by ``accelerator``, AdamW without decay on vectors, the
+    nanoGPT schedule."""
     import torch
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM
@@ -586,18 +596,24 @@ def _optimise(settings: PretrainSettings, cfg: dict, tok, accelerator):
         model = AutoModelForCausalLM.from_pretrained(settings.init, attn_implementation="sdpa", dtype=torch.float32)
     else:
         model = build_model({"name": settings.preset, "model": settings.model}, tok, seed=cfg["seed"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # the auxiliary head (crystext.auxiliary) trains beside the model and is never saved with it
+    head = AuxObjective.head(model.config.n_embd) if cfg["aux_weight"] > 0 else None
+    params = [*model.parameters(), *(head.parameters() if head is not None else [])]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["learning_rate"], betas=tuple(cfg["betas"]), fused=True,  # one kernel per step, CPU and GPU
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg["learning_rate"])
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if head is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, head, optimizer = accelerator.prepare(model, head, optimizer)
     # The compiled module shares the prepared model's parameters; checkpoints and evaluation use
     # the plain one (evaluation would otherwise compile a second, no-grad graph).
     train_model = torch.compile(model, dynamic=True) if cfg["compile"] else model
-    return model, train_model, optimizer, scheduler
+    return model, train_model, optimizer, scheduler, head
 
 
 def _setup(settings: PretrainSettings, corpus, out: Path, tokenizer, corpus_cache) -> _Session:
@@ -613,7 +629,11 @@ def _setup(settings: PretrainSettings, corpus, out: Path, tokenizer, corpus_cach
     accelerator = _accelerator(precision, out)
     dd, tok, corpus_info = _load_data(accelerator, corpus, tokenizer, corpus_cache or out.parent / "corpora", init)
     train_ds, val_ds = dd["train"].select_columns(["input_ids"]), dd["validation"]
-    model, train_model, optimizer, scheduler = _optimise(settings, cfg, tok, accelerator)
+    model, train_model, optimizer, scheduler, aux_head = _optimise(settings, cfg, tok, accelerator)
+    aux = None
+    if aux_head is not None:
+        with accelerator.main_process_first():  # one process measures the corpus, the others read the cache
+            aux = AuxObjective(document_targets(dd["train"], tok), cfg["aux_weight"])
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
 
@@ -628,7 +648,7 @@ def _setup(settings: PretrainSettings, corpus, out: Path, tokenizer, corpus_cach
                     train_model=train_model, optimizer=optimizer, scheduler=scheduler, state=state, plan=plan, dd=dd,
                     tok=tok, corpus_info=corpus_info, train_ds=train_ds, train_len=train_len, val_ds=val_ds,
                     val_len=_lengths(val_ds), val_kinds=_column(val_ds, "kind", "structure"), block=block, init=init,
-                    eval_idx=eval_idx, keep=settings.keep_checkpoints)
+                    eval_idx=eval_idx, keep=settings.keep_checkpoints, aux=aux, aux_head=aux_head)
 
 
 def _saved_geometry(checkpoint: Path) -> dict | None:
@@ -702,10 +722,12 @@ SCHEDULE_KEYS = ("learning_rate", "min_learning_rate", "warmup_steps", "max_step
 
 
 def _run_identity(s: _Session) -> dict:
-    """The schedule (its keys as JSON) and the tokenizer (SHA-256 of its sorted vocabulary) of this run."""
+    """The schedule (its keys as JSON), the tokenizer (SHA-256 of its sorted vocabulary) and the
+    auxiliary objective's weight of this run."""
     schedule = json.dumps({k: s.cfg[k] for k in SCHEDULE_KEYS}, sort_keys=True)
     vocab = json.dumps(sorted(s.tok.get_vocab().items()), separators=(",", ":"))
-    return {"schedule": schedule, "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest()}
+    return {"schedule": schedule, "tokenizer_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+            "aux_weight": float(s.cfg["aux_weight"])}
 
 
 def _check_same_run(s: _Session, saved: dict, force_resume: bool) -> None:
@@ -716,6 +738,10 @@ def _check_same_run(s: _Session, saved: dict, force_resume: bool) -> None:
         raise ConfigError(f"resume from {s.resume_from}: the checkpoint was trained with another tokenizer (vocabulary "
                           f"sha256 {saved['tokenizer_sha256'][:12]} -> {now['tokenizer_sha256'][:12]}); its token ids "
                           "would mean other tokens. Use the run's own corpus and tokenizer, or start afresh (--fresh)")
+    if float(saved.get("aux_weight", 0.0)) != now["aux_weight"]:  # the checkpoint holds a head or not
+        raise ConfigError(f"resume from {s.resume_from}: the checkpoint was trained with aux_weight "
+                          f"{float(saved.get('aux_weight', 0.0))}, this call asks for {now['aux_weight']}; "
+                          "use the run's own setting, or start afresh (--fresh)")
     if not saved.get("schedule") or saved["schedule"] == now["schedule"]:
         return
     old, new = json.loads(saved["schedule"]), json.loads(now["schedule"])
@@ -784,7 +810,8 @@ def _stop_on_interrupt(s: _Session, saved: bool) -> None:
 
 
 def _train_step(s: _Session) -> tuple[float, int, int, float]:
-    """One optimiser step on global batch ``s.state.step``: (mean train loss, targets, tokens, lr)."""
+    """One optimiser step on global batch ``s.state.step``: (mean train loss, targets, tokens, lr,
+    this process's auxiliary loss or 0)."""
     import torch
 
     acc, tok = s.accelerator, s.tok
@@ -796,20 +823,30 @@ def _train_step(s: _Session) -> tuple[float, int, int, float]:
     counts = acc.reduce(torch.tensor([n_local, n_tokens_local], device=acc.device), "sum")
     n_targets, n_tokens = int(counts[0]), int(counts[1])
     loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+    aux_sum = 0.0
     for k, (ids, mask) in enumerate(loaded):
         sync = k == len(loaded) - 1
         with nullcontext() if sync else acc.no_sync(s.model):
-            loss, _ = token_loss_sum(s.train_model, ids.to(acc.device), mask.to(acc.device))
+            ids, mask = ids.to(acc.device), mask.to(acc.device)
+            if s.aux is None:
+                loss, _ = token_loss_sum(s.train_model, ids, mask)
+                extra = 0.0
+            else:
+                loss, _, hidden = token_loss_sum(s.train_model, ids, mask, hidden=True)
+                extra = s.aux.loss(s.aux_head, hidden, mask, parts[k])
+                aux_sum += float(extra.detach()) / len(loaded)
+                extra = extra * s.aux.weight / len(loaded)
             # DDP averages gradients over processes; scale so the result is the global token mean
-            acc.backward(loss * s.world / n_targets)
+            acc.backward(loss * s.world / n_targets + extra)
         loss_sum += loss.detach().double()
     if s.cfg["grad_clip"]:
-        acc.clip_grad_norm_(s.model.parameters(), s.cfg["grad_clip"])
+        heads = list(s.aux_head.parameters()) if s.aux_head is not None else []
+        acc.clip_grad_norm_([*s.model.parameters(), *heads], s.cfg["grad_clip"])
     lr = s.scheduler.get_last_lr()[0]
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return float(acc.reduce(loss_sum, "sum")) / n_targets, n_targets, n_tokens, lr
+    return float(acc.reduce(loss_sum, "sum")) / n_targets, n_targets, n_tokens, lr, aux_sum
 
 
 def _held_out_splits(s: _Session) -> list[str]:
@@ -832,11 +869,11 @@ def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
                desc=f"pretrain {s.settings.preset}", unit="step", dynamic_ncols=True)
     held_tokens = sum(_tokens(_lengths(s.dd[sp]), s.block) for sp in _held_out_splits(s))
     periodic_tokens = _tokens(s.val_len[s.eval_idx], s.block)
-    win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
+    win_loss, win_targets, win_tokens, win_aux, win_steps, win_t0 = 0.0, 0, 0, 0.0, 0, time.time()
     reason = "max_steps" if stop >= cfg["max_steps"] else "stop_at"
     while state.step < stop:
         t_step = time.time()
-        train_loss, n_targets, n_tokens, lr = _train_step(s)
+        train_loss, n_targets, n_tokens, lr, aux_loss = _train_step(s)
         budget.step_s.append(time.time() - t_step)
         budget.train_tok_s = n_tokens / max(1e-9, budget.step_s[-1])
         state.step += 1
@@ -845,6 +882,7 @@ def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
         win_loss += train_loss * n_targets
         win_targets += n_targets
         win_tokens += n_tokens
+        win_aux, win_steps = win_aux + aux_loss, win_steps + 1
         bar.update(1)
 
         done = state.step >= stop
@@ -864,11 +902,12 @@ def _train(s: _Session, stop: int, budget: Budget, progress: bool) -> str:
             dt = max(1e-9, time.time() - win_t0)
             row = {"step": state.step, "tokens": state.tokens, "train_loss": round(win_loss / win_targets, 6),
                    "eval_loss": "" if eval_loss is None else round(eval_loss, 6), "lr": lr,
-                   "tokens_per_s": round(win_tokens / dt, 1)}
+                   "tokens_per_s": round(win_tokens / dt, 1),
+                   "aux_loss": round(win_aux / win_steps, 6) if s.aux is not None and win_steps else ""}
             s.log.write(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
                             **({"eval": f"{eval_loss:.3f}"} if eval_loss is not None else {}))
-            win_loss, win_targets, win_tokens, win_t0 = 0.0, 0, 0, time.time()
+            win_loss, win_targets, win_tokens, win_aux, win_steps, win_t0 = 0.0, 0, 0, 0.0, 0, time.time()
         if state.step % cfg["checkpoint_interval"] == 0 or done:
             state.train_seconds = s.seconds_before + time.time() - s.t_start
             t_ckpt = time.time()

@@ -24,7 +24,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "tasks"),
     2: ("tokenization", "encoding"),
     3: ("modeling", "pretrain_config", "corpus"),
-    4: ("training",),
+    4: ("training", "auxiliary"),
     5: ("embeddings", "pipeline", "generation", "constrained"),
     6: ("finetune", "finetune_config"),
     7: ("benchmark", "heads", "plots"),
