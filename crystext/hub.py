@@ -231,10 +231,23 @@ def _training_data_section(corpus: dict, per_source: dict, sources: list) -> str
             data_lines.append(f"| split `{key}` | | {value} | |")
         if corpus.get("command"):
             data_lines += ["", f"Corpus built by `{corpus['command']}`."]
+        data_lines += _exclusion_lines(corpus.get("excluded_held_out"))
     elif sources:
         data_lines.append(", ".join(map(str, sources)))
     training_data = "\n".join(data_lines) or "Not recorded in the run folder."
     return training_data + "\n\nTargets (properties) are never part of the pretraining text."
+
+
+def _exclusion_lines(excluded: dict | None) -> list[str]:
+    """The card's sentence on benchmark structures removed from the corpus (``crystext corpus exclude``)."""
+    if not excluded:
+        return []
+    removed = {split: sum(per_task.values()) for split, per_task in (excluded.get("removed") or {}).items()}
+    tasks = sorted({task for per_task in (excluded.get("removed") or {}).values() for task in per_task})
+    return ["", f"Then `crystext corpus exclude` removed every document whose structure is a validation or test "
+            f"structure of a benchmark task ({excluded.get('held_out_structures', 0):,} checked): "
+            + ", ".join(f"{n} from `{split}`" for split, n in removed.items())
+            + (f" ({', '.join(tasks)})" if tasks else "") + "; the split counts above are after it."]
 
 
 def _training_section(run: Path, train_cfg: dict) -> str:

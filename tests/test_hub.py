@@ -85,6 +85,22 @@ def test_card_quotes_generation_rates_with_their_interval(tiny_run, tmp_path):
     assert "| mp_e_form test, T=0.7 | 32 | 0.500 | 0.000 | 0.062 | 0.000-0.107 |" in card
 
 
+def test_card_says_which_benchmark_structures_left_the_corpus(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert "corpus exclude" not in render_card(run, "someone/tiny-test")
+    summary = {"sources": {"mp/structures-00": {"documents": 100}}, "splits": {"train": {"documents": 73}},
+               "excluded_held_out": {"from": "mp", "held_out_structures": 21100,
+                                     "removed": {"train": {"mp_e_form": 27}, "validation": {"mp_e_form": 2}, "test": {}}}}
+    (run / "corpus_summary.json").write_text(json.dumps(summary))
+    card = render_card(run, "someone/tiny-test")
+    assert ("`crystext corpus exclude` removed every document whose structure is a validation or test structure "
+            "of a benchmark task (21,100 checked): 27 from `train`, 2 from `validation`, 0 from `test` (mp_e_form)") in card
+
+
 def test_publish_export_loads_offline_in_fresh_process(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_NEVERWRITETHISTOKEN")
     out = tmp_path / "export"
