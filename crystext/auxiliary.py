@@ -15,7 +15,6 @@ measure; a few ms per document) and cached under ``$CRYSTEXT_CACHE/aux-targets``
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ import numpy as np
 
 from .atomic import atomic_path
 from .descriptors.geometry import TARGET_NAMES, structure_targets
+from .settings import cache_dir as default_cache_dir
 
 
 def _cache_file(ds: Any, cache_dir: str | Path | None) -> Path:
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("CRYSTEXT_CACHE", Path.home() / ".cache" / "crystext"))
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = hashlib.sha256(f"{ds._fingerprint}:{len(ds)}:{','.join(TARGET_NAMES)}".encode()).hexdigest()[:16]
     return root / "aux-targets" / f"{key}.npy"
 

@@ -98,20 +98,13 @@ def split_by_formula(formulas: Iterable[str], fractions: Sequence[float] = (0.7,
 def mean_coordination(structure: Any, tolerance: float = 0.1, cutoff: float = 6.0) -> float:
     """Mean over sites of the number of atoms within ``(1 + tolerance)`` x the site's nearest distance.
 
-    Uses :func:`crystext.descriptors.neighbors.neighbor_list` (periodic images included); a site with
-    no neighbour inside ``cutoff`` Å is looked for again at twice the cutoff. Raises ``ValueError``
-    when a site has none even there.
+    Nearest distances from :func:`crystext.descriptors.geometry.nearest_neighbours` (periodic images
+    included; a site with no neighbour inside ``cutoff`` Å is looked for again at twice the cutoff;
+    ``ValueError`` when a site has none even there).
     """
-    from ..descriptors.neighbors import neighbor_list
+    from ..descriptors.geometry import nearest_neighbours
 
-    for radius in (cutoff, 2 * cutoff):
-        nbrs = neighbor_list(structure, radius)
-        if np.bincount(nbrs.centers, minlength=nbrs.n_atoms).min() > 0:
-            break
-    else:
-        raise ValueError(f"a site has no neighbour within {2 * cutoff} Å")
-    nearest = np.full(nbrs.n_atoms, np.inf)
-    np.minimum.at(nearest, nbrs.centers, nbrs.distances)
+    nbrs, nearest = nearest_neighbours(structure, cutoff)
     within = nbrs.distances <= (1 + tolerance) * nearest[nbrs.centers] + 1e-8
     return float(np.bincount(nbrs.centers[within], minlength=nbrs.n_atoms).mean())
 

@@ -40,6 +40,21 @@ def atomic_radius(symbol: str) -> float:
     return float(radius) if radius is not None else FALLBACK_RADIUS
 
 
+def nearest_neighbours(structure: Any, cutoff: float = 6.0):
+    """``(neighbour list, nearest distance of every site)``; a site with no neighbour within
+    ``cutoff`` Å is looked for again at twice the cutoff, and ``ValueError`` is raised when a site has
+    none even there."""
+    for radius in (cutoff, 2 * cutoff):
+        nbrs = neighbor_list(structure, radius)
+        if np.bincount(nbrs.centers, minlength=nbrs.n_atoms).min() > 0:
+            break
+    else:
+        raise ValueError(f"a site has no neighbour within {2 * cutoff} Å")
+    nearest = np.full(nbrs.n_atoms, np.inf)
+    np.minimum.at(nearest, nbrs.centers, nbrs.distances)
+    return nbrs, nearest
+
+
 def structure_targets(structure: Any, cutoff: float = 6.0) -> np.ndarray:
     """The :data:`TARGET_NAMES` of one pymatgen ``Structure`` (float64 array of 4).
 
@@ -51,14 +66,7 @@ def structure_targets(structure: Any, cutoff: float = 6.0) -> np.ndarray:
         raise ValueError("the structure has no sites")
     volume = float(structure.volume)
     radii = np.array([atomic_radius(site.specie.symbol) for site in structure])
-    for radius in (cutoff, 2 * cutoff):
-        nbrs = neighbor_list(structure, radius)
-        if np.bincount(nbrs.centers, minlength=n).min() > 0:
-            break
-    else:
-        raise ValueError(f"a site has no neighbour within {2 * cutoff} Å")
-    nearest = np.full(n, np.inf)
-    np.minimum.at(nearest, nbrs.centers, nbrs.distances)
+    nbrs, nearest = nearest_neighbours(structure, cutoff)
     partner = np.zeros(n)
     closest = nbrs.distances <= nearest[nbrs.centers] + 1e-8
     partner[nbrs.centers[closest]] = radii[nbrs.neighbors[closest]]
