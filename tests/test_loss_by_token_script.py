@@ -88,9 +88,8 @@ def test_documents_a_compared_run_was_pretrained_on_are_known(lbt, text, tmp_pat
 
 def test_the_paired_comparison_knows_which_run_reads_better(lbt):
     other = np.linspace(100.0, 300.0, 200)
-    better = lbt.paired(list(other - 10.0 + np.sin(np.arange(200))), list(other), seed=0)
+    better = lbt.paired_difference(other - 10.0 + np.sin(np.arange(200)), other, seed=0)
     assert better["mean"] == pytest.approx(-10.0, abs=0.2)
-    lo, hi = better["interval"]
-    assert lo < better["mean"] < hi < 0 and better["better_share"] == 1.0
-    tie = lbt.paired(list(other + np.where(np.arange(200) % 2, 5.0, -5.0)), list(other), seed=0)
-    assert tie["interval"][0] < 0 < tie["interval"][1] and tie["better_share"] == 0.5
+    assert better["low"] < better["mean"] < better["high"] < 0 and better["share_better"] == 1.0
+    tie = lbt.paired_difference(other + np.where(np.arange(200) % 2, 5.0, -5.0), other, seed=0)
+    assert tie["low"] < 0 < tie["high"] and tie["share_better"] == 0.5

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_loss import _unigram_logp  # noqa: E402  (the sibling script's add-one smoothed unigram)
+from heldout_loss import _unigram_logp, paired_difference  # noqa: E402  (the sibling script's unigram and pairing)
 from precision import cpu_name  # noqa: E402  (the sibling script's CPU model name)
 
 from crystext.corpus.identity import text_hash  # noqa: E402
@@ -231,16 +231,6 @@ def measure(run: str, texts: list[str], marks: list, reference: list[str], batch
             "doc_nats": [float(x.sum()) for x in losses]}
 
 
-def paired(last: list[float], other: list[float], seed: int, n_boot: int = 2000) -> dict:
-    """The last run's nats per document minus another run's on the same documents: mean, a
-    bootstrap 95 % interval over documents, and the share of documents the last run reads better."""
-    diff = np.asarray(last) - np.asarray(other)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "interval": [float(lo), float(hi)], "better_share": float((diff < 0).mean())}
-
-
 def summarise(nats: np.ndarray, totals: dict, n_docs: int, tokens: float | None) -> dict:
     """Per-document and per-item figures from per-class nats summed over documents."""
     general = float(sum(nats[C[c]] for c in GENERAL))
@@ -290,8 +280,7 @@ def _markdown(rows: list[dict], meta: dict) -> str:
                   f"| run | {last} minus this run (nats/doc) | 95 % interval | documents {last} reads better |",
                   "|---|---|---|---|"]
         for name, p in meta["paired_with_last"].items():
-            lo, hi = p["interval"]
-            lines.append(f"| {name} | {p['mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {100 * p['better_share']:.0f} % |")
+            lines.append(f"| {name} | {p['mean']:.1f} | [{p['low']:.1f}, {p['high']:.1f}] | {100 * p['share_better']:.1f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -340,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "general_coords": totals["coord_general"], "special_coords": totals["coord_special"],
             "elements": totals["elements"], "machine": cpu_name()}
     last = args.runs[-1]
-    meta["paired_with_last"] = {Path(r).name: paired(per_doc[last], per_doc[r], args.seed) for r in args.runs[:-1]}
+    meta["paired_with_last"] = {Path(r).name: paired_difference(per_doc[last], per_doc[r], seed=args.seed)
+                                for r in args.runs[:-1]}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "totals": totals, "rows": rows}, indent=2))
     md = _markdown(rows, meta)
