@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
@@ -190,19 +191,58 @@ _CARD_HYPERPARAMETERS = (
 )
 
 
-def _benchmark_section(benchmark: str | Path | None, representation: str) -> tuple[str, list[dict]]:
-    """The card's benchmark Markdown and model-index entries, from a benchmark folder or CSV."""
+def _benchmark_paths(benchmark: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The ``results.csv`` of each benchmark folder or CSV in ``benchmark`` (one or a sequence)."""
+    if benchmark is None:
+        return []
+    items = [benchmark] if isinstance(benchmark, (str, Path)) else list(benchmark)
+    paths = []
+    for item in items:
+        path = Path(item)
+        path = path / "results.csv" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"{path}: benchmark results not found")
+        paths.append(path)
+    return paths
+
+
+def read_benchmarks(benchmark: str | Path | Sequence[str | Path]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Path]]:
+    """Results and selected settings of one or more benchmark outputs, with the folder each task
+    comes from. A later output's tasks replace an earlier one's rows of the same tasks (a rerun of
+    some tasks, e.g. rebuilt probes, beside a full run). ``selected`` is None unless every output
+    has its ``selected.csv`` (the picks are then recomputed from the results)."""
+    results, selected, origin = [], [], {}
+    for path in _benchmark_paths(benchmark):
+        res = pd.read_csv(path)
+        tasks = set(res["task"])
+        results = [r[~r["task"].isin(tasks)] for r in results] + [res]
+        sel_path = path.parent / "selected.csv"
+        if selected is not None and sel_path.is_file():
+            sel = pd.read_csv(sel_path)
+            selected = [x[~x["task"].isin(tasks)] for x in selected] + [sel]
+        else:
+            selected = None
+        origin.update(dict.fromkeys(tasks, path.parent))
+    if not results:
+        raise ConfigError("no benchmark results given")
+    merged_sel = pd.concat(selected, ignore_index=True) if selected else None
+    return pd.concat(results, ignore_index=True), merged_sel, origin
+
+
+def _benchmark_section(benchmark: str | Path | Sequence[str | Path] | None,
+                       representation: str) -> tuple[str, list[dict]]:
+    """The card's benchmark Markdown and model-index entries, from one or more benchmark outputs."""
     if benchmark is None:
         return "No benchmark results yet.", []
-    path = Path(benchmark)
-    path = path / "results.csv" if path.is_dir() else path
-    if not path.is_file():
-        raise ConfigError(f"{path}: benchmark results not found")
-    results = pd.read_csv(path)
-    selected = pd.read_csv(path.parent / "selected.csv") if (path.parent / "selected.csv").is_file() else None
+    results, selected, origin = read_benchmarks(benchmark)
     bench_md, model_index = benchmark_tables(results, representation, selected)
     if model_index:
-        bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from `{Path(benchmark)}`)."
+        folders = list(dict.fromkeys(origin.values()))
+        source = f"`{folders[0]}`" + "".join(
+            f"; {', '.join(sorted(t for t, f in origin.items() if f == folder))} from `{folder}`"
+            for folder in folders[1:])
+        bench_md += f"\n\nFull results: `benchmark_results.csv` in this repository (from {source})."
     return bench_md, model_index
 
 
@@ -325,11 +365,13 @@ def _card_metadata(corpus: dict, sources: list, repo_id: str, license: str, mode
     return yaml.safe_dump(metadata, sort_keys=False).strip()
 
 
-def render_card(run: str | Path, repo_id: str, benchmark: str | Path | None = None,
+def render_card(run: str | Path, repo_id: str, benchmark: str | Path | Sequence[str | Path] | None = None,
                 template: str | Path | None = None, license: str = "mit") -> str:
     """Write the model card of a run as Markdown with YAML metadata, from the run's own files.
 
-    ``benchmark`` is a benchmark output folder (holding ``results.csv``) or the CSV itself.
+    ``benchmark`` is a benchmark output folder (holding ``results.csv``) or the CSV itself, or a
+    sequence of them whose later entries replace the earlier ones' rows of the tasks they ran
+    (:func:`read_benchmarks`).
     """
     run = Path(run)
     config = _read_json(run / "config.json")
@@ -420,7 +462,8 @@ def verify_export(folder: str | Path, timeout: int = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: str | Path | None = None,
+def export_for_hub(run: str | Path, out: str | Path, repo_id: str,
+                   benchmark: str | Path | Sequence[str | Path] | None = None,
                    verify: bool = True, overwrite: bool = False) -> Path:
     """Assemble and (by default) verify a Hub-ready folder for ``run`` in ``out``.
 
@@ -450,8 +493,8 @@ def export_for_hub(run: str | Path, out: str | Path, repo_id: str, benchmark: st
     return out
 
 
-def _assemble_export(run: Path, out: Path, repo_id: str, benchmark: str | Path | None, finetuned: bool,
-                     verify: bool) -> Path:
+def _assemble_export(run: Path, out: Path, repo_id: str, benchmark: str | Path | Sequence[str | Path] | None,
+                     finetuned: bool, verify: bool) -> Path:
     """The files of :func:`export_for_hub`, written into the (empty) folder ``out``."""
     from .embeddings import element_embeddings, save_element_csv
 
@@ -467,12 +510,12 @@ def _assemble_export(run: Path, out: Path, repo_id: str, benchmark: str | Path |
         return out
     save_element_csv(element_embeddings(run), out / "element_embeddings.csv")
     if benchmark is not None:
-        src = Path(benchmark)
-        src = src / "results.csv" if src.is_dir() else src
-        shutil.copy2(src, out / "benchmark_results.csv")
-        report = src.parent / "report.md"
-        if report.is_file():
-            shutil.copy2(report, out / "benchmark_report.md")
+        results, _, _ = read_benchmarks(benchmark)
+        results.to_csv(out / "benchmark_results.csv", index=False)
+        for i, src in enumerate(_benchmark_paths(benchmark)):
+            report = src.parent / "report.md"
+            if report.is_file():
+                shutil.copy2(report, out / ("benchmark_report.md" if i == 0 else f"benchmark_report_{i + 1}.md"))
     (out / "README.md").write_text(render_card(run, repo_id, benchmark))
     if verify:
         verify_export(out)
@@ -491,8 +534,8 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 
 def publish(run: str | Path, repo_id: str, *, export_dir: str | Path | None = None,
-            benchmark: str | Path | None = None, private: bool = False, revision: str | None = None,
-            commit_message: str | None = None, token: str | None = None, export_only: bool = False) -> str:
+            benchmark: str | Path | Sequence[str | Path] | None = None, private: bool = False,
+            revision: str | None = None, commit_message: str | None = None, token: str | None = None, export_only: bool = False) -> str:
     """Export, verify offline, then upload ``run`` to ``repo_id`` on the Hub. Returns the folder
     path when ``export_only`` else the commit URL. A network failure raises :class:`HubError`
     and leaves the verified local folder intact."""

@@ -10,7 +10,9 @@ import sys
 import pandas as pd
 import pytest
 
-from crystext.hub import HubError, benchmark_tables, export_for_hub, publish, render_card
+from crystext.errors import ConfigError
+from crystext.hub import (HubError, _benchmark_section, benchmark_tables, export_for_hub, publish, read_benchmarks,
+                          render_card)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,27 @@ def test_benchmark_tables_pick_on_validation_and_bold_winner(results_csv):
     assert "12.5 ± 0.71" in md and "magpie" in md
     assert index[0]["metrics"][0]["value"] == pytest.approx(10.5)
     assert "picked on validation" in index[0]["metrics"][0]["name"]
+
+
+def test_a_later_benchmark_replaces_the_rows_of_the_tasks_it_reran(results_csv, tmp_path):
+    full = pd.read_csv(results_csv)
+    probe = full.assign(task="probes/geometry")
+    first = tmp_path / "full"
+    first.mkdir()
+    pd.concat([full, probe]).to_csv(first / "results.csv", index=False)
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    probe.assign(value=probe["value"] + 100.0).to_csv(rerun / "results.csv", index=False)
+    results, selected, origin = read_benchmarks([first, rerun])
+    assert selected is None  # neither folder has selected.csv: picks are recomputed
+    assert len(results) == 2 * len(full)  # the old probe rows are gone, not doubled
+    assert results.loc[results["task"] == "probes/geometry", "value"].min() >= 100.0
+    assert origin == {"aflow__ael_bulk_modulus_vrh": first, "probes/geometry": rerun}
+    md, index = _benchmark_section([first, rerun], "crystext-tiny-test")
+    assert "110.5 ± 0.71" in md and "**10.5 ± 0.71**" in md
+    assert f"probes/geometry from `{rerun}`" in md
+    with pytest.raises(ConfigError, match="not found"):
+        read_benchmarks([first, tmp_path / "missing"])
 
 
 def test_benchmark_tables_refuse_results_without_validation_rows(results_csv):

@@ -15,6 +15,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crystext.benchmark import run_benchmark
+from crystext.errors import DataNotFoundError
 from crystext.benchmark.probes import (GEOMETRY, POLYMORPH, ProbeConfig, build_probes, mean_coordination,
                                        polymorph_table, probe_verdicts, resolve_tasks, split_by_formula, view_of)
 
@@ -103,7 +104,8 @@ def test_polymorph_table_zero_mean_per_formula_split_by_formula_and_capped():
     rng = np.random.default_rng(0)
     formulas = [f"A{i}B" for i in range(60) for _ in range(1 + i % 4)] + ["Z"] * 15
     rows = pd.DataFrame({"material_id": [f"m{i}" for i in range(len(formulas))], "cif": "",
-                         "energy": rng.normal(size=len(formulas)) + np.arange(len(formulas)) % 7, "formula": formulas})
+                         "energy": rng.normal(size=len(formulas)) + np.arange(len(formulas)) % 7, "formula": formulas,
+                         "held_out": rng.random(len(formulas)) < 0.5})
     config = ProbeConfig(max_per_formula=5, max_rows=(60, 20, 20))
     table = polymorph_table(rows, config)
     sizes = table.groupby("formula").size()
@@ -112,49 +114,28 @@ def test_polymorph_table_zero_mean_per_formula_split_by_formula_and_capped():
     assert np.allclose(table.groupby("formula")["target"].mean(), 0.0, atol=1e-12)
     assert (table.groupby("formula")["split"].nunique() == 1).all()
     used = table["split"].value_counts()
-    assert used["train"] <= 60 and used["val"] <= 20 and used["test"] <= 20
+    assert used["train"] <= 60 and 0 < used["val"] <= 20 and 0 < used["test"] <= 20
     # the target is the energy minus the mean of the formula's kept structures
     g = table[table["formula"] == "A3B"]
     assert np.allclose(g["target"], g["energy"] - g["energy"].mean())
     assert table.equals(polymorph_table(rows, config))  # seeded: the same table twice
 
 
-def test_view_of_separates_our_runs_element_pooling_from_their_structure_vectors():
-    assert view_of("crystext-mp", "stats4") == ("crystext-mp (element pooling)", "composition only")
-    assert view_of("crystext-mp", "structure-mean-L2") == ("crystext-mp (structure)", "structure")
-    assert view_of("crystext-mp", "structure-mean+elements-L2") == ("crystext-mp (structure + elements)", "structure")
-    assert view_of("magpie", "mean") == ("magpie", "composition only")
-    assert view_of("cgcnn", "graph")[1] == view_of("chgnet", "structure")[1] == "structure"
-
-
-def _fake_results(task: str, n: int, truth: dict[str, float], seed: int = 0):
-    """results.csv rows + per-row errors for views whose per-row errors average ``truth``."""
-    rng = np.random.default_rng(seed)
-    rows, errors = [], {}
-    for (rep, pooling), level in truth.items():
-        e = np.abs(rng.normal(level, 0.1 * level, n))
-        errors[(task, rep, pooling, "ridge", 0)] = e
-        rows += [{"task": task, "representation": rep, "pooling": pooling, "regressor": "ridge", "seed": 0,
-                  "metric": "mae", "value": float(e.mean())},
-                 {"task": task, "representation": rep, "pooling": pooling, "regressor": "ridge", "seed": 0,
-                  "metric": "val_mae", "value": level}]
-    return pd.DataFrame(rows), errors
-
-
-def test_probe_verdicts_against_the_composition_reference_line():
-    results, errors = _fake_results(POLYMORPH, 400, {
-        ("magpie", "mean"): 1.0, ("mat2vec", "mean"): 1.3, ("crystext-mp", "mean"): 1.2,
-        ("crystext-mp", "structure-mean-L2"): 0.5, ("ace", "structure"): 1.0, ("chgnet", "structure"): 2.0})
-    v = probe_verdicts(results, errors, n_boot=300).set_index("view")
-    assert set(v["reference"]) == {"magpie"}  # lowest validation MAE among composition-only views
-    assert v.loc["magpie", "verdict"] == "reference"
-    assert v.loc["crystext-mp (structure)", "verdict"] == "better"
-    assert v.loc["crystext-mp (structure)", "diff_hi"] < 0
-    assert v.loc["ace", "verdict"] == "tie"
-    assert v.loc["chgnet", "verdict"] == "worse" and v.loc["chgnet", "diff_lo"] > 0
-    assert v.loc["crystext-mp (element pooling)", "kind"] == "composition only"
-    assert v.loc["crystext-mp (structure)", "ratio"] == pytest.approx(
-        v.loc["crystext-mp (structure)", "test_mae"] / v.loc["magpie", "test_mae"])
+def test_polymorph_probe_validates_and_tests_only_on_held_out_structures():
+    formulas = [f"A{i}B" for i in range(40) for _ in range(4)]
+    held = [k % 4 < (1 if i < 20 else 2) for i in range(40) for k in range(4)]  # A0B-A19B: one held-out row
+    rows = pd.DataFrame({"material_id": [f"m{i}" for i in range(len(formulas))], "cif": "",
+                         "energy": np.arange(len(formulas), dtype=float), "formula": formulas, "held_out": held})
+    table = polymorph_table(rows, ProbeConfig(max_rows=(None, None, None)))
+    evaluated = table[table["split"] != "train"]
+    assert set(evaluated["material_id"]) <= set(rows.loc[rows["held_out"], "material_id"])
+    assert set(evaluated["formula"]) == {f"A{i}B" for i in range(20, 40)}  # two held-out rows each
+    assert set(table.loc[table["split"] == "train", "formula"]) == {f"A{i}B" for i in range(20)}
+    assert (evaluated.groupby("formula").size() == 2).all()  # their training-file rows left out
+    assert np.allclose(evaluated.groupby("formula")["target"].mean(), 0.0)
+    assert 5 <= (evaluated.groupby("formula")["split"].first() == "val").sum() <= 15
+    with pytest.raises(DataNotFoundError, match="held-out"):
+        polymorph_table(rows.assign(held_out=False))
 
 
 # --------------------------------------------------------------------------- built from data

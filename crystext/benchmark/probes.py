@@ -4,20 +4,24 @@ Two structure tasks built from ``mp_e_form`` (the shared data folder, :func:`cry
 plus ``carbon_24`` as it is, so that the answer comes as a number in every ``crystext benchmark``:
 
 * ``probes/polymorph``: reduced formulas with at least :attr:`ProbeConfig.min_structures` structures
-  in mp_e_form (its train, val and test files pooled; at most :attr:`ProbeConfig.max_per_formula`
-  structures per formula, a seeded sample); target = formation energy per atom minus the mean over
-  that formula's kept structures (eV/atom). By construction the target has zero mean per formula,
-  so a composition-only vector knows nothing about it beyond noise.
+  in mp_e_form (at most :attr:`ProbeConfig.max_per_formula` per formula, a seeded sample); target =
+  formation energy per atom minus the mean over that formula's kept structures (eV/atom). By
+  construction the target has zero mean per formula, so a composition-only vector knows nothing
+  about it beyond noise.
 * ``probes/geometry``: the same structures; target = mean coordination number, computed from the
   structure alone (no DFT): a site's neighbours are the atoms within ``(1 + cn_tolerance)`` times its
   nearest-neighbour distance (:func:`mean_coordination`; rock-salt NaCl 6, bcc Fe 8, fcc Cu 12).
 * ``carbon_24/energy_per_atom``: unchanged (a single composition: only structure can help).
 
-Both mp_e_form probes are split **by formula** (:func:`split_by_formula`): every formula's
-structures go to one split, train / validation / test in :attr:`ProbeConfig.fractions`, seeded
-(:data:`crystext.tasks.DATA_SEED`). Whole formulas are then taken in that seeded order
-until each split reaches its row cap (:attr:`ProbeConfig.max_rows`), so the probes run on 2 CPU cores
-in minutes. The probe tables are written once as ``{train,val,test}.csv`` (columns ``material_id,
+Both mp_e_form probes are split **by formula**, and they are evaluated only on structures no release
+has read: validation and test formulas are those with at least ``min_structures`` structures in the
+source's **held-out files** (:attr:`ProbeConfig.held_out`, mp_e_form's ``val`` and ``test``, which the
+shared ``mp/`` corpus and ``crystext corpus exclude`` leave out), and they keep only those structures;
+they are cut between validation and test in :attr:`ProbeConfig.val_fraction` by
+:func:`split_by_formula`, seeded (:data:`crystext.tasks.DATA_SEED`). Every other formula trains.
+Whole formulas are then taken in a seeded order until each split reaches its row cap
+(:attr:`ProbeConfig.max_rows`), so the probes run on 2 CPU cores in minutes.
+The probe tables are written once as ``{train,val,test}.csv`` (columns ``material_id,
 formula, cif, target``) under the benchmark cache and read back as ordinary structure tasks
 (:class:`~crystext.tasks.Task`), so every vector set runs on them under the one protocol.
 """
@@ -60,7 +64,10 @@ class ProbeConfig:
     source: str = "mp_e_form"
     min_structures: int = 2
     max_per_formula: int = 8
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    #: the source files whose structures may validate and test (no release corpus holds them)
+    held_out: tuple[str, ...] = ("val", "test")
+    #: share of the held-out formulas that validate; the rest test
+    val_fraction: float = 0.5
     max_rows: tuple[int, int, int] = (1200, 400, 600)
     cn_tolerance: float = 0.1
     cn_cutoff: float = 6.0
@@ -109,41 +116,62 @@ def mean_coordination(structure: Any, tolerance: float = 0.1, cutoff: float = 6.
     return float(np.bincount(nbrs.centers[within], minlength=nbrs.n_atoms).mean())
 
 
-def _source_rows(data: Path, source: str) -> pd.DataFrame:
-    """Every row of the source task's files, pooled: ``cif, energy, formula`` (reduced)."""
-    found = [t for t in discover_tasks(data, [source]) if t.kind == "structure"]
+def _source_rows(data: Path, config: ProbeConfig) -> pd.DataFrame:
+    """Every row of the source task's files, pooled: ``material_id, cif, energy, formula`` (reduced)
+    and ``held_out`` (the row comes from one of :attr:`ProbeConfig.held_out`)."""
+    found = [t for t in discover_tasks(data, [config.source]) if t.kind == "structure"]
     if not found:
-        raise DataNotFoundError(f"the probes need the structure task {source!r} under {data}")
+        raise DataNotFoundError(f"the probes need the structure task {config.source!r} under {data}")
     task = found[0]
-    parts = []
-    for path in dict.fromkeys(p for p in (task.train, task.val, task.test) if p is not None):
+    parts, seen = [], set()
+    for name in SPLITS:
+        path = getattr(task, name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
         split = read_split(path, task)
         ids = (pd.read_csv(path, usecols=lambda c: c == "material_id", dtype=str, keep_default_na=False)
                .get("material_id"))
         parts.append(pd.DataFrame({"material_id": (ids.to_numpy()[split.rows] if ids is not None
                                                    else [f"{path.stem}-{r}" for r in split.rows]),
-                                   "cif": split.cifs, "energy": split.y, "formula_sum": split.formulas}))
+                                   "cif": split.cifs, "energy": split.y, "formula_sum": split.formulas,
+                                   "held_out": name in config.held_out}))
     rows = pd.concat(parts, ignore_index=True)
     rows["formula"] = [reduced_formula(f) for f in rows["formula_sum"]]
     return rows[rows["formula"] != ""].drop(columns="formula_sum").reset_index(drop=True)
 
 
-def polymorph_table(rows: pd.DataFrame, config: ProbeConfig = ProbeConfig()) -> pd.DataFrame:
-    """The polymorph probe from ``rows`` (``material_id, cif, energy, formula``): formulas with at
-    least ``min_structures`` rows, at most ``max_per_formula`` each (seeded), target = energy minus
-    the formula's mean, a ``split`` column by formula, whole formulas kept up to the row caps."""
-    rng = np.random.default_rng(config.seed)
+def _formula_splits(rows: pd.DataFrame, config: ProbeConfig) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows the probes use and each formula's split: formulas with ``min_structures`` held-out
+    rows validate or test on those rows only; the other formulas with ``min_structures`` rows train."""
+    m = config.min_structures
+    held = rows["held_out"].to_numpy(bool)
+    held_counts = rows.loc[held, "formula"].value_counts()
+    evaluated = set(held_counts[held_counts >= m].index)
     counts = rows["formula"].value_counts()
-    many = rows[rows["formula"].isin(counts[counts >= config.min_structures].index)]
+    trained = set(counts[counts >= m].index) - evaluated
+    if not evaluated or not trained:
+        raise DataNotFoundError(f"the probes need formulas with at least {m} structures both in the held-out "
+                                f"files {config.held_out} of {config.source} and outside them")
+    in_eval = rows["formula"].isin(evaluated).to_numpy()
+    pool = rows[(in_eval & held) | rows["formula"].isin(trained).to_numpy()]
+    assign = dict.fromkeys(sorted(trained), "train")
+    assign.update(split_by_formula(evaluated, (0.0, config.val_fraction, 1.0 - config.val_fraction), config.seed))
+    return pool, assign
+
+
+def polymorph_table(rows: pd.DataFrame, config: ProbeConfig = ProbeConfig()) -> pd.DataFrame:
+    """The polymorph probe from ``rows`` (``material_id, cif, energy, formula, held_out``): the formulas and splits of :func:`_formula_splits`, at most
+    ``max_per_formula`` rows each (seeded), target = energy minus the formula's mean over its kept
+    rows, a ``split`` column, whole formulas kept up to the row caps."""
+    rng = np.random.default_rng(config.seed)
+    pool, assign = _formula_splits(rows, config)
     kept = []
-    for formula, group in sorted(many.groupby("formula", sort=False), key=lambda kv: kv[0]):
+    for formula, group in sorted(pool.groupby("formula", sort=False), key=lambda kv: kv[0]):
         if len(group) > config.max_per_formula:
             group = group.iloc[np.sort(rng.permutation(len(group))[:config.max_per_formula])]
         kept.append(group.assign(target=group["energy"] - group["energy"].mean()))
-    if not kept:
-        raise DataNotFoundError(f"no formula with at least {config.min_structures} structures in {config.source}")
     table = pd.concat(kept, ignore_index=True)
-    assign = split_by_formula(table["formula"], config.fractions, config.seed)
     table["split"] = table["formula"].map(assign)
     order = np.random.default_rng(config.seed + 1).permutation(sorted(assign))
     sizes = table["formula"].value_counts()
@@ -155,7 +183,7 @@ def polymorph_table(rows: pd.DataFrame, config: ProbeConfig = ProbeConfig()) -> 
         if cap is None or used[split] + n <= cap:
             keep_formulas.add(formula)
             used[split] += n
-    return table[table["formula"].isin(keep_formulas)].reset_index(drop=True)
+    return table[table["formula"].isin(keep_formulas)].drop(columns="held_out", errors="ignore").reset_index(drop=True)
 
 
 def geometry_targets(cifs: Sequence[str], config: ProbeConfig = ProbeConfig()) -> np.ndarray:
@@ -218,7 +246,7 @@ def build_probes(data: str | Path, cache_dir: str | Path, config: ProbeConfig = 
         info = json.loads(info_path.read_text())
     else:
         log(f"probes: building {', '.join(PROBE_TASKS)} from {data / config.source}")
-        table = polymorph_table(_source_rows(data, config.source), config)
+        table = polymorph_table(_source_rows(data, config), config)
         geometry = table.assign(target=geometry_targets(table["cif"].tolist(), config))
         ok = np.isfinite(geometry["target"].to_numpy())
         _write_task(folder / "polymorph", POLYMORPH, table)

@@ -40,7 +40,9 @@ def register(sub) -> None:
     p.add_argument("--repo-id", required=True, help="Hub repository, OWNER/NAME")
     p.add_argument("--export", metavar="DIR", help="write the verified folder here and stop")
     p.add_argument("--upload", action="store_true", help="with --export: upload after exporting")
-    p.add_argument("--benchmark", metavar="DIR", help="benchmark output folder (results.csv) for the card")
+    p.add_argument("--benchmark", metavar="DIR", nargs="+",
+                   help="benchmark output folder(s) (results.csv) for the card; a later folder's tasks replace "
+                   "an earlier one's rows of the same tasks (e.g. a rerun of the probes beside a full run)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", help="branch to upload to (created if absent)")
     p.add_argument("--message", help="commit message")
