@@ -197,6 +197,15 @@ def test_the_mlp_optimizer_is_torch_adamw_up_to_rounding():
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_benchmark_cache_follows_the_one_cache_setting(tmp_path, monkeypatch):
+    from crystext.benchmark import BenchmarkSettings
+
+    monkeypatch.setenv("CRYSTEXT_CACHE", str(tmp_path))
+    assert BenchmarkSettings().resolved()[0].cache_dir == tmp_path / "benchmark"
+    monkeypatch.setenv("CRYSTEXT_CACHE", "")  # empty means unset, as everywhere else
+    assert BenchmarkSettings().resolved()[0].cache_dir == Path.home() / ".cache" / "crystext" / "benchmark"
+
+
 def test_settings_object_and_keywords_run_the_same_benchmark(toy):
     from crystext.benchmark import BenchmarkSettings
     from crystext.errors import ConfigError

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..settings import cache_dir as settings_cache_dir
 from .protocol import QUICK, REGRESSORS, ProtocolConfig
 from .structures import QUICK_STRUCTURE, STRUCTURE_BASELINES, StructureConfig
 
@@ -135,7 +136,7 @@ class BenchmarkSettings:
         caps = [c if c is not None else (d or 0) for c, d in zip((self.max_train, self.max_val, self.max_test), defaults)]
         cache_dir = self.cache_dir
         if cache_dir is None:
-            cache_dir = Path(os.environ.get("CRYSTEXT_CACHE", Path.home() / ".cache" / "crystext")) / "benchmark"
+            cache_dir = settings_cache_dir() / "benchmark"
         lm_precision = resolve_precision(self.lm_precision)
         structure_baselines, notes = self._structure_baselines()
         return replace(
