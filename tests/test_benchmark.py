@@ -197,6 +197,51 @@ def test_the_mlp_optimizer_is_torch_adamw_up_to_rounding():
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
+class SessionEnded(Exception):
+    pass
+
+
+def test_a_stopped_benchmark_resumes_from_the_tasks_it_finished(tmp_path, monkeypatch):
+    import crystext.benchmark.runner as runner
+
+    data = tmp_path / "data"
+    for i, name in enumerate(("a_task", "b_task")):
+        write_task(data / name, toy_splits(seed=i))
+    tables = {"informative": informative_table()}
+    kwargs = dict(FAST, tables=tables, cache_dir=tmp_path / "cache")
+    whole = run_benchmark(data=data, out=None, **kwargs).results
+    real, calls = runner._benchmark_task, []
+
+    def stops_at_b(task, *args):
+        calls.append(task.name)
+        if task.name == "b_task":
+            raise SessionEnded  # the session ends here
+        return real(task, *args)
+
+    def counts(task, *args):
+        calls.append(task.name)
+        return real(task, *args)
+
+    monkeypatch.setattr(runner, "_benchmark_task", stops_at_b)
+    with pytest.raises(SessionEnded):
+        run_benchmark(data=data, out=tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out" / "results.csv").exists() and (tmp_path / "out" / ".partial").is_dir()
+    calls.clear()
+    monkeypatch.setattr(runner, "_benchmark_task", counts)
+    resumed = run_benchmark(data=data, out=tmp_path / "out", **dict(kwargs, progress=True))
+    assert calls == ["b_task"]  # a_task read back, not refitted
+    pd.testing.assert_frame_equal(resumed.results, whole)
+    assert not (tmp_path / "out" / ".partial").exists()  # cleared once the outputs are written
+    # a changed setting does not read back the other run's tasks
+    monkeypatch.setattr(runner, "_benchmark_task", stops_at_b)
+    with pytest.raises(SessionEnded):
+        run_benchmark(data=data, out=tmp_path / "out2", **kwargs)
+    calls.clear()
+    monkeypatch.setattr(runner, "_benchmark_task", counts)
+    run_benchmark(data=data, out=tmp_path / "out2", **dict(kwargs, regressors=("ridge",)))
+    assert calls == ["a_task", "b_task"]
+
+
 def test_benchmark_cache_follows_the_one_cache_setting(tmp_path, monkeypatch):
     from crystext.benchmark import BenchmarkSettings
 

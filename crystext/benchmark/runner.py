@@ -44,6 +44,7 @@ from .protocol import DETERMINISTIC, ProtocolConfig, fit_predict_seeds, mae
 from .representations import Run, element_sets, structure_texts
 from .structures import StructureConfig, crystal_graphs, fit_cgcnn_seeds, parse_structures, structure_vectors
 from .leakage import task_identities
+from . import resume
 from .probes import resolve_tasks
 from .selection import selected_settings
 
@@ -320,6 +321,16 @@ class _Collected:
     #: task group -> test identities (:func:`~crystext.benchmark.leakage.task_identities`)
     identities: dict[str, dict] = field(default_factory=dict)
 
+    def merge(self, part: "_Collected") -> None:
+        """Add one task's contribution (fresh or read back from a stopped run's kept tasks)."""
+        self.rows += part.rows
+        self.errors.update(part.errors)
+        self.coverage += part.coverage
+        self.task_seconds.update(part.task_seconds)
+        self.prepare_seconds.update(part.prepare_seconds)
+        for group, ids in part.identities.items():
+            self.add_identities(group, ids)
+
     def add_identities(self, group: str, ids: dict) -> None:
         if group in self.identities:  # folds: their test rows are disjoint, count them all
             for k in ids:
@@ -428,8 +439,16 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     log(f"benchmark: {len(task_list)} tasks, {len(sets)} vector sets ({', '.join(sets)}), "
         f"regressors {', '.join(s.regressors)}, seeds {s.seeds}")
     got = _Collected()
+    kept = resume.partial_folder(out, resume.resume_key(s, data, sets, run_list))
     for task in task_list:
-        _benchmark_task(task, sets, run_list, s, got, log)
+        part = resume.load_task(kept, task.name)
+        if part is not None:
+            log(f"{task.name}: read back from {kept} (finished by an earlier, stopped run)")
+        else:
+            part = _Collected()
+            _benchmark_task(task, sets, run_list, s, part, log)
+            resume.save_task(kept, task.name, part)
+        got.merge(part)
     results, fits = _result_tables(got.rows)
     coverage = pd.DataFrame(got.coverage, columns=["task", "split", "rows", "used", "dropped", "reasons",
                                                     "missing_elements"])
@@ -454,5 +473,6 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
         info = _run_info(s, data, seconds, task_list, sets, run_list, notes, probe_info, got, phase_seconds,
                          cached_at_start)
         result.files = write_outputs(result, Path(out), info, report=s.report, plots=s.plots)
+        resume.clear(out)
     log(f"benchmark done in {seconds:.0f} s" + (f" -> {out}" if out is not None else ""))
     return result

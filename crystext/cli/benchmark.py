@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         "HistGradientBoosting and a small MLP under one protocol; each representation's setting is "
         "picked on validation MAE. Writes OUT/results.csv (task,representation,pooling,regressor,seed,"
         "metric,value with metric mae = test, val_mae = validation), OUT/selected.csv (picked settings, "
-        "tie-aware ranks), OUT/report.md and OUT/plots/.",
+        "tie-aware ranks), OUT/report.md and OUT/plots/. Each finished task is kept under OUT/.partial "
+        "until the end: a stopped run, started again with the same command, reads those tasks back and "
+        "goes on with the rest.",
     )
     p.add_argument("--data", default=None, help="task folder (default: the shared data folder, $CRYSTEXT_DATA)")
     p.add_argument("--out", required=True, help="output folder")
