@@ -223,7 +223,7 @@ def read_benchmarks(benchmark: str | Path | Sequence[str | Path]
             selected = [x[~x["task"].isin(tasks)] for x in selected] + [sel]
         else:
             selected = None
-        origin.update(dict.fromkeys(tasks, path.parent))
+        origin.update(dict.fromkeys(sorted(tasks), path.parent))
     if not results:
         raise ConfigError("no benchmark results given")
     merged_sel = pd.concat(selected, ignore_index=True) if selected else None
@@ -238,7 +238,8 @@ def _benchmark_section(benchmark: str | Path | Sequence[str | Path] | None,
     results, selected, origin = read_benchmarks(benchmark)
     bench_md, model_index = benchmark_tables(results, representation, selected)
     if model_index:
-        folders = list(dict.fromkeys(origin.values()))
+        used = set(origin.values())
+        folders = [path.parent for path in _benchmark_paths(benchmark) if path.parent in used]  # as given
         source = f"`{folders[0]}`" + "".join(
             f"; {', '.join(sorted(t for t, f in origin.items() if f == folder))} from `{folder}`"
             for folder in folders[1:])
