@@ -161,9 +161,10 @@ def _formula_splits(rows: pd.DataFrame, config: ProbeConfig) -> tuple[pd.DataFra
 
 
 def polymorph_table(rows: pd.DataFrame, config: ProbeConfig = ProbeConfig()) -> pd.DataFrame:
-    """The polymorph probe from ``rows`` (``material_id, cif, energy, formula, held_out``): the formulas and splits of :func:`_formula_splits`, at most
-    ``max_per_formula`` rows each (seeded), target = energy minus the formula's mean over its kept
-    rows, a ``split`` column, whole formulas kept up to the row caps."""
+    """The polymorph probe from ``rows`` (``material_id, cif, energy, formula, held_out``): the
+    formulas and splits of :func:`_formula_splits`, at most ``max_per_formula`` rows each (seeded),
+    target = energy minus the formula's mean over its kept rows, a ``split`` column, whole formulas
+    kept up to the row caps."""
     rng = np.random.default_rng(config.seed)
     pool, assign = _formula_splits(rows, config)
     kept = []

@@ -40,15 +40,25 @@ def _run_stamp(source: Any) -> Any:
     return [str(folder.resolve()), stat.st_size, int(stat.st_mtime)]
 
 
-def resume_key(settings: Any, data: Path, sets: Mapping[str, pd.DataFrame], runs: Sequence[Any]) -> str | None:
-    """Digest of what a benchmark's figures depend on; None when a run is held in memory (no resume)."""
+def _file_stamp(path: Any) -> Any:
+    if path is None or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, int(stat.st_mtime)]
+
+
+def resume_key(settings: Any, data: Path, sets: Mapping[str, pd.DataFrame], runs: Sequence[Any],
+               tasks: Sequence[Any] = ()) -> str | None:
+    """Digest of what a benchmark's figures depend on (settings, element tables, run weights, the task
+    files, probe tables included); None when a run is held in memory (no resume)."""
     stamps = {r.name: _run_stamp(r.source) for r in runs}
     if any(v is None for v in stamps.values()):
         return None
     resolved = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _NOT_IN_KEY}
     tables = {name: int(pd.util.hash_pandas_object(table, index=True).sum()) for name, table in sets.items()}
-    blob = json.dumps({"data": str(Path(data).resolve()), "settings": resolved, "tables": tables, "runs": stamps},
-                      default=repr, sort_keys=True)
+    files = {t.name: [_file_stamp(getattr(t, split, None)) for split in ("train", "val", "test")] for t in tasks}
+    blob = json.dumps({"data": str(Path(data).resolve()), "settings": resolved, "tables": tables, "runs": stamps,
+                       "tasks": files}, default=repr, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -439,7 +439,7 @@ def run_benchmark(data: str | os.PathLike | None = None, out: str | os.PathLike 
     log(f"benchmark: {len(task_list)} tasks, {len(sets)} vector sets ({', '.join(sets)}), "
         f"regressors {', '.join(s.regressors)}, seeds {s.seeds}")
     got = _Collected()
-    kept = resume.partial_folder(out, resume.resume_key(s, data, sets, run_list))
+    kept = resume.partial_folder(out, resume.resume_key(s, data, sets, run_list, task_list))
     for task in task_list:
         part = resume.load_task(kept, task.name)
         if part is not None:
