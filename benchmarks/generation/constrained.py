@@ -82,15 +82,19 @@ def held_out_prompts(n: int, seed: int, models: Path) -> tuple[list[str], int, l
 def real_cell(prompts: list[str], texts: list[str]) -> list[dict]:
     """The real (DFT-relaxed) structure behind each prompt, judged by the same checks: how often a
     real crystal of these compositions passes them, the reference line for the samples."""
+    return [judged(text, prompt, 0, None, None, 1, 1) for prompt, text in zip(prompts, texts)]
+
+
+def judged(text: str, prompt: str, sample: int, temperature: float | None, constrained: bool | None,
+           unique: int, parsable: int) -> dict:
+    """One sample's row: where it came from, every check of :func:`crystext.text.check_text`, its
+    errors, the prompt's distinct / parsable counts and the text."""
     from crystext.text import check_text
 
-    rows = []
-    for prompt, text in zip(prompts, texts):
-        report = check_text(text).as_dict()
-        rows.append({"prompt": prompt, "sample": 0, "temperature": None, "constrained": None,
-                     **{c: bool(report[c]) for c in CHECKS}, "bond_length_score": report["bond_length_score"],
-                     "errors": report["errors"], "unique_in_prompt": 1, "parsable_in_prompt": 1, "text": text})
-    return rows
+    report = check_text(text).as_dict()
+    return {"prompt": prompt, "sample": sample, "temperature": temperature, "constrained": constrained,
+            **{c: bool(report[c]) for c in CHECKS}, "bond_length_score": report["bond_length_score"],
+            "errors": report["errors"], "unique_in_prompt": unique, "parsable_in_prompt": parsable, "text": text}
 
 
 def unique_count(texts: list[str]) -> tuple[int, int]:
@@ -117,7 +121,6 @@ def run_cell(pair, prompts: list[str], per_prompt: int, temperature: float, cons
     that did not finish (a dead end of the constraints or the token budget)."""
     from crystext import constrained as cons
     from crystext.generation import generate
-    from crystext.text import check_text
 
     rows, seconds, dead = [], 0.0, 0
     for k, prompt in enumerate(prompts):
@@ -130,12 +133,7 @@ def run_cell(pair, prompts: list[str], per_prompt: int, temperature: float, cons
             head, state = cons.start(prompt)
             dead += sum(not cons.can_end(cons.feed(state, t[len(head):])) for t in texts)
         unique, parsable = unique_count(texts)
-        for i, text in enumerate(texts):
-            report = check_text(text).as_dict()
-            rows.append({"prompt": prompt, "sample": i, "temperature": temperature, "constrained": constrained,
-                         **{c: bool(report[c]) for c in CHECKS}, "bond_length_score": report["bond_length_score"],
-                         "errors": report["errors"], "unique_in_prompt": unique, "parsable_in_prompt": parsable,
-                         "text": text})
+        rows += [judged(text, prompt, i, temperature, constrained, unique, parsable) for i, text in enumerate(texts)]
     return rows, seconds, dead
 
 

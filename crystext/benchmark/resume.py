@@ -28,23 +28,21 @@ PARTIAL = ".partial"
 _NOT_IN_KEY = {"command", "progress", "plots", "report", "n_jobs", "tables", "runs", "cache_dir"}
 
 
-def _run_stamp(source: Any) -> Any:
-    """A run folder's weights file, by size and modification time; None for an in-memory run."""
-    if not isinstance(source, (str, Path)):
-        return None
-    folder = Path(source)
-    weights = [p for p in (folder / "model.safetensors", folder / "pytorch_model.bin") if p.is_file()]
-    if not weights:
-        return str(source)  # a Hub id or a missing folder: named, as given
-    stat = weights[0].stat()
-    return [str(folder.resolve()), stat.st_size, int(stat.st_mtime)]
-
-
 def _file_stamp(path: Any) -> Any:
+    """A file by path, size and modification time; None when there is no such file."""
     if path is None or not Path(path).is_file():
         return None
     stat = Path(path).stat()
     return [str(Path(path).resolve()), stat.st_size, int(stat.st_mtime)]
+
+
+def _run_stamp(source: Any) -> Any:
+    """A run folder's weights file (:func:`_file_stamp`); None for an in-memory run."""
+    if not isinstance(source, (str, Path)):
+        return None
+    folder = Path(source)
+    weights = [p for p in (folder / "model.safetensors", folder / "pytorch_model.bin") if p.is_file()]
+    return _file_stamp(weights[0]) if weights else str(source)  # a Hub id or a missing folder: as given
 
 
 def resume_key(settings: Any, data: Path, sets: Mapping[str, pd.DataFrame], runs: Sequence[Any],
