@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .corpus.sources import ID_COLUMNS, iter_table_chunks, table_columns
-from .encoding import DEFAULT_SYMPREC, canonical_text, encode, skip_reason
+from .encoding import DEFAULT_SYMPREC, TextForm, canonical_text, encode, skip_reason
 from .errors import ConfigError, DataNotFoundError, TokenizerError
 from .limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT
 from .resolve import resolve_model as _resolve_run_path  # one resolver: release, folder, Hub id
@@ -395,6 +395,8 @@ class StructureEmbedder:
     pooling: str = "mean"
     batch_size: int = 32
     device: Any = None
+    #: the text's symmetry tolerance; the blocks it carries (``local``, ``properties``) are the
+    #: run's own, read from its config (:class:`crystext.encoding.TextForm`)
     symprec: float = DEFAULT_SYMPREC
     #: items read ahead and sorted by length before batching (bounded memory, little padding)
     chunk_batches: int = 8
@@ -416,6 +418,7 @@ class StructureEmbedder:
     def __post_init__(self) -> None:
         self.model, self.tokenizer = as_run(self.run, device=self.device)
         self.device = next(self.model.parameters()).device
+        self.form = TextForm.of(self.model, self.symprec)
         self.layer = check_layer(self.layer, _n_layer(self.model))
         check_pooling(self.pooling)
         n_layer = _n_layer(self.model)
@@ -435,10 +438,10 @@ class StructureEmbedder:
 
     # -- one item -> token ids (the encode step, :mod:`crystext.encoding`)
     def text_of(self, structure: Any, name: str = "structure") -> str:
-        return canonical_text(structure, self.symprec, name, self.max_atoms, self.time_limit)
+        return canonical_text(structure, self.form, name, self.max_atoms, self.time_limit)
 
     def encode(self, item: Any, is_text: bool = False, name: str = "structure") -> list[int]:
-        return encode(item, self.tokenizer, self._max_len, symprec=self.symprec, name=name, is_text=is_text,
+        return encode(item, self.tokenizer, self._max_len, symprec=self.form, name=name, is_text=is_text,
                       max_atoms=self.max_atoms, time_limit=self.time_limit)
 
     # -- a batch of token-id lists -> (n, d)

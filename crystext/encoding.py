@@ -40,17 +40,63 @@ from .settings import cache_dir
 DEFAULT_SYMPREC = 0.1
 #: the skip reason of a text longer than the model's context in :func:`encode_cifs`
 TOO_LONG = "too_long"
+#: the model config attribute (``config.json`` key) holding the text form a run was trained on
+TEXT_FORM_KEY = "crystext_text"
+
+
+@dataclass(frozen=True)
+class TextForm:
+    """How a model's texts are written: the :func:`crystext.text.structure_to_text` settings its
+    corpus was built with. A model reads structures in the form it was trained on, so the encode
+    step takes it from the model (:meth:`of`); pretraining writes it into ``config.json``."""
+
+    symprec: float = DEFAULT_SYMPREC
+    properties: bool = False
+    local: bool = False
+
+    @classmethod
+    def of(cls, config: Any, symprec: float | None = None) -> "TextForm":
+        """The form saved in a model config (or its ``config``); CrystaLLM's form when none is
+        saved. ``symprec``: replaces the saved tolerance when given."""
+        saved = getattr(getattr(config, "config", config), TEXT_FORM_KEY, None) or {}
+        form = cls.from_dict(saved)
+        return form if symprec is None else cls(float(symprec), form.properties, form.local)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TextForm":
+        """From a corpus ``summary.json`` config or a saved form (other keys ignored)."""
+        return cls(float(values.get("symprec", DEFAULT_SYMPREC)), bool(values.get("properties", False)),
+                   bool(values.get("local", False)))
+
+    def as_dict(self) -> dict:
+        return {"symprec": self.symprec, "properties": self.properties, "local": self.local}
+
+    @property
+    def name(self) -> str:
+        """File-name tag: ``symprec-0.1``, with ``-properties`` / ``-local`` for the blocks."""
+        return f"symprec-{self.symprec}" + "-properties" * self.properties + "-local" * self.local
+
+    @property
+    def plain(self) -> bool:
+        """No block beyond CrystaLLM's form."""
+        return not (self.properties or self.local)
+
+
+def as_form(symprec: float | TextForm) -> TextForm:
+    """A :class:`TextForm` from a form or a bare tolerance (CrystaLLM's form at that tolerance)."""
+    return symprec if isinstance(symprec, TextForm) else TextForm(float(symprec))
 
 
 # --------------------------------------------------------------------------- one input
 
 
-def canonical_text(item: Any, symprec: float = DEFAULT_SYMPREC, name: str | None = None,
+def canonical_text(item: Any, symprec: float | TextForm = DEFAULT_SYMPREC, name: str | None = None,
                    max_atoms: int | None = DEFAULT_MAX_ATOMS, time_limit: float | None = DEFAULT_TIME_LIMIT) -> str:
     """The canonical text of one input (anything :func:`crystext.inputs.to_structure` takes).
 
-    ``name``: how errors call the input (default: its path, or its kind). ``max_atoms`` /
-    ``time_limit``: the conversion's limits (``None`` or 0: no limit).
+    ``symprec``: the tolerance, or a whole :class:`TextForm` (tolerance and blocks). ``name``: how
+    errors call the input (default: its path, or its kind). ``max_atoms`` / ``time_limit``: the
+    conversion's limits (``None`` or 0: no limit).
 
     Raises the crystext errors of :func:`crystext.inputs.to_structure` and
     :func:`crystext.text.structure_to_text`, naming the input.
@@ -58,8 +104,9 @@ def canonical_text(item: Any, symprec: float = DEFAULT_SYMPREC, name: str | None
     from .inputs import to_structure
     from .text import structure_to_text
 
-    return structure_to_text(to_structure(item, name=name), symprec=symprec, max_atoms=max_atoms or None,
-                             time_limit=time_limit or None)
+    form = as_form(symprec)
+    return structure_to_text(to_structure(item, name=name), symprec=form.symprec, properties=form.properties,
+                             local=form.local, max_atoms=max_atoms or None, time_limit=time_limit or None)
 
 
 def encode_text(text: str, tokenizer: Any, max_length: int | None = None, name: str | None = "text") -> list[int]:
@@ -83,7 +130,7 @@ def encode_text(text: str, tokenizer: Any, max_length: int | None = None, name: 
     return ids
 
 
-def encode(item: Any, tokenizer: Any, max_length: int | None = None, *, symprec: float = DEFAULT_SYMPREC,
+def encode(item: Any, tokenizer: Any, max_length: int | None = None, *, symprec: float | TextForm = DEFAULT_SYMPREC,
            name: str = "structure", is_text: bool = False, max_atoms: int | None = DEFAULT_MAX_ATOMS,
            time_limit: float | None = DEFAULT_TIME_LIMIT) -> list[int]:
     """One input -> canonical text -> ``<bos> text <eos>`` ids; errors name the input ``name``.
@@ -97,7 +144,7 @@ def encode(item: Any, tokenizer: Any, max_length: int | None = None, *, symprec:
 
 
 def encode_inputs(items: Sequence[Any], tokenizer: Any, max_length: int | None = None,
-                  symprec: float = DEFAULT_SYMPREC) -> list[list[int]]:
+                  symprec: float | TextForm = DEFAULT_SYMPREC) -> list[list[int]]:
     """:func:`encode` of every input of a list; the first bad one raises, named ``input <index>``."""
     return [encode(item, tokenizer, max_length, symprec=symprec, name=f"input {i}") for i, item in enumerate(items)]
 
@@ -115,8 +162,9 @@ def skip_reason(exc: BaseException, too_long: str = TOO_LONG) -> str:
 # --------------------------------------------------------------------------- many CIFs
 
 
-def _text_key(cif: str, symprec: float) -> str:
-    return hashlib.sha1(f"{symprec}\n{cif}".encode()).hexdigest()
+def _text_key(cif: str, symprec: float | TextForm) -> str:
+    form = as_form(symprec)  # a plain form keeps the keys of a bare tolerance
+    return hashlib.sha1(f"{form.symprec if form.plain else form.name}\n{cif}".encode()).hexdigest()
 
 
 def _convert(args: tuple[str, float]) -> tuple[str | None, str | None]:
@@ -132,13 +180,14 @@ class TextCache:
     """Canonical texts of CIFs by a hash of (symprec, CIF), kept in an append-only JSONL file, so a
     killed conversion keeps what it finished and every run over the same structures reuses it.
 
-    ``path``: the file (default ``<cache>/texts/symprec-<symprec>.jsonl`` under
+    ``symprec``: the tolerance or a whole :class:`TextForm`. ``path``: the file (default
+    ``<cache>/texts/<form name>.jsonl``, e.g. ``symprec-0.1.jsonl``, under
     :func:`crystext.settings.cache_dir`); ``persist=False`` keeps the texts in memory only.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, symprec: float = DEFAULT_SYMPREC,
+    def __init__(self, path: str | os.PathLike | None = None, symprec: float | TextForm = DEFAULT_SYMPREC,
                  persist: bool = True) -> None:
-        self.path = Path(path) if path else cache_dir() / "texts" / f"symprec-{symprec}.jsonl"
+        self.path = Path(path) if path else cache_dir() / "texts" / f"{as_form(symprec).name}.jsonl"
         self.symprec = symprec
         self.persist = persist
         self.data: dict[str, tuple[str | None, str | None]] = {}

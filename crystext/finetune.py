@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import SkippedRows, atomic_write_text, check_model_folder, save_into, skipped_path
-from .encoding import DEFAULT_SYMPREC, TextCache, encode_cifs, encode_inputs
+from .encoding import DEFAULT_SYMPREC, TextCache, TextForm, encode_cifs, encode_inputs
 from .errors import ConfigError, DataNotFoundError
 from .finetune_config import FinetuneSettings
 from .settings import cache_dir
@@ -486,14 +486,15 @@ def _saved_progress(out: Path, settings: FinetuneSettings) -> _Progress | None:
     return _Progress(**{f.name: state[f.name] for f in fields(_Progress)})
 
 
-def _encode_task(task, tokenizer, max_len: int, settings: FinetuneSettings,
-                 listing: SkippedRows) -> tuple[dict[str, tuple], Counter, list[str]]:
-    """``({split: (ids, y, rows)}, skip counts, examples)``; skipped rows go to ``listing``.
+def _encode_task(task, tokenizer, max_len: int, settings: FinetuneSettings, listing: SkippedRows,
+                 form: TextForm) -> tuple[dict[str, tuple], Counter, list[str]]:
+    """``({split: (ids, y, rows)}, skip counts, examples)`` of texts in the model's ``form``;
+    skipped rows go to ``listing``.
 
     Raises:
         ConfigError: a split has no usable row.
     """
-    cache = TextCache(settings.text_cache, symprec=settings.symprec)
+    cache = TextCache(settings.text_cache, symprec=form)
     encoded: dict[str, tuple] = {}
     skipped = Counter(task.skipped)
     examples: list[str] = []
@@ -613,7 +614,8 @@ def run_finetune(settings: FinetuneSettings, out: str | os.PathLike) -> dict:
     max_len = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
     listing = SkippedRows(skipped_path(out, folder=True))
     listing.extend(task.dropped)
-    encoded, skipped, examples = _encode_task(task, tokenizer, max_len, settings, listing)
+    encoded, skipped, examples = _encode_task(task, tokenizer, max_len, settings, listing,
+                                              TextForm.of(model, settings.symprec))
     session = _Session(settings, model, tokenizer.pad_token_id, encoded, dev)
     if settings.mode == "head":
         session.cache_head_inputs()
@@ -813,7 +815,7 @@ def predict(model_dir: str | os.PathLike, structures, batch_size: int = 32, devi
     from .precision import resolve_precision
 
     model, tokenizer, target = load_finetuned(model_dir, device)
-    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), symprec)
+    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), TextForm.of(model, symprec))
     prec = resolve_precision(precision, next(model.parameters()).device)
     z = _predict_ids(model, ids, tokenizer.pad_token_id, batch_size, prec)
     return z * float(target.get("std", 1.0)) + float(target.get("mean", 0.0))
@@ -838,7 +840,7 @@ def finetuned_features(model_dir: str | os.PathLike, structures, batch_size: int
     if pooling not in ("last", "mean"):
         raise ConfigError(f"pooling must be 'last' or 'mean', not {pooling!r}")
     model, tokenizer, target = load_finetuned(model_dir, device)
-    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), symprec)
+    ids = encode_inputs(list(structures), tokenizer, int(model.config.n_positions), TextForm.of(model, symprec))
     if not ids:
         return np.zeros((0, model.config.n_embd + int(with_prediction)), dtype=np.float32)
     prec = resolve_precision(precision, next(model.parameters()).device)

@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .embeddings import DEFAULT_LAYER, check_layer, check_pooling, max_positions, pool_hidden_states, special_token_ids
-from .encoding import DEFAULT_SYMPREC, encode
+from .encoding import DEFAULT_SYMPREC, TextForm, encode
 
 TASK = "crystal-embedding"
 PROPERTY_TASK = "crystal-property"
@@ -122,8 +122,8 @@ class _CrystalPipeline(Pipeline):
             index, inputs = inputs.index, inputs.item
         name = _describe(inputs) if index is None else f"input {index} ({_describe(inputs)})"
         try:
-            ids = encode(inputs, self.tokenizer, max_positions(self.model), symprec=symprec, name=name,
-                         max_atoms=DEFAULT_MAX_ATOMS if max_atoms is None else max_atoms,
+            ids = encode(inputs, self.tokenizer, max_positions(self.model), symprec=TextForm.of(self.model, symprec),
+                         name=name, max_atoms=DEFAULT_MAX_ATOMS if max_atoms is None else max_atoms,
                          time_limit=DEFAULT_TIME_LIMIT if time_limit is None else time_limit)
         except Exception as exc:
             if errors != "skip":

@@ -24,6 +24,7 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 
 from . import limits, spacegroups
 from .errors import CIFParseError, EmptyStructureError, SpaceGroupError, UnknownElementError
+from .local import local_rows
 from .inputs import StructureLike, option_hint, resolve_disorder, source_name, to_structure
 from .reading import (  # noqa: F401 - the reader lives below crystext.inputs; its names stay importable here
     _FRAC_TOL,
@@ -279,6 +280,7 @@ def structure_to_text(
     disorder: str = "raise",
     decimals: int = DECIMALS,
     *,
+    local: bool = False,
     style: str = "default",
     name: str | None = None,
     max_atoms: int | None = limits.DEFAULT_MAX_ATOMS,
@@ -295,6 +297,8 @@ def structure_to_text(
         disorder: ``"raise"`` (default), ``"dominant"`` or ``"order"`` for partially occupied sites;
             a treatment that was applied is stated in the text as ``_crystext_disorder``.
         decimals: digits after the point for every number.
+        local: add the ``local`` block after the site loop: each site's coordination, most common
+            neighbour element and nearest-neighbour distance (:mod:`crystext.local`).
         style: ``"default"`` or ``"crystallm"`` (same content in CrystaLLM's whitespace: no
             indentation, single spaces, so CrystaLLM's evaluation code reads it; see :data:`STYLES`).
         name: how error messages call the input (default: its file name, or ``structure``).
@@ -318,8 +322,12 @@ def structure_to_text(
         structure = to_structure(structure, name=name)
         label = name or source_name(structure)
         _check_atoms(len(structure), max_atoms, label)
-        return _structure_to_text(structure, label, symprec, angle_tolerance, p1, properties, disorder,
+        text = _structure_to_text(structure, label, symprec, angle_tolerance, p1, properties, disorder,
                                   decimals, style, max_atoms, time_limit)
+        if local:
+            rows = local_rows(text)
+            text += "\n".join(_single_spaced(r) for r in rows) + "\n" if style == "crystallm" else "\n".join(rows) + "\n"
+        return text
 
 
 def _precount_cif(obj, name: str | None, max_atoms: int):

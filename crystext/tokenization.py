@@ -23,6 +23,10 @@ Two kinds share one grammar (the text form of :mod:`crystext.text`) and differ i
     two-digit pieces (``0.2500`` -> ``"  0"`` ``.25`` ``00``), so each number piece is one of 100
     values seen ~100x as often as a 4-digit chunk. 688 tokens; ~1.25x compact's tokens per structure,
     ~0.57x cif's.
+``crystext-local`` (``kind="local"``)
+    pair, plus the ``local`` block of :mod:`crystext.local` (each site's coordination, neighbour
+    element and nearest distance): its loop header is one token and its keywords are tokens, the
+    rows use pair's pieces. pair's 688 ids are kept (the new tokens come after them).
 
 All are a ``BPE`` model behind one regex ``Split`` that isolates, at line starts only, the
 pieces that are whole tokens (keywords, loop headers, the space-group line; looked up directly,
@@ -48,13 +52,13 @@ from typing import Any
 
 from .errors import DataNotFoundError, TokenizerError
 
-KINDS = ("cif", "compact", "pair")
-NAMES = {"crystext-cif": "cif", "crystext-compact": "compact", "crystext-pair": "pair"}
+KINDS = ("cif", "compact", "pair", "local")
+NAMES = {"crystext-cif": "cif", "crystext-compact": "compact", "crystext-pair": "pair", "crystext-local": "local"}
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3
 #: Context length saved as ``model_max_length``: CrystaLLM's block size. A perov_5 structure takes
 #: ~265 cif / ~124 compact tokens; 1024 holds ~27 asymmetric-unit sites in cif form, ~80 in compact.
-MODEL_MAX_LENGTH = {"cif": 1024, "compact": 1024, "pair": 1024}
+MODEL_MAX_LENGTH = {"cif": 1024, "compact": 1024, "pair": 1024, "local": 1024}
 
 #: Element symbols, Z = 1..118 (element token id = Z + 3 in both kinds).
 ELEMENTS = tuple(
@@ -175,19 +179,20 @@ def _spec(kind: str) -> tuple[list[str], list[tuple[str, str]], str]:
             + "".join("|" + _escape(b) for b in blocks)
             + rf"|data_|loop_\n| {_KEY}\n|{_KEY} | ?{_KEY})"
         )
-    elif kind == "pair":
-        vocab, merges, split = _pair_spec(head, elements_merges, headers)
+    elif kind in ("pair", "local"):
+        vocab, merges, split = _pair_spec(head, elements_merges, headers, local=kind == "local")
     else:
         raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
     vocab = list(dict.fromkeys(vocab))
     return vocab, merges, split
 
 
-def _pair_spec(head: list[str], elements_merges: list[tuple[str, str]], headers: list[str]):
+def _pair_spec(head: list[str], elements_merges: list[tuple[str, str]], headers: list[str], local: bool = False):
     """The ``pair`` kind: compact's fused keywords and loop blocks, every element one bare token
     wherever it stands (the column separator ``"  "`` is a token of its own before a symbol),
     integer digits one by one (a separator fused with the digit after it), and each 4-decimal
-    fraction as two two-digit pieces (``.2500`` -> ``.25`` ``00``)."""
+    fraction as two two-digit pieces (``.2500`` -> ``.25`` ``00``). ``local``: the ``local`` kind,
+    pair's vocabulary followed by the local block's keywords and its loop header (one token)."""
     blocks = [_loop_block(loop) for loop in LOOPS]
     pairs = [a + b for a in DIGITS for b in DIGITS]
     vocab = head + ["data_", "loop_\n"] + [k + " " for k in ITEM_KEYWORDS] + headers + blocks
@@ -196,6 +201,11 @@ def _pair_spec(head: list[str], elements_merges: list[tuple[str, str]], headers:
     merges = [(" ", " ")] + elements_merges + [("  ", d) for d in DIGITS]
     merges += [(".", d) for d in DIGITS] + [("." + a, b) for a in DIGITS for b in DIGITS]
     merges += [(a, b) for a in DIGITS for b in DIGITS]
+    if local:
+        from .local import LOCAL_KEYS
+
+        blocks.append(_loop_block(LOCAL_KEYS))
+        vocab += [f" {k}\n" for k in LOCAL_KEYS] + [blocks[-1]]
     # Every number piece is its own pre-token, so the two-digit merge only ever meets the second
     # decimal pair: "90" stays "9" "0", ".2500" is ".25" + "00", "  12" is "  1" + "2".
     numbers = r"|\.\d\d|(?<=\.\d\d)\d\d|(?:  )?\d"

@@ -44,6 +44,7 @@ from .batching import BatchPlan, epoch_plan  # noqa: F401 - epoch_plan: importab
 from .atomic import atomic_path, atomic_write_text, disk_full_guard, save_into
 from .auxiliary import AuxObjective, document_targets
 from .errors import ConfigError, CrystextError, DataNotFoundError
+from .encoding import TEXT_FORM_KEY, TextForm
 from .lineage import lineage_of_init
 from .modeling import build_model
 from .pretrain_config import PretrainSettings
@@ -984,6 +985,8 @@ def _save_model(s: _Session):
     unwrapped = s.accelerator.unwrap_model(s.model)
     save_dtype = getattr(torch, s.cfg["save_dtype"])
     to_save = unwrapped if save_dtype == torch.float32 else _copy_as(unwrapped, save_dtype)
+    # the text form of the corpus, so the encode step writes structures as the model read them
+    setattr(to_save.config, TEXT_FORM_KEY, TextForm.from_dict(_corpus_config(s)).as_dict())
 
     def save_model(tmp: Path) -> None:  # into a temporary folder; each file is renamed into place whole
         to_save.save_pretrained(tmp, safe_serialization=True)
@@ -1056,6 +1059,12 @@ def _write_out(s: _Session, held: dict, reason: str, train_time: float, digests:
     return report
 
 
+def _corpus_config(s: _Session) -> dict:
+    """The corpus' build settings (``summary.json``'s ``config``; empty for an in-memory corpus)."""
+    summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
+    return json.loads(summary.read_text()).get("config", {}) if summary is not None and summary.is_file() else {}
+
+
 def _write_identity(s: _Session, out: Path) -> None:
     """``corpus_identity.json.gz``: what the corpus held (formulas, structure-text hashes, formula and
     space-group pairs), so the benchmark's leakage table needs neither the corpus nor its sources."""
@@ -1065,8 +1074,7 @@ def _write_identity(s: _Session, out: Path) -> None:
     if not all(needed <= set(s.dd[sp].column_names) for sp in s.dd):
         return  # a corpus from before these columns: the leakage table rebuilds from its sources
     ident = identity_of_corpus(s.dd[sp] for sp in s.dd)
-    summary = Path(s.corpus_info["path"]) / "summary.json" if s.corpus_info.get("path") else None
-    config = json.loads(summary.read_text()).get("config", {}) if summary is not None and summary.is_file() else {}
+    config = _corpus_config(s)
     # a run trained from another carries the init run's identity too (when that run has one), so a
     # chain of runs (a corpus trained part by part) keeps the whole history in one file
     old = read_identity(s.init) if s.init is not None else None

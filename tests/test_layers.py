@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "crystext"
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "settings", "resources", "limits", "precision", "lineage", "batching", "atomic", "version",
         "decoding", "resolve", "quiet", "upload"),
-    1: ("text", "reading", "inputs", "spacegroups", "wyckoff_data", "composition", "descriptors", "builtin",
+    1: ("text", "reading", "local", "inputs", "spacegroups", "wyckoff_data", "composition", "descriptors", "builtin",
         "tasks"),
     2: ("tokenization", "encoding"),
     3: ("modeling", "pretrain_config", "corpus"),

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..composition import load_element_table
-from ..encoding import DEFAULT_SYMPREC, TextCache
+from ..encoding import DEFAULT_SYMPREC, TextCache, TextForm, as_form
 from ..errors import ConfigError
 
 PREFIX = "crystext-"
@@ -87,6 +87,11 @@ class Run:
         df = load_element_table(element_embeddings(self.load()))
         df.attrs["name"] = self.name
         return df
+
+    @property
+    def form(self) -> TextForm:
+        """The text form the run was trained on (its texts carry the same blocks)."""
+        return TextForm.of(self.load()[0])
 
     @property
     def n_layer(self) -> int:
@@ -236,19 +241,21 @@ def _adopt_sharded_texts(cache: TextCache, cifs: Sequence[str], folder: Path) ->
     cache.add(found)
 
 
-def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float = DEFAULT_SYMPREC,
+def structure_texts(cifs: Sequence[str], cache_dir: Path | None = None, symprec: float | TextForm = DEFAULT_SYMPREC,
                     n_jobs: int = 1) -> tuple[list[str | None], Counter]:
     """Canonical texts of CIFs (``None`` for a CIF that cannot be converted) and the failure counts
     by reason, from the encode step's :class:`crystext.encoding.TextCache`.
 
-    Cached per structure in ``cache_dir/texts/symprec-<symprec>.jsonl`` (in memory only without
-    ``cache_dir``), so folds, targets and reruns that share structures convert each once.
-    ``n_jobs`` > 1 converts the missing ones in that many processes.
+    ``symprec``: the tolerance or a whole :class:`~crystext.encoding.TextForm` (a run's own:
+    :attr:`Run.form`). Cached per structure in ``cache_dir/texts/<form name>.jsonl`` (e.g.
+    ``symprec-0.1.jsonl``; in memory only without ``cache_dir``), so folds, targets and reruns that
+    share structures convert each once. ``n_jobs`` > 1 converts the missing ones in that many processes.
     """
-    path = Path(cache_dir) / "texts" / f"symprec-{symprec}.jsonl" if cache_dir is not None else None
-    cache = TextCache(path, symprec, persist=path is not None)
-    if cache_dir is not None:
-        _adopt_sharded_texts(cache, cifs, Path(cache_dir) / "texts" / f"sym{symprec:g}")
+    form = as_form(symprec)
+    path = Path(cache_dir) / "texts" / f"{form.name}.jsonl" if cache_dir is not None else None
+    cache = TextCache(path, form, persist=path is not None)
+    if cache_dir is not None and form.plain:
+        _adopt_sharded_texts(cache, cifs, Path(cache_dir) / "texts" / f"sym{form.symprec:g}")
     results = cache.texts(list(cifs), num_proc=n_jobs, progress=False)
     skipped = Counter(err.split(":", 1)[0] for text, err in results if text is None)
     return [text for text, _ in results], skipped

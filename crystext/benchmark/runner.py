@@ -153,8 +153,12 @@ def _run_vectors(task: Task, split: str, cifs: list[str], runs: Sequence[Run], s
         # a "+elements" pooling reads the same states as its base pooling (the element part is added per unit)
         views = list(dict.fromkeys((layer, base_pooling(p)) for layer in layers for p in structure_poolings))
         log(f"  {task.name} {split}: {run.name} layers/poolings {views} ({len(good_texts)} structures)")
+        run_texts = good_texts  # a run trained on texts with blocks reads them with its blocks
+        if not run.form.plain:
+            run_texts, _ = structure_texts([c for c, t in zip(cifs, texts) if t is not None], cache_dir, run.form,
+                                           n_jobs=n_jobs)
         for (layer, pooling), (v, ok, skipped) in run.structure_views(
-                good_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
+                run_texts, views, cache_dir, precision=lm_precision, group=task.name.split("/")[0]).items():
             for reason, n in skipped.items():  # the same texts fail at every layer: count once
                 key = f"{run.name} cannot embed ({reason})"
                 reasons[key] = max(reasons[key], int(n))

@@ -22,6 +22,8 @@ def _build_command(args) -> str:
              f"--shard-size {args.shard_size}"]
     if args.properties:
         parts.append("--properties")
+    if args.local:
+        parts.append("--local")
     if args.limit is not None:
         parts.append(f"--limit {args.limit}")
     if args.part:
@@ -56,6 +58,7 @@ def _build(args) -> int:
         seed=args.seed,
         symprec=args.symprec,
         properties=args.properties,
+        local=args.local,
         disorder=args.disorder,
         limit=args.limit,
         part=args.part,
@@ -186,6 +189,9 @@ def _register_build(verbs) -> None:
     b.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
     b.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance in angstrom (default: 0.1)")
     b.add_argument("--properties", action="store_true", help="add the atom-property block to each text")
+    b.add_argument("--local", action="store_true",
+                   help="add the local block (each site's coordination, neighbour element and nearest distance); "
+                        "use --tokenizer crystext-local")
     b.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
                    help="partially occupied sites: skip the record (raise), keep the majority species, or order")
     b.add_argument("--limit", type=int, default=None, help="at most N records per source")

@@ -16,7 +16,8 @@ def _convert(args) -> int:
         sys.stdout.write(
             structure_to_text(
                 Path(path), symprec=args.symprec, p1=args.p1, properties=args.properties, disorder=args.disorder,
-                style=args.style, max_atoms=args.max_atoms or None, time_limit=args.time_limit or None,
+                local=args.local, style=args.style, max_atoms=args.max_atoms or None,
+                time_limit=args.time_limit or None,
             )
         )
     return 0
@@ -110,6 +111,8 @@ def register(sub) -> None:
     c.add_argument("--symprec", type=float, default=0.1, help="symmetry tolerance in angstrom (default 0.1)")
     c.add_argument("--p1", action="store_true", help="write every site in P1 instead of symmetrising")
     c.add_argument("--properties", action="store_true", help="add the atom-property block")
+    c.add_argument("--local", action="store_true",
+                   help="add the local block (each site's coordination, neighbour element, nearest distance)")
     c.add_argument("--disorder", choices=["raise", "dominant", "order"], default="raise",
                    help="what to do with partially occupied sites (default: refuse)")
     c.add_argument("--style", choices=["default", "crystallm"], default="default",

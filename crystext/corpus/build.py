@@ -52,6 +52,7 @@ from ..errors import (
 from ..atomic import OutputLock, SkippedRows, atomic_path, atomic_write_text, disk_full_error, is_disk_full, save_into
 from ..limits import DEFAULT_MAX_ATOMS, DEFAULT_TIME_LIMIT, check_size
 from ..limits import time_limit as _time_limit
+from ..local import LOCAL_KEYS
 from .headers import header_text
 from .sources import Record, Source, iter_records, open_sources
 
@@ -172,6 +173,7 @@ def _to_text(rid: str, kind: str, payload: tuple) -> str:
             symprec=_SETTINGS.get("symprec", 0.1),
             properties=_SETTINGS.get("properties", False),
             disorder=_SETTINGS.get("disorder", "raise"),
+            local=_SETTINGS.get("local", False),
         )
 
 
@@ -738,6 +740,7 @@ class _BuildOptions:
     properties: bool
     disorder: str
     limit: int | None
+    local: bool
     part: tuple[int, int] | None
     max_atoms: int | None
     time_limit: float | None
@@ -747,7 +750,7 @@ class _BuildOptions:
 
 
 def _checked_options(*, num_proc, dedupe, split, split_by, seed, symprec, properties, disorder, limit, part,
-                     max_atoms, time_limit, max_tokens, shard_size, progress) -> _BuildOptions:
+                     max_atoms, time_limit, max_tokens, shard_size, progress, local=False) -> _BuildOptions:
     """The options of :func:`build_corpus`, checked (a ``ConfigError`` names a bad one) and normalised."""
     if dedupe not in DEDUPE_MODES:
         raise ConfigError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
@@ -762,8 +765,8 @@ def _checked_options(*, num_proc, dedupe, split, split_by, seed, symprec, proper
         raise ConfigError(f"shard_size must be at least 1, not {shard_size}")
     return _BuildOptions(
         num_proc=max(1, int(num_proc or 1)), dedupe=dedupe, split=split, split_by=split_by, seed=seed,
-        symprec=symprec, properties=properties, disorder=disorder, limit=limit, part=_parse_part(part),
-        max_atoms=int(max_atoms) if max_atoms else None, time_limit=float(time_limit) if time_limit else None,
+        symprec=symprec, properties=properties, disorder=disorder, limit=limit, local=bool(local),
+        part=_parse_part(part), max_atoms=int(max_atoms) if max_atoms else None, time_limit=float(time_limit) if time_limit else None,
         max_tokens=int(max_tokens) if max_tokens else None, shard_size=int(shard_size), progress=progress,
     )
 
@@ -775,8 +778,8 @@ def _build_config(opened: list[Source], tokenizer, tok, o: _BuildOptions) -> tup
         "sources": [s.spec for s in opened],
         "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else getattr(tok, "name_or_path", ""),
         "num_proc": o.num_proc, "dedupe": o.dedupe, "split": list(o.split), "split_by": o.split_by, "seed": o.seed,
-        "symprec": o.symprec, "properties": o.properties, "disorder": o.disorder, "limit": o.limit,
-        "part": None if o.part is None else f"{o.part[0]}/{o.part[1]}",
+        "symprec": o.symprec, "properties": o.properties, "local": o.local, "disorder": o.disorder,
+        "limit": o.limit, "part": None if o.part is None else f"{o.part[0]}/{o.part[1]}",
         "header_cell": "primitive", "max_atoms": o.max_atoms, "time_limit": o.time_limit, "max_tokens": o.max_tokens,
     }
     conversion = {
@@ -787,6 +790,8 @@ def _build_config(opened: list[Source], tokenizer, tok, o: _BuildOptions) -> tup
     }
     if o.part is not None:  # only when set, so that builds without it keep their config hash (and shards)
         conversion["part"] = list(o.part)
+    if o.local:  # likewise
+        conversion["local"] = True
     return config, hashlib.sha256(json.dumps(conversion, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -815,7 +820,8 @@ def _build_into(out_path: Path, opened: list[Source], tok, o: _BuildOptions, con
     """Both phases of a build into ``out_path`` and its outputs; the corpus, or ``None`` when
     stopped after ``max_new_shards``."""
     build = _open_build_dir(out_path, config_hash, fresh)
-    settings = {"symprec": o.symprec, "properties": o.properties, "disorder": o.disorder, "header_cell": "primitive",
+    settings = {"symprec": o.symprec, "properties": o.properties, "local": o.local, "disorder": o.disorder,
+                "header_cell": "primitive",
                 "max_atoms": o.max_atoms, "time_limit": o.time_limit, "max_tokens": o.max_tokens, "tokenizer": tok}
     manifest = _convert_phase(opened, o.limit, o.part, settings, build, config_hash, o.shard_size, o.num_proc,
                               o.progress, max_new_shards)
@@ -845,7 +851,8 @@ def build_corpus(sources: Any, out: str | os.PathLike | None = None, tokenizer: 
                  progress: bool = True, command: str | None = None, *, part: str | tuple[int, int] | None = None,
                  max_atoms: int | None = DEFAULT_MAX_ATOMS, time_limit: float | None = DEFAULT_TIME_LIMIT,
                  max_tokens: int | None = DEFAULT_MAX_TOKENS, shard_size: int = DEFAULT_SHARD_SIZE,
-                 fresh: bool = False, keep_shards: bool = True, max_new_shards: int | None = None):
+                 fresh: bool = False, keep_shards: bool = True, max_new_shards: int | None = None,
+                 local: bool = False):
     """Build a tokenized corpus of crystal text from structure sources and Matbench header tables,
     streaming, in bounded memory, and resumable (see the module docstring).
 
@@ -869,7 +876,8 @@ def build_corpus(sources: Any, out: str | os.PathLike | None = None, tokenizer: 
             ``"composition"`` (a hash of the reduced formula, so no formula is in two splits).
             Fractions hold in expectation, not exactly.
         seed: the seed of the split; the same inputs and seed give the same corpus.
-        symprec, properties, disorder: passed to :func:`crystext.text.structure_to_text`.
+        symprec, properties, disorder, local: passed to :func:`crystext.text.structure_to_text`
+            (``local`` needs a tokenizer that knows the block's keywords: ``crystext-local``).
         limit: at most this many records from each source (quick runs).
         part: ``"k/n"`` or ``(k, n)``: only the records of part k (1-based) of n disjoint parts
             that a hash of the record id deals each source into (about 1/n of it, a random sample
@@ -903,14 +911,16 @@ def build_corpus(sources: Any, out: str | os.PathLike | None = None, tokenizer: 
         ``out`` holds shards of a different build and ``fresh`` is false). Bad *records* never
         raise: they are skipped and counted.
 
-    (Over 80 lines for this list of 22 parameters only; the steps are :func:`_checked_options`,
+    (Over 80 lines for this list of 23 parameters only; the steps are :func:`_checked_options`,
     :func:`_build_config` and :func:`_build_into`.)
     """
     o = _checked_options(num_proc=num_proc, dedupe=dedupe, split=split, split_by=split_by, seed=seed,
                          symprec=symprec, properties=properties, disorder=disorder, limit=limit, part=part,
                          max_atoms=max_atoms, time_limit=time_limit, max_tokens=max_tokens,
-                         shard_size=shard_size, progress=progress)
+                         shard_size=shard_size, progress=progress, local=local)
     tok = resolve_tokenizer(tokenizer)  # fail early on a bad tokenizer name
+    if local and f" {LOCAL_KEYS[0]}\n" not in tok.get_vocab():
+        raise ConfigError(f"local block: tokenizer {tokenizer} has no tokens for its keywords; use crystext-local")
     opened = open_sources(sources)
     config, config_hash = _build_config(opened, tokenizer, tok, o)
     tmp = tempfile.TemporaryDirectory(prefix="crystext-corpus-") if out is None else None

@@ -48,8 +48,11 @@ def identity_bytes(identity: Mapping[str, Any]) -> bytes:
 
 
 def text_hash(text: str) -> str:
-    """16-hex SHA-1 of a canonical text: the structure identity used here."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+    """16-hex SHA-1 of a canonical text without its ``local`` block: the structure identity used
+    here (a text with the block and one without name the same structure)."""
+    from ..local import strip_local
+
+    return hashlib.sha1(strip_local(text).encode("utf-8")).hexdigest()[:16]
 
 
 def reduced_formula(formula: Any) -> str | None:
