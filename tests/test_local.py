@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -126,3 +127,31 @@ def test_the_command_line_writes_the_block(tmp_path, capsys):
     NACL.to(filename=str(path))
     assert main(["text", "convert", str(path), "--local"]) == 0
     assert capsys.readouterr().out == structure_to_text(NACL, local=True)
+
+
+def test_the_benchmark_writes_a_local_run_its_texts_with_the_block(tmp_path):
+    from crystext.benchmark import run_benchmark
+    from crystext.modeling import build_model
+
+    run = tmp_path / "run"
+    tok = load_tokenizer("crystext-local")
+    model = build_model("tiny", tok, seed=0)
+    model.config.crystext_text = {"symprec": 0.1, "properties": False, "local": True}
+    model.save_pretrained(run)
+    tok.save_pretrained(run)
+    folder = tmp_path / "data" / "perov_5"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("val", 24), ("test", 10)):
+        rows = []
+        for _ in range(n):
+            a = float(rng.uniform(3.7, 4.3))
+            s = Structure.from_spacegroup("Pm-3m", Lattice.cubic(a), ["Sr", "Ti", "O"], [[0, 0, 0], [.5, .5, .5], [.5, 0, .5]])
+            rows.append({"cif": s.to(fmt="cif"), "formula": "SrTiO3", "heat_all": a, "dir_gap": a * a})
+        pd.DataFrame(rows).to_csv(folder / f"{split}.csv")
+    res = run_benchmark(data=tmp_path / "data", out=None, runs=[f"loc={run}"], baselines=[], quick=True,
+                        regressors=("ridge",), poolings=("mean",), plots=False, progress=False,
+                        cache_dir=tmp_path / "cache", lm_precision="float32", structure_baselines=())
+    assert any(p.startswith("structure-") for p in res.results["pooling"])
+    local_texts = (tmp_path / "cache" / "texts" / "symprec-0.1-local.jsonl").read_text().splitlines()
+    assert local_texts and all("_crystext_site_label" in json.loads(line)["t"] for line in local_texts)
