@@ -102,7 +102,7 @@ def test_the_settings_round_trip_through_their_saved_form(tmp_path):
         PretrainSettings.from_run(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("release", ["crystext-base", "crystext-compact", "crystext-mp", "crystext-mp2"])
+@pytest.mark.parametrize("release", ["crystext-base", "crystext-compact", "crystext-mp", "crystext-mp2", "crystext-mp3"])
 def test_the_committed_releases_settings_still_read(release):
     folder = REPO_ROOT / "models" / release
     if not (folder / "training_config.json").is_file():
