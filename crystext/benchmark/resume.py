@@ -36,20 +36,11 @@ def _file_stamp(path: Any) -> Any:
     return [str(Path(path).resolve()), stat.st_size, int(stat.st_mtime)]
 
 
-def _run_stamp(source: Any) -> Any:
-    """A run folder's weights file (:func:`_file_stamp`); None for an in-memory run."""
-    if not isinstance(source, (str, Path)):
-        return None
-    folder = Path(source)
-    weights = [p for p in (folder / "model.safetensors", folder / "pytorch_model.bin") if p.is_file()]
-    return _file_stamp(weights[0]) if weights else str(source)  # a Hub id or a missing folder: as given
-
-
 def resume_key(settings: Any, data: Path, sets: Mapping[str, pd.DataFrame], runs: Sequence[Any],
                tasks: Sequence[Any] = ()) -> str | None:
     """Digest of what a benchmark's figures depend on (settings, element tables, run weights, the task
     files, probe tables included); None when a run is held in memory (no resume)."""
-    stamps = {r.name: _run_stamp(r.source) for r in runs}
+    stamps = {r.name: r.cache_key() for r in runs}  # the weights' stamp the vector cache keys on too
     if any(v is None for v in stamps.values()):
         return None
     resolved = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _NOT_IN_KEY}
